@@ -1,0 +1,53 @@
+"""The one error hierarchy of the package, shared by edge/ and export/.
+
+The CLIs turn any EdgeError into one line on stderr and a non-zero exit code; everything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base of every error the package raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(EdgeError):
+    """A firmware config or CLI option is invalid; the message names the key or flag."""
+
+    exit_code = 2
+
+
+class DataError(EdgeError):
+    """Training or sample data cannot be used (bad shape, NaN, mismatched labels...)."""
+
+    exit_code = 3
+
+
+class AdapterError(EdgeError):
+    """An adapter file or directory cannot be read, written or applied."""
+
+    exit_code = 4
+
+
+class AdapterRejected(AdapterError):
+    """An adapter was checked against a live base or bundle and refused."""
+
+
+class IncompatibleBundle(EdgeError):
+    """A bundle, model file or adapter does not fit what it is used with."""
+
+    exit_code = 5
+
+
+class ExportError(EdgeError):
+    """An export failed or its parity check against torch did not pass."""
+
+    exit_code = 6
+
+
+class BadMessage(EdgeError):
+    """A sensor or control message could not be used; the text is the reason sent back."""
+
+    exit_code = 7

@@ -1,0 +1,17 @@
+"""Adapter kinds, found through a registry (one subpackage per kind, like PEFT's tuners)."""
+
+from __future__ import annotations
+
+from .bottleneck import BottleneckConfig, BottleneckLayer
+from .lora import LoraConfig, LoraLayer
+from .model import AdaptedModel, AdapterSummary, inject
+
+AdapterConfig = LoraConfig | BottleneckConfig
+
+# kind name -> config class; a new kind registers here and gets a subpackage of its own.
+ADAPTER_KINDS: dict[str, type] = {"lora": LoraConfig, "bottleneck": BottleneckConfig}
+
+__all__ = [
+    "ADAPTER_KINDS", "AdaptedModel", "AdapterConfig", "AdapterSummary", "BottleneckConfig",
+    "BottleneckLayer", "LoraConfig", "LoraLayer", "inject",
+]

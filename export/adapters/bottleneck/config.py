@@ -1,0 +1,67 @@
+"""Bottleneck (Houlsby) adapter configuration, saved as our own `adapter_config.json`.
+
+Documented format (docs/FORMATS.md):
+    {"adapter_type": "bottleneck", "target_modules": [...], "placement": "after",
+     "size": 16 | null, "reduction_factor": 16, "activation": "gelu",
+     "modules_to_save": [...] | null}
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, fields
+
+from edge.errors import AdapterError
+
+from ..targets import TargetSpec
+from .layer import SUPPORTED, BottleneckLayer
+
+ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
+
+
+@dataclass
+class BottleneckConfig:
+    """`h + up(act(down(h)))` after each target module's output."""
+
+    target_modules: TargetSpec = None
+    size: int | None = None
+    reduction_factor: int = 16
+    activation: str = "gelu"
+    placement: str = "after"
+    dropout: float = 0.0
+    modules_to_save: list[str] | None = None
+
+    kind = "bottleneck"
+    layer_cls = BottleneckLayer
+    supported = SUPPORTED
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, (set, tuple)):
+            self.target_modules = sorted(self.target_modules)
+        if self.activation not in ACTIVATIONS:
+            raise AdapterError(f"bottleneck activation {self.activation!r} is not one of "
+                               f"{', '.join(ACTIVATIONS)}")
+        if self.placement != "after":
+            raise AdapterError(f"bottleneck placement {self.placement!r}: only 'after' exists")
+        if self.size is not None and self.size < 1:
+            raise AdapterError(f"bottleneck size must be >= 1, got {self.size} (--rank)")
+        if self.reduction_factor < 1:
+            raise AdapterError(f"reduction_factor must be >= 1, got {self.reduction_factor}")
+
+    def size_for(self, features: int) -> int:
+        return self.size if self.size is not None else max(1, features // self.reduction_factor)
+
+    def add_to(self, layer: BottleneckLayer, name: str, path: str) -> None:
+        layer.add_adapter(name, self.size_for(layer.features), self.activation, self.dropout)
+
+    def to_dict(self) -> dict:
+        return {"adapter_type": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "adapter_config.json") -> BottleneckConfig:
+        known = {f.name for f in fields(cls)}
+        ignored = sorted(set(data) - known - {"adapter_type"})
+        if ignored:
+            warnings.warn(f"{source}: ignoring unknown bottleneck config keys {ignored}",
+                          stacklevel=2)
+        return cls(**{k: v for k, v in data.items() if k in known})
