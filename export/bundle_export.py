@@ -1,0 +1,272 @@
+"""`edge-export attach` and `add-adapter`: a base graph with adapter slots, adapters as
+`.onnx_adapter` files, and the manifest that ties them together (edge/bundle.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from edge import __version__
+from edge.bundle import (
+    ADAPTER_DIR,
+    BASE_FILE,
+    REFERENCE_INPUTS,
+    AdapterEntry,
+    BaseInfo,
+    Manifest,
+    Preprocessing,
+    atomic_write,
+    read_manifest,
+    sha256_file,
+    verify_base,
+    write_manifest,
+)
+from edge.engine import Engine, load_adapter_file
+from edge.errors import AdapterRejected, ExportError
+
+from .adapters.model import AdaptedModel
+from .models import load_base, sidecar_path, weights_fingerprint
+from .onnx_export import (
+    INPUT,
+    OUTPUT,
+    ExportReport,
+    ExportSettings,
+    check_output,
+    finish_onnx,
+    input_shape,
+    io_specs,
+    load_settings,
+    real_samples,
+    sample_inputs,
+    to_onnx,
+)
+from .peft_io import AdapterDir, read_adapter_dir
+from .slot_plan import adapter_rank, adapter_tensors, default_tensors, plan_slots
+from .slots import build_slotted
+from .validate import compare, raise_on_failure
+
+
+def adapter_file_name(name: str, version: int) -> str:
+    return f"{ADAPTER_DIR}/{name}.v{version}.onnx_adapter"
+
+
+def write_onnx_adapter(path: Path, tensors: dict[str, np.ndarray], version: int) -> None:
+    """onnxruntime's native adapter format, written via a temp file then renamed."""
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(version)
+    fmt.set_model_version(1)
+    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in tensors.items()})
+    tmp = path.with_name(f".{path.name}.tmp")
+    fmt.export_adapter(str(tmp))
+    atomic_write(path, tmp.read_bytes())
+    tmp.unlink()
+
+
+def check_fingerprint(adapter: AdapterDir, fingerprint: str) -> list[str]:
+    """Refuse an adapter trained on other base weights; warn when it recorded none."""
+    recorded = adapter.meta.get("base_fingerprint")
+    if recorded is None:
+        return [f"{adapter.path}: no base fingerprint recorded (not trained here); "
+                "compatibility checked by shapes only"]
+    if recorded != fingerprint:
+        raise AdapterRejected(f"{adapter.path}: trained on a different base (fingerprint "
+                              f"{recorded[:12]}…, this base {fingerprint[:12]}…)")
+    return []
+
+
+def preprocessing(meta: dict) -> Preprocessing | None:
+    pre = meta.get("preprocessing") or {}
+    stats = pre.get("channel_stats")
+    if not stats or "length" not in pre:
+        return None
+    return Preprocessing(length=int(pre["length"]), channel_names=list(pre.get("channel_names")
+                         or [f"ch{i}" for i in range(len(stats["mean"]))]),
+                         mean=list(stats["mean"]), std=list(stats["std"]))
+
+
+def adapter_entry(adapter: AdapterDir, name: str, version: int, file: str, sha: str,
+                  fingerprint: str, num_classes: int) -> AdapterEntry:
+    groups = sorted({k.split(".lora_")[0].split(".adapter_")[0].removeprefix("base_model.model.")
+                     for k in adapter.tensors})
+    classes = adapter.meta.get("class_names") or [str(i) for i in range(num_classes)]
+    return AdapterEntry(name=name, version=version, kind=adapter.kind, rank=adapter_rank(adapter),
+                        targets=groups, file=file, sha256=sha, base_fingerprint=fingerprint,
+                        class_names=list(classes), preprocessing=preprocessing(adapter.meta),
+                        metrics=adapter.meta.get("metrics", {}))
+
+
+def base_labels(weights: str | Path | None, num_classes: int) -> tuple[list[str], dict]:
+    """Class names and training metadata of the base, from the files beside its weights."""
+    meta: dict = {}
+    if weights is not None:
+        for path in (sidecar_path(weights), Path(weights).with_name("metrics.json")):
+            if path.is_file():
+                meta.update({k: v for k, v in json.loads(path.read_text()).items()
+                             if k in ("class_names", "preprocessing")})
+    names = meta.get("class_names") or [str(i) for i in range(num_classes)]
+    return list(names), meta
+
+
+def export_attach(*, base: str, weights: str | Path | None, adapters: list[str | Path],
+                  out: str | Path, names: list[str] | None = None, max_rank: int | None = None,
+                  target: str | Path | None = None, atol: float | None = None,
+                  data: str | Path | None = None, input_shape_: tuple[int, ...] | None = None,
+                  force: bool = False) -> ExportReport:
+    """Write BUNDLE/: base.onnx with one slot per adapted module, every adapter as an
+    `.onnx_adapter`, manifest.json; then check each against torch in onnxruntime."""
+    if not adapters:
+        raise ExportError("attach needs at least one --adapter DIR")
+    settings = load_settings(target, max_rank=max_rank, atol=atol)
+    out = Path(out)
+    check_output(out, force)
+    model = load_base(base, weights=weights).eval()
+    fingerprint = weights_fingerprint(model)
+    dirs = [read_adapter_dir(a) for a in adapters]
+    notes = [n for d in dirs for n in check_fingerprint(d, fingerprint)]
+    names = list(names or [d.path.resolve().name for d in dirs])
+    if len(set(names)) != len(names) or len(names) != len(dirs):
+        raise ExportError(f"adapter names must be unique, one per --adapter: {names} (--name)")
+    slots = plan_slots(model, dirs, settings.max_rank)
+    shape = input_shape(model, input_shape_)
+    x = sample_inputs(shape, settings, real_samples(data, dirs[0].meta, shape))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = _write_bundle(tmp, model, fingerprint, dirs, names, slots, x, settings,
+                                 weights)
+        parity = validate_bundle(tmp, manifest, model, dirs, x, settings.tolerance)
+        raise_on_failure(parity)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    sizes = {BASE_FILE: (out / BASE_FILE).stat().st_size}
+    sizes.update({a.file: (out / a.file).stat().st_size for a in manifest.adapters})
+    notes.append(f"{len(slots)} slots, max rank {settings.max_rank}, "
+                 f"{len(manifest.adapters)} adapter(s)")
+    return ExportReport(out, parity, sizes, notes)
+
+
+def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: list[AdapterDir],
+                  names: list[str], slots: list, x: np.ndarray, settings: ExportSettings,
+                  weights: str | Path | None) -> Manifest:
+    (tmp / ADAPTER_DIR).mkdir()
+    defaults = default_tensors(model, slots)
+    args = (torch.from_numpy(x), *[torch.from_numpy(defaults[s.name]) for s in slots])
+    to_onnx(build_slotted(model, slots), args, [INPUT, *[s.name for s in slots]],
+            tmp / BASE_FILE, settings)
+    meta = {"edge.kind": "attached-base", "edge.weights_fingerprint": fingerprint,
+            "edge.max_rank": str(settings.max_rank), "edge.slots": str(len(slots)),
+            "edge.package_version": __version__}
+    graph = finish_onnx(tmp / BASE_FILE, defaults=defaults, metadata=meta,
+                        precision=settings.precision)
+    inputs, outputs = io_specs(graph, exclude={s.name for s in slots})
+    num_classes = int(outputs[0].shape[-1])
+    entries = []
+    for adapter, name in zip(dirs, names, strict=True):
+        file = adapter_file_name(name, 1)
+        write_onnx_adapter(tmp / file, adapter_tensors(adapter, slots), 1)
+        entries.append(adapter_entry(adapter, name, 1, file, sha256_file(tmp / file),
+                                     fingerprint, num_classes))
+    np.save(tmp / REFERENCE_INPUTS, x)
+    with torch.no_grad():
+        base_classes = int(model(torch.from_numpy(x[:1])).shape[-1])
+    class_names, base_meta = base_labels(weights, base_classes)
+    manifest = Manifest(
+        target=settings.target,
+        base=BaseInfo(sha256=sha256_file(tmp / BASE_FILE), weights_fingerprint=fingerprint,
+                      opset=settings.opset, precision=settings.precision,
+                      class_names=class_names, preprocessing=preprocessing(base_meta)),
+        inputs=inputs, outputs=outputs, dynamic_batch=settings.dynamic,
+        max_rank=settings.max_rank, num_classes=num_classes, slots=slots, adapters=entries)
+    write_manifest(tmp, manifest)
+    return manifest
+
+
+def validate_bundle(bundle: Path, manifest: Manifest, model: torch.nn.Module,
+                    dirs: list[AdapterDir], x: np.ndarray, atol: float) -> list:
+    """onnxruntime vs torch: no adapter = the base; each adapter active = torch with it."""
+    import copy
+
+    engine = Engine(bundle / BASE_FILE)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    results = [compare("attached, no adapter", OUTPUT, engine.run(x), want, atol,
+                       columns=want.shape[1])]
+    adapted = AdaptedModel(copy.deepcopy(model)).eval()
+    for adapter, entry in zip(dirs, manifest.adapters, strict=True):
+        got = engine.run(x, load_adapter_file(bundle / entry.file))
+        results.append(_parity_with(adapted, adapter, entry, x, got, atol))
+    return results
+
+
+def _parity_with(adapted: AdaptedModel, source: AdapterDir, entry: AdapterEntry,
+                 x: np.ndarray, got: np.ndarray, atol: float):
+    """Add `source` to the torch model and compare its output with onnxruntime's `got`."""
+    adapted.add_adapter(entry.name, source.config)
+    adapted.load_adapter_state_dict(entry.name, source.tensors, source=str(source.path))
+    with torch.no_grad():
+        want = adapted(torch.from_numpy(x)).numpy()
+    return compare(f"attached + {entry.name}", OUTPUT, got, want, atol, columns=want.shape[1])
+
+
+def add_adapter(*, bundle: str | Path, adapter: str | Path, name: str,
+                version: int | None = None, base: str | None = None,
+                weights: str | Path | None = None, atol: float | None = None,
+                force: bool = False) -> ExportReport:
+    """Convert a new adapter for an existing bundle; base.onnx is read, never rewritten."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    base_path = verify_base(bundle, manifest)
+    source = read_adapter_dir(adapter)
+    notes = check_fingerprint(source, manifest.base.weights_fingerprint)
+    rank = adapter_rank(source)
+    if rank > manifest.max_rank:
+        raise AdapterRejected(f"{source.path}: rank {rank} exceeds the bundle's max rank "
+                              f"{manifest.max_rank}; re-export it with a larger --max-rank")
+    tensors = adapter_tensors(source, manifest.slots)
+    taken = [a.version for a in manifest.adapters if a.name == name]
+    version = version or max(taken, default=0) + 1
+    if version in taken and not force:
+        raise ExportError(f"adapter {name!r} version {version} exists in {bundle}; "
+                          "pass another --version, or --force to replace it")
+    file = adapter_file_name(name, version)
+    write_onnx_adapter(bundle / file, tensors, version)
+    try:
+        entry = adapter_entry(source, name, version, file, sha256_file(bundle / file),
+                              manifest.base.weights_fingerprint, manifest.num_classes)
+        parity = _check_added(bundle, base_path, entry, source, base, weights, atol, manifest)
+    except BaseException:
+        (bundle / file).unlink(missing_ok=True)
+        raise
+    manifest.adapters = [a for a in manifest.adapters
+                         if (a.name, a.version) != (name, version)] + [entry]
+    write_manifest(bundle, manifest)
+    sizes = {file: (bundle / file).stat().st_size}
+    return ExportReport(bundle / file, parity, sizes, notes)
+
+
+def _check_added(bundle: Path, base_path: Path, entry: AdapterEntry, source: AdapterDir,
+                 base: str | None, weights: str | Path | None, atol: float | None,
+                 manifest: Manifest) -> list:
+    """Run the new adapter on the bundle's reference inputs: finite, and equal to torch
+    when `--base/--weights` are given."""
+    x = np.load(bundle / REFERENCE_INPUTS)
+    got = Engine(base_path).run(x, load_adapter_file(bundle / entry.file))
+    if not np.isfinite(got).all():
+        raise AdapterRejected(f"{source.path}: gives non-finite outputs on the bundle's "
+                              "reference inputs")
+    if base is None:
+        return []
+    model = load_base(base, weights=weights).eval()
+    tol = ExportSettings(precision=manifest.base.precision, atol=atol).tolerance
+    results = [_parity_with(AdaptedModel(model).eval(), source, entry, x, got, tol)]
+    raise_on_failure(results)
+    return results

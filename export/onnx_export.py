@@ -1,0 +1,229 @@
+"""torch -> ONNX: export settings from a device target, the export call, file finishing,
+and `edge-export merge` (one self-contained model.onnx)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from edge import __version__
+from edge.bundle import TensorSpec
+from edge.engine import Engine
+from edge.errors import ConfigError, ExportError
+
+from .adapters.model import AdaptedModel
+from .models import load_base, weights_fingerprint
+from .peft_io import load_adapter
+from .validate import ParityResult, compare, raise_on_failure
+
+OUTPUT = "logits"
+INPUT = "x"
+
+
+@dataclass
+class ExportSettings:
+    """Export-side settings of a device (`[export]` of firmware_configs/<device>.toml)."""
+
+    opset: int = 17
+    precision: str = "fp32"
+    batch: str | int = "dynamic"
+    max_rank: int = 8
+    atol: float | None = None
+    target: str = "cpu"
+
+    @property
+    def tolerance(self) -> float:
+        # fp16 weights round to ~1e-3 relative; logits of O(10) then move by ~1e-2.
+        return self.atol if self.atol is not None else (1e-4 if self.precision == "fp32" else 5e-2)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.batch == "dynamic"
+
+
+def load_settings(target: str | Path | None, *, max_rank: int | None = None,
+                  atol: float | None = None) -> ExportSettings:
+    """Settings from `--target FILE` (or defaults), with command-line overrides on top."""
+    settings = ExportSettings()
+    if target is not None:
+        from edge.config import load_config
+
+        section = load_config(target).export
+        settings = ExportSettings(opset=section.opset, precision=section.precision,
+                                  batch=section.batch, max_rank=section.max_rank,
+                                  atol=section.atol, target=Path(target).stem)
+    if max_rank is not None:
+        settings.max_rank = max_rank
+    if atol is not None:
+        settings.atol = atol
+    return settings
+
+
+def input_shape(model: nn.Module, given: tuple[int, ...] | None) -> tuple[int, ...]:
+    """(C, L) of one sample: `--input-shape`, else the reference model's config."""
+    if given:
+        return tuple(given)
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and {"in_channels", "length"} <= set(config):
+        return (int(config["in_channels"]), int(config["length"]))
+    raise ConfigError("cannot tell the model's input shape; pass --input-shape C,L")
+
+
+def sample_inputs(shape: tuple[int, ...], settings: ExportSettings,
+                  real: np.ndarray | None = None, n: int = 8, seed: int = 0) -> np.ndarray:
+    """A batch for tracing and parity: real samples when given, else seeded random ones."""
+    n = n if settings.dynamic else int(settings.batch)
+    if real is not None and len(real):
+        reps = int(np.ceil(n / len(real)))
+        return np.ascontiguousarray(np.concatenate([real] * reps)[:n], dtype=np.float32)
+    return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
+
+
+def to_onnx(module: nn.Module, args: tuple, input_names: list[str], path: Path,
+            settings: ExportSettings) -> None:
+    """TorchScript-based export (dynamo=False), batch axis dynamic unless the target fixes it."""
+    axes = {input_names[0]: {0: "batch"}, OUTPUT: {0: "batch"}} if settings.dynamic else None
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module.eval(), args, str(path), input_names=input_names,
+                              output_names=[OUTPUT], dynamic_axes=axes,
+                              opset_version=settings.opset, dynamo=False)
+        except Exception as exc:
+            raise ExportError(f"torch.onnx.export failed: {exc}".splitlines()[0]) from exc
+
+
+def finish_onnx(path: Path, *, defaults: dict[str, np.ndarray] | None = None,
+                metadata: dict[str, str], precision: str) -> onnx.ModelProto:
+    """Add zero/default initializers for slot inputs, metadata_props, and fp16 weights."""
+    model = onnx.load(str(path))
+    for name, value in (defaults or {}).items():
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
+    if precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return model
+
+
+def io_specs(model: onnx.ModelProto,
+             exclude: set[str]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """(inputs, outputs) of the graph, slot inputs excluded; symbolic dims by name."""
+    def spec(value) -> TensorSpec:
+        dims = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        return TensorSpec(name=value.name, shape=dims, dtype=str(np.dtype(dtype)))
+
+    inputs = [spec(v) for v in model.graph.input if v.name not in exclude]
+    return inputs, [spec(v) for v in model.graph.output]
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote and how its parity check went."""
+
+    path: Path
+    parity: list[ParityResult]
+    sizes: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"wrote {self.path}"] + [f"  note: {n}" for n in self.notes]
+        out += [f"  size {name}: {size / 1024:.1f} KiB" for name, size in self.sizes.items()]
+        return out + [str(r) for r in self.parity]
+
+
+def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
+                  out: str | Path, target: str | Path | None = None, atol: float | None = None,
+                  data: str | Path | None = None, input_shape_: tuple[int, ...] | None = None,
+                  force: bool = False) -> ExportReport:
+    """`edge-export merge`: LoRA folded into the base (safe merge) as one ONNX file; a
+    bottleneck adapter, which cannot fold, stays in the static graph."""
+    settings = load_settings(target, atol=atol)
+    out = Path(out)
+    check_output(out, force)
+    model = load_base(base, weights=weights)
+    fingerprint = weights_fingerprint(model)
+    adapted = AdaptedModel(model)
+    adapter_dir = load_adapter(adapted, adapter)
+    name = adapted.active_adapter
+    notes = []
+    if adapter_dir.kind == "lora":
+        plain = adapted.merged_model(name).eval()
+        notes.append("LoRA folded into the base weights: zero adapter overhead")
+    else:
+        plain = adapted.eval()
+        notes.append("bottleneck adapter exported as part of the static graph (it cannot fold "
+                     "into the weights)")
+    shape = input_shape(model, input_shape_)
+    x = sample_inputs(shape, settings, real_samples(data, adapter_dir.meta, shape))
+    meta = {"edge.kind": "merged", "edge.adapter": name, "edge.weights_fingerprint": fingerprint,
+            "edge.package_version": __version__,
+            "edge.class_names": json.dumps(adapter_dir.meta.get("class_names", [])),
+            "edge.preprocessing": json.dumps(adapter_dir.meta.get("preprocessing", {}))}
+    with staging_file(out) as tmp:
+        to_onnx(plain, (torch.from_numpy(x),), [INPUT], tmp, settings)
+        finish_onnx(tmp, metadata=meta, precision=settings.precision)
+        with torch.no_grad():
+            want = plain(torch.from_numpy(x)).numpy()
+        result = compare("merged", OUTPUT, Engine(tmp).run(x), want, settings.tolerance)
+        raise_on_failure([result])
+    return ExportReport(out, [result], {out.name: out.stat().st_size}, notes)
+
+
+def real_samples(data: str | Path | None, meta: dict, shape: tuple[int, ...],
+                 n: int = 8) -> np.ndarray | None:
+    """A few real windows from `--data`, normalised as the adapter was trained."""
+    if data is None:
+        return None
+    from .data import ChannelStats, load_dataset
+
+    ds = load_dataset(data, length=shape[-1])
+    stats = (meta.get("preprocessing") or {}).get("channel_stats")
+    norm = ChannelStats.from_dict(stats) if stats else ChannelStats.from_data(ds.X)
+    return norm.apply(ds.X[:n])
+
+
+def check_output(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise ExportError(f"{out} exists; pass --force to overwrite it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create {out.parent}: {exc.strerror} (--out)") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ExportError(f"{out.parent} is not writable (--out)")
+
+
+class staging_file:
+    """Write to a temp file beside `out`, rename over it on success, remove it on failure."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def __enter__(self) -> Path:
+        fd, name = tempfile.mkstemp(prefix=f".{self.out.name}.", suffix=".tmp",
+                                    dir=self.out.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.out)
+        else:
+            self.tmp.unlink(missing_ok=True)

@@ -1,0 +1,114 @@
+"""Torch modules that read adapter tensors from graph inputs, for exporting `base.onnx`.
+
+Each targeted module is replaced by a slot module; `SlottedModel.forward(x, *slot_tensors)`
+binds the tensors by name so the tracer turns every one into a graph input. Zero-padding a
+LoRA pair to rank R (or a bottleneck to size R) adds exact zeros, so shapes stay fixed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge.bundle import Slot
+from edge.errors import ExportError
+
+_ACT = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
+
+
+class _Bound(nn.Module):
+    """A slot module: `tensors` is the dict `SlottedModel` fills before each forward."""
+
+    def __init__(self, base_layer: nn.Module, slots: dict[str, str], tensors: dict) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.slot_names = slots  # part -> graph input name
+        self.tensors = tensors
+
+    def t(self, part: str) -> torch.Tensor:
+        return self.tensors[self.slot_names[part]]
+
+
+class LoraSlot(_Bound):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        a, b = self.t("lora_A"), self.t("lora_B")  # (R, in[, k]), (out, R[, 1]); B pre-scaled
+        if isinstance(base, nn.Linear):
+            return base(x) + F.linear(F.linear(x, a), b)
+        conv = F.conv1d if isinstance(base, nn.Conv1d) else F.conv2d
+        h = conv(x, a, None, base.stride, base.padding, base.dilation)
+        return base(x) + conv(h, b)
+
+
+class BottleneckSlot(_Bound):
+    def __init__(self, base_layer: nn.Module, slots: dict[str, str], tensors: dict,
+                 activation: str, channels_first: bool) -> None:
+        super().__init__(base_layer, slots, tensors)
+        self.activation = activation
+        self.channels_first = channels_first
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        h = self.base_layer(*args, **kwargs)
+        z = h.movedim(1, -1) if self.channels_first else h  # features last: (..., F)
+        z = F.linear(z, self.t("down_w"), self.t("down_b"))  # (..., R)
+        z = F.linear(_ACT[self.activation](z), self.t("up_w"), self.t("up_b"))  # (..., F)
+        return h + (z.movedim(-1, 1) if self.channels_first else z)
+
+
+class FullSlot(_Bound):
+    """A modules_to_save module whose parameters come from the graph (a head, a norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        if isinstance(base, nn.Linear):
+            return F.linear(x, self.t("weight"), self.t("bias") if "bias" in self.slot_names
+                            else None)
+        if isinstance(base, nn.LayerNorm):
+            return F.layer_norm(x, base.normalized_shape, self.t("weight"), self.t("bias"),
+                                base.eps)
+        raise ExportError(f"modules_to_save of type {type(base).__name__} cannot be slotted; "
+                          "slottable: Linear, LayerNorm")
+
+
+class SlottedModel(nn.Module):
+    """`model` with slot modules in place; forward(x, *tensors in `slot_order`)."""
+
+    def __init__(self, model: nn.Module, slot_order: list[str], tensors: dict) -> None:
+        super().__init__()
+        self.model = model
+        self.slot_order = slot_order
+        self.tensors = tensors
+
+    def forward(self, x: torch.Tensor, *slot_tensors: torch.Tensor) -> torch.Tensor:
+        self.tensors.clear()
+        self.tensors.update(zip(self.slot_order, slot_tensors, strict=True))
+        return self.model(x)
+
+
+def slot_name(module: str, part: str) -> str:
+    return f"slot.{module}.{part}"
+
+
+def build_slotted(base: nn.Module, slots: list[Slot]) -> SlottedModel:
+    """Replace every slotted module of a copy of `base` by its slot module."""
+    import copy
+
+    model = copy.deepcopy(base).eval()
+    tensors: dict = {}
+    by_module: dict[str, list[Slot]] = {}
+    for slot in slots:
+        by_module.setdefault(slot.module, []).append(slot)
+    for module_path, group in by_module.items():
+        layer = model.get_submodule(module_path)
+        names = {s.part: s.name for s in group}
+        kind = group[0].kind
+        if kind == "lora":
+            new = LoraSlot(layer, names, tensors)
+        elif kind == "bottleneck":
+            new = BottleneckSlot(layer, names, tensors, group[0].activation or "gelu",
+                                 isinstance(layer, (nn.Conv1d, nn.Conv2d)))
+        else:
+            new = FullSlot(layer, names, tensors)
+        model.set_submodule(module_path, new)
+    return SlottedModel(model, [s.name for s in slots], tensors)
