@@ -1,10 +1,12 @@
 """Adapter directories -> bundle slots and slot tensors (what `.onnx_adapter` files hold).
 
-Tensor shapes per slot kind, with R the bundle's max rank:
-    lora        lora_A (R, in[, k...])   lora_B (out, R[, 1...])  (B pre-multiplied by scale)
-    bottleneck  down_w (R, F)  down_b (R,)  up_w (F, R)  up_b (F,)
-    full        a modules_to_save module's own parameters; a Linear's rows padded to the
-                widest head so adapters may carry more classes than the base
+Slot layouts, with R the bundle's max rank, chosen so the graph needs no transposes:
+    lora Linear  lora_A  A^T (in, R)          lora_B  (scale B)^T (R, out)
+    lora ConvNd  lora_A  A (R, in*k...)       lora_B  scale B (out, R)
+    bottleneck   down_w  W_down^T (F, R)  down_b (R,)  up_w  W_up^T (R, F)  up_b (F,)
+    full         a modules_to_save module's own parameters; a Linear's rows padded to the
+                 widest head so adapters may carry more classes than the base
+Zero padding to R is exact: the padded rows and columns add nothing.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ def plan_slots(base: nn.Module, adapters: list[AdapterDir], max_rank: int) -> li
             kind = slot_kind(parts)
             module = _module(base, path, adapter)
             for part, array in parts.items():
+                array = slot_layout(kind, part, array)
                 shape = _slot_shape(kind, part, array.shape, module, max_rank)
                 old = shapes.get((path, part))
                 if old and old[1] != kind:
@@ -95,18 +98,24 @@ def _module(base: nn.Module, path: str, adapter: AdapterDir) -> nn.Module:
                               "does not have; it was trained for another model") from None
 
 
+def slot_layout(kind: str, part: str, array: np.ndarray) -> np.ndarray:
+    """A file tensor (PEFT layout) in its slot layout, before padding."""
+    if kind == "lora" and array.ndim > 2:  # conv: A (R, in, k...) flat; B (out, R, 1...)
+        return array.reshape(array.shape[0], -1) if part == "lora_A" else \
+            array.reshape(array.shape[0], array.shape[1])
+    if (kind == "lora" and array.ndim == 2) or part in ("down_w", "up_w"):
+        return array.T
+    return array
+
+
 def _slot_shape(kind: str, part: str, shape: tuple, module: nn.Module, rank: int) -> list[int]:
     shape = list(shape)
     if kind == "lora":
-        if part == "lora_A":
-            shape[0] = rank
-        else:
-            shape[1] = rank
+        rank_axis = 0 if (part == "lora_A") == isinstance(module, (nn.Conv1d, nn.Conv2d)) else 1
+        shape[rank_axis] = rank
     elif kind == "bottleneck":
-        if part in ("down_w", "down_b"):
-            shape[0] = rank
-        elif part == "up_w":
-            shape[1] = rank
+        if part != "up_b":
+            shape[1 if part == "down_w" else 0] = rank
     elif not isinstance(module, FULL_TYPES):
         names = ", ".join(t.__name__ for t in FULL_TYPES)
         raise ExportError(f"modules_to_save {type(module).__name__} cannot become a slot; "
@@ -130,25 +139,26 @@ def default_tensors(base: nn.Module, slots: list[Slot]) -> dict[str, np.ndarray]
 def adapter_tensors(adapter: AdapterDir, slots: list[Slot]) -> dict[str, np.ndarray]:
     """The adapter's tensors padded into the bundle's slots; refuses what does not fit."""
     table = {(s.module, s.part): s for s in slots}
+    module_kind = {s.module: s.kind for s in slots}
     config = adapter.config
     out: dict[str, np.ndarray] = {}
     for path, parts in module_groups(adapter).items():
         kind = slot_kind(parts)
+        if path in module_kind and module_kind[path] != kind:
+            raise AdapterRejected(f"{adapter.path}: {path} is a {kind} adapter but the "
+                                  f"bundle's slot there is {module_kind[path]}")
         for part, array in parts.items():
             slot = table.get((path, part))
             if slot is None:
                 raise AdapterRejected(f"{adapter.path}: the bundle has no slot for {path} "
                                       f"({kind} {part}); re-export with `edge-export attach` "
                                       "including an adapter on that module")
-            if slot.kind != kind:
-                raise AdapterRejected(f"{adapter.path}: {path} is a {kind} adapter but the "
-                                      f"bundle's slot there is {slot.kind}")
             if kind == "bottleneck" and slot.activation != config.activation:
                 raise AdapterRejected(f"{adapter.path}: activation {config.activation} differs "
                                       f"from the bundle's {slot.activation} at {path}")
             if kind == "lora" and part == "lora_B":
                 array = array * config.scale_for(path)
-            out[slot.name] = _pad(array, slot, adapter)
+            out[slot.name] = _pad(slot_layout(kind, part, array), slot, adapter)
     return out
 
 

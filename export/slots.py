@@ -14,6 +14,8 @@ from torch import nn
 from edge.bundle import Slot
 from edge.errors import ExportError
 
+from .adapters.base import use_module_calls
+
 _ACT = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 
 
@@ -31,14 +33,19 @@ class _Bound(nn.Module):
 
 
 class LoraSlot(_Bound):
+    """Merges inside the graph: W + B @ A costs R*in*out per run whatever the batch, and
+    keeps the op count near the merged model's (slot layouts: slot_plan.py)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
-        a, b = self.t("lora_A"), self.t("lora_B")  # (R, in[, k]), (out, R[, 1]); B pre-scaled
+        a, b = self.t("lora_A"), self.t("lora_B")
         if isinstance(base, nn.Linear):
-            return base(x) + F.linear(F.linear(x, a), b)
-        conv = F.conv1d if isinstance(base, nn.Conv1d) else F.conv2d
-        h = conv(x, a, None, base.stride, base.padding, base.dilation)
-        return base(x) + conv(h, b)
+            # a: A^T (in, R), b: (scale B)^T (R, out); weight.t() folds into a constant.
+            y = torch.matmul(x, base.weight.t() + torch.matmul(a, b))  # (..., out)
+            return y + base.bias if base.bias is not None else y
+        # a: A flattened (R, in*k...), b: scale B (out, R) -> delta in the weight's shape.
+        weight = base.weight + torch.matmul(b, a).reshape(base.weight.shape)
+        return base._conv_forward(x, weight, base.bias)
 
 
 class BottleneckSlot(_Bound):
@@ -51,8 +58,9 @@ class BottleneckSlot(_Bound):
     def forward(self, *args, **kwargs) -> torch.Tensor:
         h = self.base_layer(*args, **kwargs)
         z = h.movedim(1, -1) if self.channels_first else h  # features last: (..., F)
-        z = F.linear(z, self.t("down_w"), self.t("down_b"))  # (..., R)
-        z = F.linear(_ACT[self.activation](z), self.t("up_w"), self.t("up_b"))  # (..., F)
+        # down_w: W_down^T (F, R), up_w: W_up^T (R, F): plain MatMuls, no runtime transposes.
+        z = torch.matmul(z, self.t("down_w")) + self.t("down_b")  # (..., R)
+        z = torch.matmul(_ACT[self.activation](z), self.t("up_w")) + self.t("up_b")  # (..., F)
         return h + (z.movedim(-1, 1) if self.channels_first else z)
 
 
@@ -95,6 +103,7 @@ def build_slotted(base: nn.Module, slots: list[Slot]) -> SlottedModel:
     import copy
 
     model = copy.deepcopy(base).eval()
+    use_module_calls(model, [s.module for s in slots])
     tensors: dict = {}
     by_module: dict[str, list[Slot]] = {}
     for slot in slots:

@@ -45,3 +45,26 @@ class AdapterLayer(nn.Module):
                 for key, value in container[name].named_parameters():
                     out[f"{part}.{key}"] = value
         return out
+
+
+_FUSED = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def _keep_module_path(module: nn.Module, args: tuple) -> None:
+    """A no-op pre-hook: torch skips its fused fast path for modules with hooks."""
+
+
+def use_module_calls(model: nn.Module, paths: list[str]) -> None:
+    """Make the Transformer layers above `paths` call their submodules.
+
+    In eval mode nn.TransformerEncoderLayer's fused fast path reads `linear1.weight` etc.
+    directly, which would bypass (or break on) a wrapped submodule; a hook disables it.
+    """
+    for path in paths:
+        parts = path.split(".")
+        for i in range(len(parts)):
+            ancestor = model.get_submodule(".".join(parts[:i]))
+            if isinstance(ancestor, _FUSED) and not getattr(ancestor, "_edge_hooked", False):
+                ancestor.register_forward_pre_hook(_keep_module_path)
+                ancestor._edge_hooked = True
+

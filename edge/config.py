@@ -1,0 +1,456 @@
+"""Firmware config: one TOML file per device class, validated into objects.
+
+    cfg = load_config("firmware_configs/jetson-orin-nano.toml")
+    cfg.device.providers[0].name, cfg.broker.port, cfg.errors_topic()
+
+Unknown keys are errors, every field has a description (docs/CONFIG.md is built from them),
+and every problem is reported as one line: `<file>: <key path>: <bad value>: <what is allowed>`.
+Relative paths resolve against the config file's directory. Credentials never live in the
+file: only the names of environment variables or files that hold them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError, PydanticUndefined, to_jsonable_python
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 gateways
+    import tomli as tomllib
+
+# Every provider onnxruntime knows (`onnxruntime.get_all_providers()`, 1.32); whether one is
+# available in the installed build is the engine's business, not the config's.
+KNOWN_PROVIDERS = tuple(f"{n}ExecutionProvider" for n in (
+    "Tensorrt CUDA MIGraphX OpenVINO Dnnl VitisAI QNN Nnapi VSINPU Js CoreML Dml Rknpu WebNN "
+    "WebGpu Xnnpack CANN Azure CPU").split())
+_NAME = r"^[A-Za-z0-9_-]+$"  # one MQTT topic level: no '/', '+', '#'
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_SECRET_KEYS = ("password", "username")
+MiB = 1 << 20
+
+
+def _conflict(key: str, value: Any, msg: str) -> PydanticCustomError:
+    """An error found by a model validator; `key` is relative to where the model sits."""
+    return PydanticCustomError("config_conflict", msg, {"key": key, "value": value})
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Resolve a relative path against the config file's directory (the validation context)."""
+    value = value.expanduser()
+    base = (info.context or {}).get("base_dir")
+    return value if base is None or value.is_absolute() else Path(base) / value
+
+
+def _scalar(value: Any) -> Any:
+    if not isinstance(value, (str, int, float, bool)):
+        raise PydanticCustomError("scalar", "should be a string, number or boolean")
+    return value
+
+
+def _topic_filter(topic: str) -> str:
+    levels = re.sub(r"\{prefix\}", "p", topic).split("/")
+    if re.search(r"[{}]", "".join(levels)):
+        raise PydanticCustomError("topic_filter", "the only placeholder is {prefix}")
+    if any(("+" in lv and lv != "+") or ("#" in lv and lv != "#") for lv in levels) \
+            or "#" in levels[:-1] or not topic:
+        raise PydanticCustomError("topic_filter", "not an MQTT filter: '+' fills a whole "
+                                  "level, '#' only the last one")
+    return topic
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+TopicFilter = Annotated[str, AfterValidator(_topic_filter)]
+Scalar = Annotated[Any, AfterValidator(_scalar)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Provider(_Section):
+    """One onnxruntime execution provider and its options."""
+
+    name: str = Field(description="onnxruntime provider name, e.g. CUDAExecutionProvider")
+    options: dict[str, Scalar] = Field(default_factory=dict, description="provider options "
+                                       "(device_id, trt_fp16_enable, ...), passed as strings")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        if name not in KNOWN_PROVIDERS:
+            near = difflib.get_close_matches(name, KNOWN_PROVIDERS, n=1)
+            known = f"did you mean {near[0]}?" if near else "known: " + ", ".join(KNOWN_PROVIDERS)
+            raise PydanticCustomError("provider", "unknown execution provider; {known}",
+                                      {"known": known})
+        return name
+
+
+class Device(_Section):
+    """[device]: who this gateway is and how it runs the model."""
+
+    id: str = Field(pattern=_NAME, description="device id, unique in the fleet and an MQTT "
+                    "topic level: letters, digits, '-', '_' (required)")
+    providers: list[Provider] = Field(
+        default_factory=lambda: [Provider(name="CPUExecutionProvider")], min_length=1,
+        description="execution providers, most preferred first; later ones are the fallback")
+    threads: int = Field(0, ge=0, le=1024, description="intra-op threads; 0 = onnxruntime's "
+                         "default")
+    bundle: ConfigPath | None = Field(None, description="bundle directory (base.onnx, "
+                                      "manifest.json, adapters/)")
+    state_dir: ConfigPath = Field(Path("state"), validate_default=True,
+                                  description="where accepted adapters and the outbox live")
+
+    @field_validator("providers")
+    @classmethod
+    def _no_duplicates(cls, providers: list[Provider]) -> list[Provider]:
+        if len({p.name for p in providers}) != len(providers):
+            raise PydanticCustomError("providers", "each provider may appear once")
+        return providers
+
+    def ort_providers(self) -> list[tuple[str, dict[str, str]]]:
+        """The `providers=` argument for onnxruntime.InferenceSession (option values as str)."""
+        return [(p.name, {k: str(v) for k, v in p.options.items()}) for p in self.providers]
+
+
+class Tls(_Section):
+    """[broker.tls]: TLS to the broker (port 8883 by convention)."""
+
+    enabled: StrictBool = Field(False, description="connect with TLS")
+    ca: ConfigPath | None = Field(None, description="CA certificate (PEM) of the broker; "
+                                  "unset = the system trust store")
+    cert: ConfigPath | None = Field(None, description="client certificate (PEM), mutual TLS")
+    key: ConfigPath | None = Field(None, description="client private key (PEM), mutual TLS")
+    insecure: StrictBool = Field(False, description="skip the hostname check (tests only)")
+
+    @field_validator("ca", "cert", "key")
+    @classmethod
+    def _exists_when_enabled(cls, path: Path | None, info: ValidationInfo) -> Path | None:
+        if path is not None and info.data.get("enabled") and not path.is_file():
+            raise PydanticCustomError("missing_file", "file not found: {path}",
+                                      {"path": str(path)})
+        return path
+
+    @model_validator(mode="after")
+    def _pair(self) -> Tls:
+        if (self.cert is None) != (self.key is None):
+            raise _conflict("key" if self.key is None else "cert", None,
+                            "cert and key go together: set both or neither")
+        return self
+
+
+class Broker(_Section):
+    """[broker]: the MQTT v5 broker and the session with it."""
+
+    host: str = Field("127.0.0.1", min_length=1, description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="broker TCP port (1..65535)")
+    client_id: str | None = Field(None, min_length=1, description="MQTT client id; unset = "
+                                  "'edge-<device.id>'")
+    keepalive: int = Field(60, ge=5, le=65535, description="MQTT keepalive, seconds (>= 5)")
+    clean_start: StrictBool = Field(False, description="drop the broker-side session on "
+                                    "connect; false = persistent session")
+    session_expiry: int = Field(3600, ge=0, le=0xFFFFFFFF, description="seconds the broker "
+                                "keeps the session after a disconnect")
+    username_env: str | None = Field(None, pattern=_ENV_NAME, description="environment "
+                                     "variable holding the user name")
+    password_env: str | None = Field(None, pattern=_ENV_NAME, description="environment "
+                                     "variable holding the password")
+    username_file: ConfigPath | None = Field(None, description="file holding the user name")
+    password_file: ConfigPath | None = Field(None, description="file holding the password")
+    tls: Tls = Field(default_factory=Tls, description="TLS settings")
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> Broker:
+        for what in ("username", "password"):
+            if getattr(self, f"{what}_env") and getattr(self, f"{what}_file"):
+                raise _conflict(f"{what}_file", str(getattr(self, f"{what}_file")),
+                                f"set {what}_env or {what}_file, not both")
+        return self
+
+
+class Route(_Section):
+    """[topics.lines.<line>]: which adapter serves a production line."""
+
+    adapter: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="adapter name; "
+                                "omitted or \"base\" = the base model")
+    version: int | None = Field(None, ge=1, description="adapter version; omitted = latest")
+
+    @model_validator(mode="after")
+    def _base_has_no_version(self) -> Route:
+        self.adapter = None if self.adapter == "base" else self.adapter
+        if self.adapter is None and self.version is not None:
+            raise _conflict("version", self.version, "a version needs an adapter")
+        return self
+
+
+class Topics(_Section):
+    """[topics]: MQTT topic layout; device topics are `<prefix>/<device.id>/...`."""
+
+    prefix: str = Field("factory", pattern=r"^[^/+#\s]+(/[^/+#\s]+)*$",
+                        description="first topic level(s), e.g. 'factory' or 'acme/plant1'")
+    inputs: list[TopicFilter] = Field(
+        default_factory=lambda: ["{prefix}/+/sensors/+"], min_length=1,
+        description="sensor subscription filters ('{prefix}' is replaced); the level after "
+        "the prefix is the line")
+    qos: Literal[0, 1, 2] = Field(1, description="QoS of subscriptions and results")
+    stats_interval_s: float = Field(10, ge=0, description="seconds between stats; 0 = none")
+    lines: dict[Annotated[str, Field(pattern=_NAME)], Route] = Field(
+        default_factory=dict, description="routing table; unlisted lines get the base model")
+
+    @model_validator(mode="after")
+    def _expand_prefix(self) -> Topics:
+        self.inputs = [f.replace("{prefix}", self.prefix) for f in self.inputs]
+        return self
+
+    def route(self, line: str) -> Route:
+        """The route for `line`; the base model when the line is not listed."""
+        return self.lines.get(line, Route())
+
+
+class Batching(_Section):
+    """[batching]: how sensor windows are grouped into one inference call."""
+
+    max_batch: int = Field(32, ge=1, le=4096, description="most windows per call (1..4096)")
+    max_wait_ms: float = Field(10, ge=0, le=10000, description="longest a window waits for "
+                               "its batch to fill, ms (0..10000)")
+
+
+class Limits(_Section):
+    """[limits]: bounds that keep a flood or a bad sender from taking the gateway down."""
+
+    max_payload_bytes: int = Field(MiB, ge=1024, description="largest sensor message (>= 1024)")
+    queue_bound: int = Field(10000, ge=1, description="most windows waiting for inference")
+    max_adapter_bytes: int = Field(16 * MiB, ge=1024, description="largest adapter file")
+
+
+class Adapters(_Section):
+    """[adapters]: where new adapters come from and what they must prove."""
+
+    require_signed: StrictBool = Field(True, description="refuse adapters without a valid "
+                                       "Ed25519 signature by a trusted key")
+    trusted_keys: list[ConfigPath] = Field(default_factory=list, description="Ed25519 public "
+                                           "key files trusted to sign adapters")
+    watch_dir: ConfigPath | None = Field(None, description="directory watched for dropped "
+                                         "adapter files; unset = MQTT only")
+    memory_budget_mb: float = Field(256, gt=0, description="MiB that loaded adapters may hold")
+
+
+class Export(_Section):
+    """[export]: read by `edge-export --target FILE`; the runtime ignores it."""
+
+    opset: int = Field(17, ge=13, le=21, description="ONNX opset (13..21)")
+    precision: Literal["fp32", "fp16"] = Field("fp32", description="fp32 or fp16 weights")
+    batch: Literal["dynamic"] | int = Field("dynamic", description="batch dimension: "
+                                            "\"dynamic\" or a fixed size >= 1")
+    max_rank: int = Field(8, ge=1, le=256, description="rank adapter slots are padded to")
+    atol: float | None = Field(None, gt=0, description="export parity tolerance; unset = "
+                               "the exporter's default")
+
+    @field_validator("batch", mode="before")
+    @classmethod
+    def _batch(cls, value: Any) -> Any:
+        if value == "dynamic" or (type(value) is int and value >= 1):
+            return value
+        raise PydanticCustomError("batch", "should be \"dynamic\" or an integer >= 1")
+
+
+class Config(_Section):
+    """A whole firmware config file; `source` is the file it came from."""
+
+    device: Device = Field(description="this gateway")
+    broker: Broker = Field(default_factory=Broker, description="MQTT broker")
+    topics: Topics = Field(default_factory=Topics, description="MQTT topics")
+    batching: Batching = Field(default_factory=Batching, description="batching")
+    limits: Limits = Field(default_factory=Limits, description="input limits")
+    adapters: Adapters = Field(default_factory=Adapters, description="adapter intake")
+    export: Export = Field(default_factory=Export, description="workstation export settings")
+    _source: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        self.broker.client_id = self.broker.client_id or f"edge-{self.device.id}"
+        batch = self.export.batch
+        if isinstance(batch, int) and self.batching.max_batch > batch:
+            raise _conflict("batching.max_batch", self.batching.max_batch,
+                            f"at most export.batch = {batch} (the model's fixed batch size)")
+        return self
+
+    @property
+    def source(self) -> Path | None:
+        """The file this config was loaded from (None when built in Python)."""
+        return self._source
+
+    def inference_topic(self, line: str) -> str:
+        """`<prefix>/<line>/inference`: results for one production line."""
+        if not re.fullmatch(r"[^/+#]+", line):
+            raise ValueError(f"not a single topic level: {line!r}")
+        return f"{self.topics.prefix}/{line}/inference"
+
+    def errors_topic(self) -> str:
+        """`<prefix>/<device.id>/errors`: rejected messages and handler failures."""
+        return f"{self.topics.prefix}/{self.device.id}/errors"
+
+    def status_topic(self) -> str:
+        """`<prefix>/<device.id>/status`: retained online/offline (the last will)."""
+        return f"{self.topics.prefix}/{self.device.id}/status"
+
+    def stats_topic(self) -> str:
+        """`<prefix>/<device.id>/stats`: counters every topics.stats_interval_s."""
+        return f"{self.topics.prefix}/{self.device.id}/stats"
+
+    def adapters_topic(self, suffix: str) -> str:
+        """`<prefix>/<device.id>/adapters/<suffix>`: adapter upload and control."""
+        return f"{self.topics.prefix}/{self.device.id}/adapters/{suffix}"
+
+
+def _inner_model(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside an annotation like `Tls`, `list[Provider]`, `dict[str, Route]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_inner_model, get_args(annotation))), None)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] | None = Config
+    skip = False  # the next loc part is a list index or a dict key
+    for part in loc[:-1]:
+        if skip:
+            skip = False
+            continue
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        skip = get_origin(field.annotation) in (list, dict)
+        model = _inner_model(field.annotation)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if part == "[key]":
+            continue
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _problem_lines(source: str, exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc, value, msg = tuple(err["loc"]), err.get("input"), err["msg"]
+        ctx = err.get("ctx") or {}
+        if err["type"] == "config_conflict":
+            loc, value = loc + tuple(ctx["key"].split(".")), ctx["value"]
+        if err["type"] == "extra_forbidden":
+            if loc[-1] in _SECRET_KEYS:
+                msg = (f"credentials are never stored in the config; use {loc[-1]}_env (an "
+                       f"environment variable name) or {loc[-1]}_file (a file path)")
+                value = "..."  # never echo a secret
+            else:
+                msg = "unknown key; allowed keys here: " + ", ".join(_allowed_keys(loc))
+        missing = err["type"] == "missing" or (value is None and "key" in ctx)
+        shown = "(missing)" if missing else repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        lines.append(f"{source}: {_key_path(loc)}: {shown}: {msg}")
+    return lines
+
+
+def _load(path: str | Path) -> tuple[Config | None, list[str]]:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, [f"{path}: no such file"]
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [f"{path}: cannot read: {exc}"]
+    except tomllib.TOMLDecodeError as exc:
+        return None, [f"{path}: TOML syntax error: {exc}"]
+    try:
+        cfg = Config.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as exc:
+        return None, _problem_lines(str(path), exc)
+    cfg._source = path.resolve()
+    return cfg, []
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a firmware config.
+
+    Raises ConfigError with one line per problem, `<file>: <key path>: <value>: <allowed>`;
+    the lines are also on the exception's `problems` attribute.
+    """
+    cfg, problems = _load(path)
+    if cfg is None:
+        err = ConfigError("\n".join(problems))
+        err.problems = problems
+        raise err
+    return cfg
+
+
+def check_config(path: str | Path) -> list[str]:
+    """Every problem line for the config at `path`; empty when it is valid."""
+    return _load(path)[1]
+
+
+def resolve_credentials(cfg: Config | Broker) -> tuple[str | None, str | None]:
+    """(username, password) read from the environment variables or files the config names."""
+    broker = cfg.broker if isinstance(cfg, Config) else cfg
+    where = f"{cfg.source}: " if isinstance(cfg, Config) and cfg.source else ""
+    out: list[str | None] = []
+    for what in ("username", "password"):
+        env, file = getattr(broker, f"{what}_env"), getattr(broker, f"{what}_file")
+        if env:
+            if env not in os.environ:
+                raise ConfigError(f"{where}broker.{what}_env: {env!r}: environment variable "
+                                  "is not set")
+            out.append(os.environ[env])
+        elif file:
+            try:
+                out.append(Path(file).read_text(encoding="utf-8").rstrip("\r\n"))
+            except OSError as exc:
+                raise ConfigError(f"{where}broker.{what}_file: {str(file)!r}: cannot read "
+                                  f"({exc.strerror or exc})") from None
+        else:
+            out.append(None)
+    return out[0], out[1]
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, ...]]:
+    """(key path, default, description) for every key, in file order (docs/CONFIG.md)."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key, sub = prefix + name, _inner_model(field.annotation)
+        if sub is field.annotation:  # a section table: describe its keys instead
+            rows += describe_fields(sub, key + ".")
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = "required" if default is PydanticUndefined else "unset" if default is None \
+            else json.dumps(to_jsonable_python(default))
+        rows.append((key, shown, field.description or ""))
+        if sub is not None:  # list[Provider] or dict[str, Route]: one row per inner key
+            list_ = get_origin(field.annotation) is list
+            rows += describe_fields(sub, key + ("[]." if list_ else ".<line>."))
+    return rows
