@@ -4,6 +4,7 @@
     BUNDLE/manifest.json               this module's `Manifest`
     BUNDLE/adapters/<name>.onnx_adapter  onnxruntime adapter files (one per adapter version)
     BUNDLE/reference_inputs.npy        a few real, normalised input windows for warm-up checks
+    BUNDLE/slot_defaults.npz           bank bundles only: each slot's value with no adapter
 
 `export/` writes manifests through this same code, so the two halves cannot drift apart.
 """
@@ -28,6 +29,8 @@ MANIFEST = "manifest.json"
 BASE_FILE = "base.onnx"
 ADAPTER_DIR = "adapters"
 REFERENCE_INPUTS = "reference_inputs.npy"
+SLOT_DEFAULTS = "slot_defaults.npz"  # bank bundles: each slot's no-adapter value
+INDEX_INPUT = "adapter_index"  # bank bundles: (N,) int64, the bank entry of each row
 SlotKind = Literal["lora", "bottleneck", "full"]
 
 
@@ -104,6 +107,8 @@ class Manifest(_Strict):
     outputs: list[TensorSpec]
     dynamic_batch: bool = True
     max_rank: int
+    bank: int = Field(0, description="K > 0: slots hold K adapters, rows pick one through "
+                      "the adapter_index input; 0: one adapter per run")
     num_classes: int = Field(description="width of the logits output (classes padded to it)")
     slots: list[Slot]
     adapters: list[AdapterEntry] = Field(default_factory=list)

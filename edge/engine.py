@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .bundle import INDEX_INPUT
 from .errors import AdapterError, ConfigError, IncompatibleBundle
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,8 @@ class Engine:
             raise IncompatibleBundle(f"{path}: onnxruntime cannot load it ({exc})") from None
         self.path = path
         self.providers = self.session.get_providers()
-        inputs = self.session.get_inputs()
+        inputs = [i for i in self.session.get_inputs() if i.name != INDEX_INPUT]
+        self.banked = len(inputs) < len(self.session.get_inputs())
         if len(inputs) != 1:
             raise ConfigError(f"{path}: expected one data input, found "
                               f"{[i.name for i in inputs]}")

@@ -16,7 +16,9 @@ from edge import __version__
 from edge.bundle import (
     ADAPTER_DIR,
     BASE_FILE,
+    INDEX_INPUT,
     REFERENCE_INPUTS,
+    SLOT_DEFAULTS,
     AdapterEntry,
     BaseInfo,
     Manifest,
@@ -27,7 +29,7 @@ from edge.bundle import (
     verify_base,
     write_manifest,
 )
-from edge.engine import Engine, load_adapter_file
+from edge.engine import Engine, load_adapter_file, read_adapter_arrays
 from edge.errors import AdapterRejected, ExportError
 
 from .adapters.model import AdaptedModel
@@ -117,11 +119,15 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
                   out: str | Path, names: list[str] | None = None, max_rank: int | None = None,
                   target: str | Path | None = None, atol: float | None = None,
                   data: str | Path | None = None, input_shape_: tuple[int, ...] | None = None,
-                  force: bool = False) -> ExportReport:
+                  bank: int = 0, force: bool = False) -> ExportReport:
     """Write BUNDLE/: base.onnx with one slot per adapted module, every adapter as an
-    `.onnx_adapter`, manifest.json; then check each against torch in onnxruntime."""
+    `.onnx_adapter`, manifest.json; then check each against torch in onnxruntime.
+    `bank` K > 0 writes the mixed-adapter variant: slots hold K adapters, rows pick one."""
     if not adapters:
         raise ExportError("attach needs at least one --adapter DIR")
+    if bank < 0 or (bank and bank < len(adapters)):
+        raise ExportError(f"--bank {bank} must be 0 or at least the number of adapters "
+                          f"({len(adapters)})")
     settings = load_settings(target, max_rank=max_rank, atol=atol)
     out = Path(out)
     check_output(out, force)
@@ -138,8 +144,9 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         manifest = _write_bundle(tmp, model, fingerprint, dirs, names, slots, x, settings,
-                                 weights)
-        parity = validate_bundle(tmp, manifest, model, dirs, x, settings.tolerance)
+                                 weights, bank)
+        check = validate_bank if bank else validate_bundle
+        parity = check(tmp, manifest, model, dirs, x, settings.tolerance)
         raise_on_failure(parity)
         if out.exists():
             shutil.rmtree(out)
@@ -156,18 +163,13 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
 
 def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: list[AdapterDir],
                   names: list[str], slots: list, x: np.ndarray, settings: ExportSettings,
-                  weights: str | Path | None) -> Manifest:
+                  weights: str | Path | None, bank: int) -> Manifest:
     (tmp / ADAPTER_DIR).mkdir()
     defaults = default_tensors(model, slots)
-    args = (torch.from_numpy(x), *[torch.from_numpy(defaults[s.name]) for s in slots])
-    to_onnx(build_slotted(model, slots), args, [INPUT, *[s.name for s in slots]],
-            tmp / BASE_FILE, settings)
-    meta = {"edge.kind": "attached-base", "edge.weights_fingerprint": fingerprint,
-            "edge.max_rank": str(settings.max_rank), "edge.slots": str(len(slots)),
-            "edge.package_version": __version__}
-    graph = finish_onnx(tmp / BASE_FILE, defaults=defaults, metadata=meta,
-                        precision=settings.precision)
-    inputs, outputs = io_specs(graph, exclude={s.name for s in slots})
+    graph = _write_base(tmp / BASE_FILE, model, slots, defaults, x, settings, bank, fingerprint)
+    if bank:
+        np.savez(tmp / SLOT_DEFAULTS, **defaults)
+    inputs, outputs = io_specs(graph, exclude={s.name for s in slots} | {INDEX_INPUT})
     num_classes = int(outputs[0].shape[-1])
     entries = []
     for adapter, name in zip(dirs, names, strict=True):
@@ -185,9 +187,26 @@ def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: lis
                       opset=settings.opset, precision=settings.precision,
                       class_names=class_names, preprocessing=preprocessing(base_meta)),
         inputs=inputs, outputs=outputs, dynamic_batch=settings.dynamic,
-        max_rank=settings.max_rank, num_classes=num_classes, slots=slots, adapters=entries)
+        max_rank=settings.max_rank, bank=bank, num_classes=num_classes, slots=slots,
+        adapters=entries)
     write_manifest(tmp, manifest)
     return manifest
+
+
+def _write_base(path: Path, model: torch.nn.Module, slots: list, defaults: dict, x: np.ndarray,
+                settings: ExportSettings, bank: int, fingerprint: str):
+    """base.onnx: inputs x [, adapter_index], then one per slot with its default attached."""
+    if bank:  # every bank entry starts as the base: (K, *slot shape)
+        defaults = {k: np.repeat(v[None], bank, axis=0) for k, v in defaults.items()}
+    index = [torch.zeros(len(x), dtype=torch.int64)] if bank else []
+    args = (torch.from_numpy(x), *index, *[torch.from_numpy(defaults[s.name]) for s in slots])
+    names = [INPUT, *([INDEX_INPUT] if bank else []), *[s.name for s in slots]]
+    to_onnx(build_slotted(model, slots, bank), args, names, path, settings,
+            batch_inputs=2 if bank else 1)
+    meta = {"edge.kind": "attached-base", "edge.weights_fingerprint": fingerprint,
+            "edge.max_rank": str(settings.max_rank), "edge.slots": str(len(slots)),
+            "edge.bank": str(bank), "edge.package_version": __version__}
+    return finish_onnx(path, defaults=defaults, metadata=meta, precision=settings.precision)
 
 
 def validate_bundle(bundle: Path, manifest: Manifest, model: torch.nn.Module,
@@ -204,6 +223,38 @@ def validate_bundle(bundle: Path, manifest: Manifest, model: torch.nn.Module,
     for adapter, entry in zip(dirs, manifest.adapters, strict=True):
         got = engine.run(x, load_adapter_file(bundle / entry.file))
         results.append(_parity_with(adapted, adapter, entry, x, got, atol))
+    return results
+
+
+def validate_bank(bundle: Path, manifest: Manifest, model: torch.nn.Module,
+                  dirs: list[AdapterDir], x: np.ndarray, atol: float) -> list:
+    """One mixed batch: row i uses bank entry i % (n + 1), entry n being the base; each row
+    must equal torch with that row's adapter."""
+    import copy
+
+    from edge.bank import AdapterBank
+
+    bank = AdapterBank.for_bundle(bundle, manifest)
+    for k, entry in enumerate(manifest.adapters):
+        bank.load(k, read_adapter_arrays(bundle / entry.file))
+    n = len(manifest.adapters)
+    rows = np.concatenate([x, x])  # every entry sees several rows
+    index = np.arange(len(rows)) % (n + 1)
+    got = Engine(bundle / BASE_FILE).run(rows, feeds=bank.feeds(index))
+    adapted = AdaptedModel(copy.deepcopy(model)).eval()
+    results = []
+    for k in range(n + 1):
+        mine = index == k
+        if k == n:
+            with torch.no_grad():
+                want = model(torch.from_numpy(rows[mine])).numpy()
+            results.append(compare("bank, base rows", OUTPUT, got[mine], want, atol,
+                                   columns=want.shape[1]))
+        else:
+            result = _parity_with(adapted, dirs[k], manifest.adapters[k], rows[mine],
+                                  got[mine], atol)
+            result.check = f"bank + {manifest.adapters[k].name}"
+            results.append(result)
     return results
 
 

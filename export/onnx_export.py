@@ -90,9 +90,12 @@ def sample_inputs(shape: tuple[int, ...], settings: ExportSettings,
 
 
 def to_onnx(module: nn.Module, args: tuple, input_names: list[str], path: Path,
-            settings: ExportSettings) -> None:
-    """TorchScript-based export (dynamo=False), batch axis dynamic unless the target fixes it."""
-    axes = {input_names[0]: {0: "batch"}, OUTPUT: {0: "batch"}} if settings.dynamic else None
+            settings: ExportSettings, batch_inputs: int = 1) -> None:
+    """TorchScript-based export (dynamo=False). The first `batch_inputs` inputs and the
+    output have a batch axis, dynamic unless the target fixes it."""
+    axes = None
+    if settings.dynamic:
+        axes = {name: {0: "batch"} for name in [*input_names[:batch_inputs], OUTPUT]}
     fastpath = torch.backends.mha.get_fastpath_enabled()
     # The fused Transformer fast path (aten::_native_multi_head_attention) has no ONNX form.
     torch.backends.mha.set_fastpath_enabled(False)

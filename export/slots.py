@@ -80,17 +80,24 @@ class FullSlot(_Bound):
 
 
 class SlottedModel(nn.Module):
-    """`model` with slot modules in place; forward(x, *tensors in `slot_order`)."""
+    """`model` with slot modules in place; forward(x, [adapter_index,] *tensors in
+    `slot_order`), the index (N,) int64 only for a bank."""
 
-    def __init__(self, model: nn.Module, slot_order: list[str], tensors: dict) -> None:
+    def __init__(self, model: nn.Module, slot_order: list[str], tensors: dict,
+                 bank: int = 0) -> None:
         super().__init__()
         self.model = model
         self.slot_order = slot_order
         self.tensors = tensors
+        self.bank = bank
 
-    def forward(self, x: torch.Tensor, *slot_tensors: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         self.tensors.clear()
-        self.tensors.update(zip(self.slot_order, slot_tensors, strict=True))
+        if self.bank:
+            from .bank_slots import INDEX
+
+            self.tensors[INDEX], inputs = inputs[0], inputs[1:]
+        self.tensors.update(zip(self.slot_order, inputs, strict=True))
         return self.model(x)
 
 
@@ -98,9 +105,12 @@ def slot_name(module: str, part: str) -> str:
     return f"slot.{module}.{part}"
 
 
-def build_slotted(base: nn.Module, slots: list[Slot]) -> SlottedModel:
-    """Replace every slotted module of a copy of `base` by its slot module."""
+def build_slotted(base: nn.Module, slots: list[Slot], bank: int = 0) -> SlottedModel:
+    """Replace every slotted module of a copy of `base` by its slot module; with `bank`
+    K > 0 every slot holds K adapters and rows pick theirs through `adapter_index`."""
     import copy
+
+    from . import bank_slots
 
     model = copy.deepcopy(base).eval()
     use_module_calls(model, [s.module for s in slots])
@@ -108,16 +118,19 @@ def build_slotted(base: nn.Module, slots: list[Slot]) -> SlottedModel:
     by_module: dict[str, list[Slot]] = {}
     for slot in slots:
         by_module.setdefault(slot.module, []).append(slot)
+    lora, bottleneck, full = ((bank_slots.BankLoraSlot, bank_slots.BankBottleneckSlot,
+                               bank_slots.BankFullSlot) if bank else
+                              (LoraSlot, BottleneckSlot, FullSlot))
     for module_path, group in by_module.items():
         layer = model.get_submodule(module_path)
         names = {s.part: s.name for s in group}
         kind = group[0].kind
         if kind == "lora":
-            new = LoraSlot(layer, names, tensors)
+            new = lora(layer, names, tensors)
         elif kind == "bottleneck":
-            new = BottleneckSlot(layer, names, tensors, group[0].activation or "gelu",
-                                 isinstance(layer, (nn.Conv1d, nn.Conv2d)))
+            new = bottleneck(layer, names, tensors, group[0].activation or "gelu",
+                             isinstance(layer, (nn.Conv1d, nn.Conv2d)))
         else:
-            new = FullSlot(layer, names, tensors)
+            new = full(layer, names, tensors)
         model.set_submodule(module_path, new)
-    return SlottedModel(model, [s.name for s in slots], tensors)
+    return SlottedModel(model, [s.name for s in slots], tensors, bank)
