@@ -60,14 +60,14 @@ def read_config(path: Path) -> LoraConfig | BottleneckConfig:
         raise AdapterError(f"{file}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise AdapterError(f"{file}: expected a JSON object")
-    if data.get("adapter_type") == "bottleneck":
-        return BottleneckConfig.from_dict(data, source=str(file))
-    if data.get("peft_type", "LORA") != "LORA":
+    if data.get("adapter_type") != "bottleneck" and data.get("peft_type", "LORA") != "LORA":
         raise AdapterError(f"{file}: peft_type {data.get('peft_type')!r} is not supported "
                            "(LORA, or adapter_type 'bottleneck')")
     try:
+        if data.get("adapter_type") == "bottleneck":
+            return BottleneckConfig.from_dict(data, source=str(file))
         return LoraConfig.from_peft_dict(data, source=str(file))
-    except TypeError as exc:
+    except TypeError as exc:  # a value of the wrong type (r: "8")
         raise AdapterError(f"{file}: {exc}") from None
 
 
@@ -100,6 +100,8 @@ def read_adapter_dir(path: str | Path) -> AdapterDir:
             meta = json.loads(meta_file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise AdapterError(f"{meta_file}: not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise AdapterError(f"{meta_file}: expected a JSON object")
     return AdapterDir(path, read_config(path), read_tensors(path), meta)
 
 
@@ -108,11 +110,14 @@ def load_adapter(model: AdaptedModel, path: str | Path, *, name: str | None = No
     name) and activate it."""
     adapter = read_adapter_dir(path)
     name = name or adapter.meta.get("name") or Path(path).resolve().name
-    model.add_adapter(name, adapter.config)
+    previous = model.active_adapter
+    model.add_adapter(name, adapter.config, option=f"{adapter.path / CONFIG_FILE}: target_modules")
+    source = str(adapter.path / WEIGHTS_FILE)
     try:
-        model.load_adapter_state_dict(name, adapter.tensors, source=str(adapter.path / WEIGHTS_FILE))
+        model.load_adapter_state_dict(name, adapter.tensors, source=source)
     except AdapterError:
         model.delete_adapter(name)
+        model.set_adapter(previous)
         raise
     return adapter
 
@@ -121,6 +126,8 @@ def save_adapter(model: AdaptedModel, out: str | Path, *, name: str | None = Non
                  meta: dict | None = None, force: bool = False) -> Path:
     """Write adapter `name` as a PEFT directory, atomically (temp dir, then rename)."""
     name = name or model.active_adapter
+    if name not in model.configs:
+        raise AdapterError(f"no adapter named {name!r} to save; adapters: {sorted(model.configs)}")
     config = model.configs[name]
     out = Path(out)
     _check_target(out, force)
@@ -128,6 +135,7 @@ def save_adapter(model: AdaptedModel, out: str | Path, *, name: str | None = Non
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.adapter_state_dict(name).items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: readable by its owner only
         (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2, sort_keys=True))
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         full_meta = {"format": META_FORMAT, "name": name, "kind": config.kind, **(meta or {})}
@@ -139,6 +147,12 @@ def save_adapter(model: AdaptedModel, out: str | Path, *, name: str | None = Non
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _check_target(out: Path, force: bool) -> None:

@@ -16,7 +16,7 @@ from torch import nn
 
 from edge.errors import AdapterError
 
-from .base import AdapterLayer
+from .base import AdapterLayer, use_module_calls
 from .targets import matches, select_modules
 
 PEFT_PREFIX = "base_model.model."
@@ -73,7 +73,8 @@ class AdaptedModel(nn.Module):
         self.configs: dict = {}
         self.active_adapter: str | None = None
         self.base_params = sum(p.numel() for p in base_model.parameters())
-        self.base_bytes = sum(t.numel() * t.element_size() for t in base_model.state_dict().values())
+        self.base_bytes = sum(t.numel() * t.element_size()
+                              for t in base_model.state_dict().values())
 
     def forward(self, *args, **kwargs):
         return self.base_model(*args, **kwargs)
@@ -84,8 +85,14 @@ class AdaptedModel(nn.Module):
         if name in self.configs:
             raise AdapterError(f"an adapter named {name!r} exists already")
         named = self.user_modules()
-        for path, _ in select_modules(named, config.target_modules, config.supported,
-                                      option=option):
+        chosen = select_modules(named, config.target_modules, config.supported, option=option)
+        saved = self._saved_paths(config.modules_to_save or [], named)
+        for path in [p for p, _ in chosen] + saved:
+            parent = self.base_model.get_submodule(path.rpartition(".")[0])
+            if isinstance(parent, nn.MultiheadAttention):
+                raise AdapterError(f"{option}: {path} cannot be adapted: MultiheadAttention "
+                                   "reads its out_proj weight directly, never calling it")
+        for path, _ in chosen:
             current = self.base_model.get_submodule(path)
             if isinstance(current, AdapterLayer):
                 if not isinstance(current, config.layer_cls):
@@ -96,13 +103,14 @@ class AdaptedModel(nn.Module):
                 layer = config.layer_cls(current)
                 self.base_model.set_submodule(path, layer)
             config.add_to(layer, name, path)
-        for path in self._saved_paths(config.modules_to_save or [], named):
+        for path in saved:
             current = self.base_model.get_submodule(path)
             if not isinstance(current, ModulesToSave):
                 current = ModulesToSave(current)
                 self.base_model.set_submodule(path, current)
             current.add(name)
         self.configs[name] = config
+        use_module_calls(self.base_model, [p for p, _ in chosen] + saved)
         self.set_adapter(name)
 
     def user_modules(self) -> list[tuple[str, nn.Module]]:
@@ -144,8 +152,17 @@ class AdaptedModel(nn.Module):
                 module.set_adapter(name)
             else:
                 module.active_adapter = name
-        for param_name, param in self.named_parameters():
-            param.requires_grad = name is not None and f".{name}." in param_name
+        # Freeze all, then unfreeze this adapter's own tensors (matching `.{name}.` in
+        # parameter names would also unfreeze a base module that happens to be called `name`).
+        self.requires_grad_(False)
+        if name is None:
+            return
+        for _, module in self.wrappers():
+            if isinstance(module, AdapterLayer):
+                for tensor in module.adapter_tensors(name).values():
+                    tensor.requires_grad_(True)
+            elif name in module.modules_to_save:
+                module.modules_to_save[name].requires_grad_(True)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -158,12 +175,14 @@ class AdaptedModel(nn.Module):
             self.set_adapter(previous)
 
     def delete_adapter(self, name: str) -> None:
+        if name not in self.configs:
+            raise AdapterError(f"no adapter named {name!r}; adapters: {sorted(self.configs)}")
         self.configs.pop(name)
         for _, module in self.wrappers():
             if isinstance(module, AdapterLayer):
                 module.delete_adapter(name)
-            else:
-                module.modules_to_save.pop(name, None)
+            elif name in module.modules_to_save:  # nn.ModuleDict.pop takes no default
+                del module.modules_to_save[name]
         if self.active_adapter == name:
             self.set_adapter(None)
 
@@ -245,6 +264,8 @@ class AdaptedModel(nn.Module):
         """A plain copy of the base with adapter `name` folded in (safe merge: the original
         is untouched and every merged weight is checked finite). Bottleneck adapters cannot
         fold and raise AdapterError."""
+        if name not in self.configs:
+            raise AdapterError(f"no adapter named {name!r}; adapters: {sorted(self.configs)}")
         return self._plain_copy(name)
 
     def unwrapped_base(self) -> nn.Module:

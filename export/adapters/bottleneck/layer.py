@@ -17,18 +17,24 @@ SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.TransformerEncode
 
 def output_features(module: nn.Module) -> int:
     """Width of the module's output feature axis (last axis; axis 1 for convolutions)."""
+    return _output_layout(module)[0]
+
+
+def _output_layout(module: nn.Module) -> tuple[int, bool]:
+    """(output width, True when the features are on axis 1 as after a convolution)."""
     if isinstance(module, nn.Linear):
-        return module.out_features
+        return module.out_features, False
     if isinstance(module, CONV):
-        return module.out_channels
+        return module.out_channels, True
     if isinstance(module, nn.LayerNorm):
-        return int(module.normalized_shape[-1])
+        return int(module.normalized_shape[-1]), False
     if isinstance(module, nn.TransformerEncoderLayer):
-        return module.linear2.out_features
+        return module.linear2.out_features, False
     if isinstance(module, nn.Sequential):
+        # The last child with a known width decides (a conv block ends in conv, BN, ReLU).
         for child in reversed(list(module)):
             try:
-                return output_features(child)
+                return _output_layout(child)
             except AdapterError:
                 continue
     raise AdapterError(f"cannot tell the output width of {type(module).__name__}; supported: "
@@ -42,15 +48,15 @@ class BottleneckLayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
-        self.features = output_features(base_layer)
-        self.channels_first = isinstance(base_layer, CONV)
+        self.features, self.channels_first = _output_layout(base_layer)
         self.adapter_down = nn.ModuleDict()
         self.adapter_up = nn.ModuleDict()
         self.adapter_act = nn.ModuleDict()
         self.adapter_dropout = nn.ModuleDict()
 
     def add_adapter(self, name: str, size: int, activation: str, dropout: float) -> None:
-        ref = next(self.base_layer.parameters())
+        # dtype/device of the base; a LayerNorm without affine weights has no parameters.
+        ref = next(self.base_layer.parameters(), torch.empty(0))
         down = nn.Linear(self.features, size)
         up = nn.Linear(size, self.features)
         nn.init.zeros_(up.weight)
@@ -62,8 +68,9 @@ class BottleneckLayer(AdapterLayer):
 
     def delete_adapter(self, name: str) -> None:
         super().delete_adapter(name)
-        self.adapter_act.pop(name, None)
-        self.adapter_dropout.pop(name, None)
+        for container in (self.adapter_act, self.adapter_dropout):
+            if name in container:  # nn.ModuleDict.pop takes no default
+                del container[name]
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         h = self.base_layer(*args, **kwargs)

@@ -45,8 +45,9 @@ class LoraLayer(AdapterLayer):
             b = nn.Linear(r, base.out_features, bias=False)
         else:
             conv = type(base)
+            # Same padding_mode as the base, so the merged weight computes the same thing.
             a = conv(base.in_channels, r, base.kernel_size, base.stride, base.padding,
-                     base.dilation, bias=False)
+                     base.dilation, bias=False, padding_mode=base.padding_mode)
             b = conv(r, base.out_channels, 1, 1, bias=False)
         nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
         if init:
@@ -59,7 +60,8 @@ class LoraLayer(AdapterLayer):
 
     def delete_adapter(self, name: str) -> None:
         super().delete_adapter(name)
-        self.lora_dropout.pop(name, None)
+        if name in self.lora_dropout:  # nn.ModuleDict.pop takes no default
+            del self.lora_dropout[name]
         self.scaling.pop(name, None)
 
     def delta_weight(self, name: str) -> torch.Tensor:
