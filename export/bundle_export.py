@@ -107,7 +107,8 @@ def base_labels(weights: str | Path | None, num_classes: int) -> tuple[list[str]
     """Class names and training metadata of the base, from the files beside its weights."""
     meta: dict = {}
     if weights is not None:
-        for path in (sidecar_path(weights), Path(weights).with_name("metrics.json")):
+        # `train --method full` writes edge_model.json beside model.safetensors.
+        for path in (sidecar_path(weights), Path(weights).with_name("edge_model.json")):
             if path.is_file():
                 meta.update({k: v for k, v in json.loads(path.read_text()).items()
                              if k in ("class_names", "preprocessing")})

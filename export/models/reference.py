@@ -112,12 +112,13 @@ class SensorTransformer(nn.Module):
         mlp_ratio: int = 2,
         patch: int = 8,
         dropout: float = 0.1,
+        window_norm: bool = False,
     ) -> None:
         super().__init__()
         self.config: dict[str, Any] = {
             "in_channels": in_channels, "num_classes": num_classes, "length": length,
             "d_model": d_model, "depth": depth, "heads": heads, "mlp_ratio": mlp_ratio,
-            "patch": patch, "dropout": dropout,
+            "patch": patch, "dropout": dropout, "window_norm": window_norm,
         }  # fmt: skip
         _check_config(self.config)
         tokens = length // patch
@@ -130,6 +131,13 @@ class SensorTransformer(nn.Module):
         self.head = nn.Linear(d_model, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config["window_norm"]:
+            # Each window and channel z-normalised, in the graph: sensor scales span orders of
+            # magnitude between machines (PLAID peaks: 0.01 to 450), which one mean/std per
+            # channel cannot even out. The gateway needs nothing extra.
+            mean = x.mean(dim=-1, keepdim=True)  # (B, C, 1)
+            std = (x - mean).pow(2).mean(dim=-1, keepdim=True).sqrt()  # (B, C, 1)
+            x = (x - mean) / (std + 1e-3)
         x = self.stem(x)  # (B, C, L) -> (B, D, T)
         x = self.drop(x.transpose(1, 2) + self.pos)  # (B, T, D)
         for block in self.blocks:

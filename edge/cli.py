@@ -1,0 +1,92 @@
+"""`edge-runtime`: the gateway's command line, a thin layer over edge.service and edge.config.
+
+    edge-runtime run --config firmware_configs/cpu.toml [--bundle DIR] [--log-level info]
+    edge-runtime check-config firmware_configs/cpu.toml
+
+An EdgeError becomes one `error: ...` line on stderr and its exit code; `--debug` keeps the
+traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import EdgeError
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class _EdgeGroup(click.Group):
+    """Turns EdgeError into one line and an exit code, in one place for every command."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            lines = str(exc).splitlines() or [type(exc).__name__]
+            for line in lines:
+                click.echo(f"error: {line}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(cls=_EdgeGroup)
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Serve adapter bundles over MQTT on a factory gateway."""
+    ctx.ensure_object(dict)["debug"] = debug
+
+
+@main.command("run")
+@click.option("--config", "config", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Firmware config (firmware_configs/<device>.toml).")
+@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Bundle directory; overrides device.bundle.")
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
+def run_command(config: Path, bundle: Path | None, log_level: str) -> None:
+    """Run the service until SIGTERM or SIGINT, then drain and exit 0."""
+    _setup_logging(log_level)
+    sys.exit(run(config=config, bundle=bundle))
+
+
+def run(*, config: str | Path, bundle: str | Path | None = None) -> int:
+    """Load the config and bundle, serve until a signal; the exit code."""
+    from .config import load_config
+    from .service import Service
+
+    return Service(load_config(config), bundle_dir=bundle).run_forever()
+
+
+@main.command("check-config")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def check_config_command(file: Path) -> None:
+    """Validate FILE; print every problem (file: key path: value: allowed), or 'ok'."""
+    problems = check_config(file=file)
+    for line in problems:
+        click.echo(line)
+    if problems:
+        sys.exit(2)
+    click.echo("ok")
+
+
+def check_config(*, file: str | Path) -> list[str]:
+    """Every problem line of a config file; empty when it is valid."""
+    from .config import check_config as check
+
+    return check(file)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The paho-mqtt 2.x client: MQTT v5 session, retained last will, TLS and credentials from the
+config, subscriptions renewed on every (re)connect, and a table of topic handlers.
+
+    link = MqttLink(cfg, will=b'{"state":"offline"}')
+    link.handle("factory/+/sensors/+", on_sensor)      # on_sensor(msg: paho MQTTMessage)
+    link.start(); link.wait_ready(10)
+    link.publish("factory/l1/inference", b"{...}")
+
+Handlers run on paho's network thread and must be quick. A handler's exception is logged and
+answered on the errors topic; it never stops the network loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from .codec import best_effort_id, encode_error
+from .config import Config, resolve_credentials
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[mqtt.MQTTMessage], None]
+RECONNECT_MIN_S = 1
+RECONNECT_MAX_S = 30
+# Our unacknowledged QoS>0 publishes. paho does not honour the broker's Receive Maximum, so
+# stay at Mosquitto's default (20); a broker that grants less is reported at connect.
+MAX_INFLIGHT = 20
+MAX_QUEUED = 100_000  # publishes paho holds while disconnected; beyond this they are dropped
+_MATCH_CACHE = 4096  # topic -> handler cache entries (topics are sender-chosen: bounded)
+
+
+def message_properties(msg: mqtt.MQTTMessage) -> tuple[str | None, dict[str, str]]:
+    """(content_type, user properties) of a received message; (None, {}) when it has none."""
+    props = getattr(msg, "properties", None)
+    if props is None:
+        return None, {}
+    content_type = getattr(props, "ContentType", None)
+    user = {}
+    for pair in getattr(props, "UserProperty", None) or ():
+        if isinstance(pair, (list, tuple)) and len(pair) == 2:
+            user.setdefault(str(pair[0]), str(pair[1]))  # the first value of a key wins
+    return content_type, user
+
+
+def publish_properties(content_type: str | None = None,
+                       user: dict[str, str] | None = None) -> Properties:
+    """PUBLISH properties: content type and user properties (binary sensor messages)."""
+    props = Properties(PacketTypes.PUBLISH)
+    if content_type:
+        props.ContentType = content_type
+    if user:
+        props.UserProperty = list(user.items())
+    return props
+
+
+class MqttLink:
+    """One paho client for the service. Call `handle` before `start`; `on_connect` runs on
+    the network thread after every (re)connect, once the broker has granted the
+    subscriptions."""
+
+    def __init__(self, cfg: Config, *, will: bytes,
+                 on_connect: Callable[[], None] | None = None) -> None:
+        self.cfg = cfg
+        self.errors_topic = cfg.errors_topic()
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()  # set at each SUBACK, cleared on disconnect
+        self._subscribe_mid: int | None = None
+        self._handlers: list[tuple[str, int, Handler]] = []  # (filter, qos, handler)
+        self._match: dict[str, Handler | None] = {}
+        self._on_connect_hook = on_connect
+        self._stopping = False
+        self.client = self._make_client(will)
+
+    # -- setup ------------------------------------------------------------------------------
+    def _make_client(self, will: bytes) -> mqtt.Client:
+        broker = self.cfg.broker
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=broker.client_id,
+                             protocol=mqtt.MQTTv5)
+        paho_log = logging.getLogger("edge.mqtt.paho")
+        if paho_log.isEnabledFor(logging.DEBUG):  # paho logs every packet: costly under load
+            client.enable_logger(paho_log)
+        # The broker publishes this, retained, when we vanish without a DISCONNECT.
+        client.will_set(self.cfg.status_topic(), will, qos=1, retain=True)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        client.max_inflight_messages_set(MAX_INFLIGHT)
+        client.max_queued_messages_set(MAX_QUEUED)
+        self._set_security(client)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _set_security(self, client: mqtt.Client) -> None:
+        broker, tls = self.cfg.broker, self.cfg.broker.tls
+        username, password = resolve_credentials(self.cfg)
+        if tls.enabled:
+            try:
+                client.tls_set(ca_certs=str(tls.ca) if tls.ca else None,
+                               certfile=str(tls.cert) if tls.cert else None,
+                               keyfile=str(tls.key) if tls.key else None,
+                               cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                raise ConfigError(f"broker.tls: cannot set up TLS ({exc})") from None
+            client.tls_insecure_set(tls.insecure)
+        elif username is not None or password is not None:
+            log.warning("broker %s:%s: credentials go in plaintext; set broker.tls.enabled",
+                        broker.host, broker.port)
+        if username is not None or password is not None:
+            client.username_pw_set(username, password)
+
+    def handle(self, topic_filter: str, handler: Handler, qos: int | None = None) -> None:
+        """Subscribe `topic_filter` (at topics.qos unless given) and route matches to
+        `handler`; the first matching filter in registration order wins."""
+        self._handlers.append((topic_filter, self.cfg.topics.qos if qos is None else qos,
+                               handler))
+        self._match.clear()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background (paho's network thread); reconnects on its own."""
+        broker = self.cfg.broker
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = broker.session_expiry
+        self._stopping = False
+        self.client.connect_async(broker.host, broker.port, broker.keepalive,
+                                  clean_start=broker.clean_start, properties=props)
+        self.client.loop_start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once connected and subscribed, False after `timeout` seconds."""
+        return self.subscribed.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """DISCONNECT cleanly (the broker then drops the last will) and end the thread."""
+        self._stopping = True
+        if self.connected.is_set():
+            self.client.disconnect()
+        self.client.loop_stop()
+        self.connected.clear()
+        self.subscribed.clear()
+
+    def publish(self, topic: str, payload: bytes, *, qos: int | None = None,
+                retain: bool = False, properties: Properties | None = None
+                ) -> mqtt.MQTTMessageInfo:
+        """Queue a publish (thread-safe); results use topics.qos unless `qos` is given."""
+        qos = self.cfg.topics.qos if qos is None else qos
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
+        return info
+
+    def report(self, msg_id: str | None, topic: str, reason: str) -> None:
+        """One message on the errors topic for a message that could not be used."""
+        self.publish(self.errors_topic, encode_error(id=msg_id, topic=topic, reason=reason))
+
+    # -- paho callbacks (network thread) ----------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s:%s refused the connection: %s (retrying)",
+                      self.cfg.broker.host, self.cfg.broker.port, reason_code)
+            return
+        log.info("connected to %s:%s (session present: %s)", self.cfg.broker.host,
+                 self.cfg.broker.port, flags.session_present)
+        granted = getattr(properties, "ReceiveMaximum", None)
+        if granted is not None and granted < client.max_inflight_messages:
+            log.warning("the broker accepts %d unacknowledged QoS>0 messages; we send up to "
+                        "%d: raise its receive maximum", granted, client.max_inflight_messages)
+        self.connected.set()
+        if not self._handlers:
+            self._ready()
+            return
+        _, self._subscribe_mid = client.subscribe(
+            [(f, SubscribeOptions(qos=q)) for f, q, _ in self._handlers])
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        for (topic_filter, _, _), code in zip(self._handlers, reason_codes, strict=False):
+            if code.is_failure:
+                log.error("subscription to %s refused: %s", topic_filter, code)
+        if mid == self._subscribe_mid:
+            self._ready()
+
+    def _ready(self) -> None:
+        """Subscribed (the SUBACK is in): from here on no sensor message is missed."""
+        self.subscribed.set()
+        if self._on_connect_hook is not None:
+            try:
+                self._on_connect_hook()
+            except Exception:
+                log.exception("on-connect hook failed")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+        if not self._stopping:
+            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+
+    def _handler_for(self, topic: str) -> Handler | None:
+        if topic not in self._match:
+            if len(self._match) >= _MATCH_CACHE:
+                self._match.clear()
+            self._match[topic] = next((h for f, _, h in self._handlers
+                                       if mqtt.topic_matches_sub(f, topic)), None)
+        return self._match[topic]
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        handler = self._handler_for(msg.topic)
+        if handler is None:
+            log.debug("no handler for %s", msg.topic)
+            return
+        try:
+            handler(msg)
+        except Exception as exc:  # a bug in a handler must not end paho's loop
+            log.exception("handler for %s failed", msg.topic)
+            try:
+                msg_id = best_effort_id(msg.payload, message_properties(msg)[1])
+                self.report(msg_id, msg.topic, f"internal error: {type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("could not report the failure on %s", self.errors_topic)

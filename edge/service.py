@@ -1,0 +1,341 @@
+"""edge-runtime: sensor messages in over MQTT, batched inference, results out.
+
+Threads:
+    paho network thread   receive -> line known? size within the limit? -> bounded queue
+                          (limits.queue_bound messages and QUEUE_BYTES of payload)
+    worker                queue -> micro-batch -> decode + check -> group rows by model ->
+                          normalise -> one engine.run per group -> one result per row
+                          (every unusable message, on either thread: one error report)
+    stats                 every topics.stats_interval_s: counters, latency, queue depth
+
+    svc = Service(load_config("firmware_configs/cpu.toml"), bundle_dir="bundle")
+    svc.start(); ...; svc.stop()          # or svc.run_forever() until SIGTERM / SIGINT
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .batching import LatencyStats, MicroBatcher, WorkItem, group_rows
+from .bundle import read_manifest, verify_base
+from .codec import InputSpec, best_effort_id, decode_sensor, encode_result, softmax
+from .config import Config, load_config
+from .engine import Engine
+from .errors import BadMessage, ConfigError, IncompatibleBundle
+from .mqtt import MqttLink, message_properties
+from .routing import Route, RoutingTable, build_routes, line_of
+from .status import Counters, online_details, stats_payload, status_payload
+
+log = logging.getLogger(__name__)
+
+CONNECT_WAIT_S = 10.0
+PUBLISH_WAIT_S = 5.0
+QUEUE_BYTES = 64 << 20  # raw payloads waiting for the worker, besides limits.queue_bound
+
+
+@dataclass
+class Pending:
+    """A message accepted by the network thread, decoded later by the worker."""
+
+    line: str
+    topic: str
+    payload: bytes
+    content_type: str | None
+    props: dict[str, str]
+    received: float  # time.monotonic() at arrival: the batcher's wait and the latency
+
+
+class Service:
+    """The gateway runtime for one config and bundle (`bundle_dir` overrides device.bundle).
+
+    Loads and checks the bundle, the engine and every routed adapter on construction, so a
+    bad bundle fails before any MQTT traffic. `routes` is replaced as a whole, never edited.
+    """
+
+    def __init__(self, config: Config | str | Path, bundle_dir: str | Path | None = None) -> None:
+        self.cfg = config if isinstance(config, Config) else load_config(config)
+        bundle = bundle_dir if bundle_dir is not None else self.cfg.device.bundle
+        if bundle is None:
+            raise ConfigError(f"{self.cfg.source or 'config'}: device.bundle: (missing): set it "
+                              "or pass --bundle DIR")
+        self.bundle = Path(bundle)
+        self.manifest = read_manifest(self.bundle)
+        self.engine = Engine(verify_base(self.bundle, self.manifest),
+                             providers=self.cfg.device.ort_providers(),
+                             threads=self.cfg.device.threads)
+        self.spec = self._input_spec()
+        self.routes: RoutingTable = build_routes(self.cfg, self.bundle, self.manifest,
+                                                 self.spec.channels)
+        self.queue: queue.Queue[Pending] = queue.Queue(maxsize=self.cfg.limits.queue_bound)
+        self._queued_bytes = 0  # payload bytes in self.queue (guarded by _intake_lock)
+        self.counters = Counters()
+        self.latency = LatencyStats()
+        self._intake_closed = threading.Event()  # set by stop(): no new work, drain the queue
+        self._intake_lock = threading.Lock()  # no put can slip in after the intake closes
+        self._abort = threading.Event()  # set when the drain runs out of time
+        self._closed = threading.Event()  # ends the stats thread
+        self._threads: list[threading.Thread] = []
+        self._last_publish = None  # MQTTMessageInfo of the newest result
+        self._topics: dict[str, str] = {}  # line -> inference topic
+        self._stopped = False
+        device = self.cfg.device.id
+        self.link = MqttLink(self.cfg, will=status_payload(
+            "offline", device, reason="connection lost", stamp=False), on_connect=self._announce)
+        for topic_filter in self.cfg.topics.inputs:
+            self.link.handle(topic_filter, self._on_sensor)
+
+    def _input_spec(self) -> InputSpec:
+        shape = self.manifest.inputs[0].shape  # ["batch", C, L]
+        if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+            raise IncompatibleBundle(f"{self.bundle}: model input shape {shape} is not "
+                                     "(batch, channels, length)")
+        return InputSpec(channels=shape[1], length=shape[2],
+                         max_payload_bytes=self.cfg.limits.max_payload_bytes)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self, connect_timeout: float = CONNECT_WAIT_S) -> bool:
+        """Warm up, start the worker and stats threads and connect. True when connected and
+        subscribed within `connect_timeout`; otherwise paho keeps retrying in the background."""
+        self._warm_up()
+        batching = self.cfg.batching
+        batcher = MicroBatcher(self.queue, batching.max_batch, batching.max_wait_ms / 1000.0)
+        self._threads = [threading.Thread(target=self._work, args=(batcher,),
+                                          name="edge-worker", daemon=True)]
+        if self.cfg.topics.stats_interval_s > 0:
+            self._threads.append(threading.Thread(target=self._stats_loop,
+                                                  name="edge-stats", daemon=True))
+        for thread in self._threads:
+            thread.start()
+        self.link.start()
+        ready = self.link.wait_ready(connect_timeout)
+        if not ready:
+            broker = self.cfg.broker
+            log.warning("not connected to %s:%s after %.0f s; still trying", broker.host,
+                        broker.port, connect_timeout)
+        return ready
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking messages, finish what is queued (within `timeout`), publish the
+        results, set the status offline and disconnect. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        deadline = time.monotonic() + timeout
+        with self._intake_lock:
+            self._intake_closed.set()
+        worker = self._threads[0] if self._threads else None
+        if worker is not None:
+            worker.join(max(deadline - time.monotonic() - 1.0, 0.1))
+            if worker.is_alive():
+                log.warning("drain timed out; dropping %d queued windows", self.queue.qsize())
+                self._abort.set()
+                worker.join(2.0)
+        self._fail_queued("the service stopped before this message was processed")
+        self._wait_published(self._last_publish, max(deadline - time.monotonic(), 0.5))
+        self._closed.set()
+        info = self.link.publish(self.cfg.status_topic(), status_payload(
+            "offline", self.cfg.device.id, reason="shutdown"), qos=1, retain=True)
+        self._wait_published(info, min(PUBLISH_WAIT_S, max(deadline - time.monotonic(), 0.5)))
+        self.link.stop()
+        for thread in self._threads[1:]:
+            thread.join(1.0)
+        log.info("stopped: %s", self.counters.totals)
+
+    def run_forever(self) -> int:
+        """start(), then block until SIGTERM or SIGINT; stop() and return 0."""
+        stop = threading.Event()
+
+        def on_signal(signum, frame) -> None:
+            log.info("%s: draining and stopping", signal.Signals(signum).name)
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    def _warm_up(self) -> None:
+        """One run per distinct model: a broken adapter fails here, and the first real batch
+        does not pay for the memory-mapped adapter's first touch."""
+        x = np.zeros((1, self.spec.channels, self.spec.length), np.float32)
+        seen = {}
+        for route in [*self.routes.routes.values(), self.routes.default]:
+            if route is not None and route.key not in seen:
+                seen[route.key] = self.engine.run(x, route.session_adapter)
+        log.info("warm: %d model(s), providers %s", len(seen), self.engine.providers)
+
+    # -- network thread ---------------------------------------------------------------------
+    def _announce(self) -> None:
+        """Retained `online` after every (re)connect: it replaces a last will's `offline`."""
+        adapters = sorted({(r.adapter, r.version) for r in self.routes.routes.values()
+                           if r.adapter is not None})
+        details = online_details(
+            providers=list(self.engine.providers), routes=self.routes.describe(),
+            adapters=[{"name": n, "version": v} for n, v in adapters], bundle=str(self.bundle))
+        self.link.publish(self.cfg.status_topic(), status_payload(
+            "online", self.cfg.device.id, details=details), qos=1, retain=True)
+
+    def _on_sensor(self, msg) -> None:
+        """Cheap checks only: decoding happens on the worker, so paho's thread keeps up."""
+        received = time.monotonic()
+        self.counters.add(received=1)
+        topic, payload = msg.topic, msg.payload
+        content_type, props = message_properties(msg)
+        line = line_of(topic, self.cfg.topics.prefix)
+        if line is None or self.routes.lookup(line) is None:
+            known = ", ".join(sorted(self.routes.routes)) or "(any)"
+            return self._reject(payload, props, topic, f"unknown line {line!r}: no route in "
+                                f"topics.lines (known lines: {known})")
+        if len(payload) > self.spec.max_payload_bytes:  # never queued, never parsed
+            return self._reject(payload, props, topic, f"payload is {len(payload)} bytes, "
+                                f"larger than the limit of {self.spec.max_payload_bytes} bytes")
+        reason = self._enqueue(Pending(line, topic, payload, content_type, props, received))
+        if reason is not None:
+            self._reject(payload, props, topic, reason)
+
+    def _enqueue(self, item: Pending) -> str | None:
+        """Put `item` on the bounded queue; the reason when it cannot go there."""
+        with self._intake_lock:
+            if self._intake_closed.is_set():
+                return "the service is shutting down; this message was not processed"
+            if self._queued_bytes + len(item.payload) <= QUEUE_BYTES:
+                try:
+                    self.queue.put_nowait(item)
+                    self._queued_bytes += len(item.payload)
+                    return None
+                except queue.Full:
+                    pass
+        self.counters.add(queue_full=1)
+        return (f"queue full ({self.queue.qsize()} messages, {self._queued_bytes} bytes "
+                "waiting for inference); message dropped")
+
+    def _reject(self, payload: bytes, props: dict, topic: str, reason: str) -> None:
+        self.counters.add(errors=1)
+        self.link.report(best_effort_id(payload, props), topic, reason)
+
+    # -- worker thread ----------------------------------------------------------------------
+    def _work(self, batcher: MicroBatcher) -> None:
+        while not self._abort.is_set():
+            batch = batcher.next_batch(self._intake_closed)
+            if batch:
+                try:
+                    self._run_batch(batch)
+                except Exception as exc:  # a bug must not end the worker: report the rows
+                    log.exception("batch of %d failed", len(batch))
+                    self._fail_items(batch, f"internal error: {type(exc).__name__}: {exc}")
+            elif self._intake_closed.is_set() and self.queue.empty():
+                return
+
+    def _decode(self, batch: list[Pending]) -> list[WorkItem]:
+        """Decode and check each message against the model's input; bad ones are reported."""
+        with self._intake_lock:
+            self._queued_bytes -= sum(len(p.payload) for p in batch)
+        items = []
+        for p in batch:
+            try:
+                reading = decode_sensor(p.payload, content_type=p.content_type,
+                                        user_properties=p.props, spec=self.spec)
+            except BadMessage as exc:
+                self._reject(p.payload, p.props, p.topic, str(exc))
+                continue
+            except Exception as exc:  # a bug: this message fails, not its whole batch
+                log.exception("decoding a message on %s failed", p.topic)
+                self._reject(p.payload, p.props, p.topic,
+                             f"internal error: {type(exc).__name__}: {exc}")
+                continue
+            items.append(WorkItem(line=p.line, topic=p.topic, reading=reading,
+                                  received=p.received))
+        return items
+
+    def _run_batch(self, batch: list[Pending]) -> None:
+        items = self._decode(batch)
+        table = self.routes  # read once: a swapped table takes effect at the next batch
+        routes = {}
+        for item in items:
+            routes.setdefault(item.line, table.lookup(item.line))
+        missing = [it for it in items if routes[it.line] is None]
+        if missing:
+            self._fail_items(missing, "the line lost its route before inference")
+        found = [it for it in items if routes[it.line] is not None]
+        if found:
+            self.counters.batch(len(found))
+        for rows in group_rows(found, lambda it: routes[it.line].key).values():
+            group = [found[i] for i in rows]
+            self._run_group(routes[group[0].line], group)
+
+    def _run_group(self, route: Route, items: list[WorkItem]) -> None:
+        x = np.stack([it.reading.values for it in items])  # (n, C, L) raw
+        x = route.normalizer.apply(x)  # (n, C, L) as the model was trained
+        try:
+            logits = self.engine.run(x, route.session_adapter)  # (n, num_classes), padded
+        except Exception as exc:  # onnxruntime raises untyped errors
+            log.exception("inference failed for %s", route.key)
+            return self._fail_items(items, f"inference failed: {exc}")
+        probs = softmax(logits[:, : len(route.labels)])  # (n, K) for this route's classes
+        adapter, labels = route.key[0], list(route.labels)
+        for item, scores in zip(items, probs, strict=True):
+            latency_ms = (time.monotonic() - item.received) * 1000.0
+            payload = encode_result(id=item.reading.id, ts=item.reading.ts, line=item.line,
+                                    adapter=adapter, adapter_version=route.version,
+                                    labels=labels, scores=scores, latency_ms=latency_ms)
+            self._last_publish = self.link.publish(self._topic(item.line), payload)
+            self.latency.record(latency_ms)
+        self.counters.add(results=len(items))
+
+    def _topic(self, line: str) -> str:
+        topic = self._topics.get(line)
+        if topic is None:
+            if len(self._topics) > 4096:  # lines come from topics: keep the cache bounded
+                self._topics.clear()
+            topic = self._topics[line] = self.cfg.inference_topic(line)
+        return topic
+
+    def _fail_items(self, items: list[WorkItem | Pending], reason: str) -> None:
+        self.counters.add(errors=len(items))
+        for item in items:
+            msg_id = item.reading.id if isinstance(item, WorkItem) else best_effort_id(
+                item.payload, item.props)
+            self.link.report(msg_id, item.topic, reason)
+
+    def _fail_queued(self, reason: str) -> None:
+        left = []
+        while True:
+            try:
+                left.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        if left:
+            self._fail_items(left, reason)
+
+    # -- stats thread -----------------------------------------------------------------------
+    def _stats_loop(self) -> None:
+        interval = self.cfg.topics.stats_interval_s
+        while not self._closed.wait(interval):
+            counts, elapsed = self.counters.snapshot_and_reset()
+            payload = stats_payload(self.cfg.device.id, counts, elapsed,
+                                    self.latency.snapshot_and_reset(), self.queue.qsize(),
+                                    self.queue.maxsize)
+            self.link.publish(self.cfg.stats_topic(), payload, qos=0)
+
+    @staticmethod
+    def _wait_published(info, timeout: float) -> None:
+        if info is None:
+            return
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:  # not connected, or the queue overflowed
+            log.warning("could not confirm delivery: %s", exc)

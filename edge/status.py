@@ -1,0 +1,90 @@
+"""What the service says about itself: the retained status and the periodic stats.
+
+    <prefix>/<device>/status  retained  {"state": "online", "device", "package_version",
+                                         "onnxruntime_version", "providers", "routes", ...}
+                                        {"state": "offline", "device", "reason", ...}
+    <prefix>/<device>/stats             {"messages_per_s", "latency_ms": {p50, p99, ...},
+                                         "errors", "queue_depth", "batch_size", ...}
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import onnxruntime as ort
+
+from . import __version__
+
+
+def status_payload(state: str, device: str, *, reason: str | None = None,
+                   details: dict | None = None, stamp: bool = True) -> bytes:
+    """The status JSON; `stamp=False` for the last will, whose time the broker decides."""
+    doc = {"state": state, "device": device}
+    if stamp:
+        doc["ts"] = round(time.time(), 3)
+    if reason is not None:
+        doc["reason"] = reason
+    doc.update(details or {})
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def online_details(*, providers: list[str], routes: dict, adapters: list[dict],
+                   bundle: str) -> dict:
+    """The versions and active adapters announced with `online`."""
+    return {"package_version": __version__, "onnxruntime_version": ort.__version__,
+            "providers": providers, "routes": routes, "adapters": adapters, "bundle": bundle}
+
+
+class Counters:
+    """Counts shared by paho's network thread and the worker, reset at each stats report."""
+
+    _FIELDS = ("received", "results", "errors", "queue_full", "batches", "rows", "max_batch")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since = time.monotonic()
+        self._now = dict.fromkeys(self._FIELDS, 0)
+        self.totals = dict.fromkeys(self._FIELDS, 0)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for key, n in counts.items():
+                self._now[key] += n
+                self.totals[key] += n
+
+    def batch(self, rows: int) -> None:
+        with self._lock:
+            for counts in (self._now, self.totals):
+                counts["batches"] += 1
+                counts["rows"] += rows
+                counts["max_batch"] = max(counts["max_batch"], rows)
+
+    def snapshot_and_reset(self) -> tuple[dict, float]:
+        """(counts since the last call, seconds they cover)."""
+        with self._lock:
+            now = time.monotonic()
+            counts, elapsed = self._now, now - self._since
+            self._now, self._since = dict.fromkeys(self._FIELDS, 0), now
+        return counts, elapsed
+
+
+def stats_payload(device: str, counts: dict, elapsed: float, latency: dict,
+                  queue_depth: int, queue_bound: int) -> bytes:
+    """One stats message over the last `elapsed` seconds; `latency` is a
+    `LatencyStats.snapshot_and_reset()` (only its percentiles are used)."""
+    elapsed = max(elapsed, 1e-9)
+    batches = counts["batches"]
+    doc = {
+        "device": device, "ts": round(time.time(), 3), "interval_s": round(elapsed, 3),
+        "messages_per_s": round(counts["results"] / elapsed, 2),
+        "received": counts["received"], "results": counts["results"],
+        "errors": counts["errors"], "queue_full": counts["queue_full"],
+        "latency_ms": {"p50": latency.get("p50_ms"), "p99": latency.get("p99_ms")},
+        "queue_depth": queue_depth, "queue_bound": queue_bound,
+        "batches": batches,
+        "batch_size": {"mean": round(counts["rows"] / batches, 2) if batches else 0.0,
+                       "max": counts["max_batch"]},
+    }
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()

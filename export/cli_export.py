@@ -1,0 +1,123 @@
+"""`edge-export merge | attach | add-adapter | keygen | sign | push`: thin commands over
+export/onnx_export.py, export/bundle_export.py and export/signing.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edge.errors import ConfigError
+
+from .cli import main
+
+
+def _shape(value: str | None) -> tuple[int, ...] | None:
+    if not value:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape {value!r}: expected integers like 3,128") from None
+
+
+def _echo_report(report) -> None:
+    for line in report.lines():
+        click.echo(line)
+
+
+_base_options = [
+    click.option("--base", default="reference", show_default=True,
+                 help="'reference' or 'package.module:callable' returning an nn.Module."),
+    click.option("--weights", type=click.Path(dir_okay=False),
+                 help="Base weights (.safetensors, or a weights-only torch state dict)."),
+    click.option("--target", type=click.Path(dir_okay=False),
+                 help="firmware_configs/<device>.toml: opset, precision, batch, max rank."),
+    click.option("--atol", type=float, help="Parity tolerance [default: 1e-4 fp32, 1e-2 fp16]."),
+    click.option("--data", help="Real samples for the parity check (.npz, .ts, ucr:NAME:test)."),
+    click.option("--input-shape", help="C,L of one sample when --base is not the reference."),
+    click.option("--force", is_flag=True, help="Overwrite --out."),
+]
+
+
+def base_options(fn):
+    for option in reversed(_base_options):
+        fn = option(fn)
+    return fn
+
+
+@main.command("merge")
+@base_options
+@click.option("--adapter", required=True, type=click.Path(file_okay=False),
+              help="PEFT adapter directory.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="model.onnx")
+def merge_command(input_shape: str | None, **options: Any) -> None:
+    """Fold a LoRA adapter into the base and export one ONNX file (a bottleneck adapter
+    stays in the static graph)."""
+    from .onnx_export import export_merged
+
+    _echo_report(export_merged(input_shape_=_shape(input_shape), **options))
+
+
+@main.command("attach")
+@base_options
+@click.option("--adapter", "adapters", required=True, multiple=True,
+              type=click.Path(file_okay=False), help="PEFT adapter directory (repeatable).")
+@click.option("--name", "names", multiple=True,
+              help="Name per --adapter, in order [default: the directory names].")
+@click.option("--max-rank", type=int, help="Rank slots are padded to [default: target's or 8].")
+@click.option("--bank", type=int, default=0, show_default=True,
+              help="K > 0: slots hold K adapters, one run serves rows of different lines.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder.")
+def attach_command(input_shape: str | None, adapters: tuple[str, ...], names: tuple[str, ...],
+                   **options: Any) -> None:
+    """Export a bundle: base.onnx with adapter slots, adapters as .onnx_adapter files."""
+    from .bundle_export import export_attach
+
+    _echo_report(export_attach(input_shape_=_shape(input_shape), adapters=list(adapters),
+                               names=list(names) or None, **options))
+
+
+@main.command("add-adapter")
+@click.option("--bundle", required=True, type=click.Path(file_okay=False))
+@click.option("--adapter", required=True, type=click.Path(file_okay=False))
+@click.option("--name", required=True, help="Adapter name in the bundle (the line, say).")
+@click.option("--version", type=int, help="[default: the next version of --name]")
+@click.option("--base", help="With --weights: also check parity against torch.")
+@click.option("--weights", type=click.Path(dir_okay=False))
+@click.option("--atol", type=float)
+@click.option("--force", is_flag=True, help="Replace an existing --name/--version.")
+def add_adapter_command(**options: Any) -> None:
+    """Convert a new adapter for an existing bundle; base.onnx stays byte for byte."""
+    from .bundle_export import add_adapter
+
+    _echo_report(add_adapter(**options))
+
+
+@main.command("keygen")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Writes OUT.key (private, 0600) and OUT.pub (give this to gateways).")
+@click.option("--force", is_flag=True)
+def keygen_command(**options: Any) -> None:
+    """Create an Ed25519 signing key pair for adapters."""
+    from .signing import keygen
+
+    private, public = keygen(**options)
+    click.echo(f"wrote {private} (keep secret) and {public} (list it in adapters.trusted_keys)")
+
+
+@main.command("sign")
+@click.option("--bundle", required=True, type=click.Path(file_okay=False))
+@click.option("--name", required=True)
+@click.option("--version", type=int, help="[default: the newest]")
+@click.option("--key", required=True, type=click.Path(dir_okay=False), help="OUT.key of keygen.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Envelope file (drop it in a gateway's watch folder, or push it).")
+@click.option("--force", is_flag=True)
+def sign_command(**options: Any) -> None:
+    """Write a signed adapter envelope."""
+    from .signing import sign
+
+    out = sign(**options)
+    click.echo(f"wrote {out} ({Path(out).stat().st_size} bytes)")

@@ -1,0 +1,490 @@
+"""Training: `edge-export train` and its Python twin `train()`.
+
+Methods:
+    lora        LoRA on `--targets` (frozen base); writes a PEFT adapter directory at OUT
+    bottleneck  residual bottleneck adapters after `--targets` (`--rank` is their width)
+    head        linear probe: only the classification head trains; writes OUT/model.safetensors
+    full        every weight trains (also how a base is pretrained); writes OUT/model.safetensors
+
+Every method writes OUT/metrics.json. Inputs are normalised per channel with statistics of the
+training split, which travel with the output (adapter metadata or OUT/edge_model.json), so the
+gateway applies the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+from tqdm.auto import tqdm
+
+from edge.errors import ConfigError, DataError
+
+from .adapters import AdaptedModel, BottleneckConfig, LoraConfig
+from .data import ChannelStats, SensorDataset, load_dataset, train_val_split
+from .models import load_base, save_base, weights_fingerprint
+from .peft_io import WEIGHTS_FILE, save_adapter
+
+__all__ = ["METHODS", "REFERENCE_TARGETS", "TrainResult", "evaluate", "parse_targets", "train"]
+
+METHODS = ("lora", "bottleneck", "head", "full")
+# Adapters start from zero and move few parameters: they take a larger step than a full
+# fine-tune, which would wreck the pretrained weights at that rate (ACSF1 from a PLAID base,
+# benchmarks/adaptation.py: LoRA at 1e-2 beat 3e-3 by ~7 points; full FT is best near 1e-3).
+DEFAULT_LR = {"lora": 1e-2, "bottleneck": 1e-2, "head": 1e-2, "full": 1e-3}
+# Default targets for the reference SensorTransformer (module-path suffixes, PEFT semantics).
+# Both adapt the conv stem: its first conv sees the raw signal and its patch conv (a third of
+# the base's weights) turns local shapes into tokens; both differ most between sensor lines.
+# LoRA on the stem's (D, C, 7) and (D, D, 8) kernels costs (7C + D) and 9D per rank. On
+# ACSF1 (validation split) LoRA here beat LoRA on attention q, v, o by ~10 points at equal size.
+REFERENCE_TARGETS: dict[str, list[str]] = {
+    "lora": ["stem.conv1", "stem.conv2", "mlp.fc2"],
+    "bottleneck": ["stem.conv1", "stem.conv2", "mlp.fc2"],
+}
+MODEL_FILE = "model.safetensors"
+MODEL_META_FILE = "edge_model.json"
+METRICS_FILE = "metrics.json"
+VAL_FRACTION = 0.2
+_REGEX_CHARS = set("*+?()[]{}|^$\\")
+
+
+@dataclass
+class TrainResult:
+    """What `train()` wrote and measured. `model` is the trained model in eval mode (an
+    `AdaptedModel` for lora/bottleneck)."""
+
+    out: Path
+    method: str
+    metrics: dict[str, Any]
+    model: nn.Module
+    class_names: list[str]
+    channel_stats: ChannelStats
+    losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics["accuracy"])
+
+
+@dataclass
+class _Splits:
+    """Normalised tensors: x (N, C, L) float32, y (N,) int64; eval is test data or a val split."""
+
+    train: SensorDataset
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_eval: torch.Tensor
+    y_eval: torch.Tensor
+    eval_split: str
+    stats: ChannelStats
+
+
+def train(
+    *,
+    base: str = "reference",
+    weights: str | Path | None = None,
+    data: str | Path,
+    test_data: str | Path | None = None,
+    method: str = "lora",
+    rank: int = 8,
+    alpha: float | None = None,
+    targets: str | list[str] | None = None,
+    train_head: bool = True,
+    train_norms: bool = True,
+    modules_to_save: str | list[str] | None = None,
+    epochs: int = 100,
+    lr: float | None = None,
+    batch_size: int = 32,
+    weight_decay: float = 0.01,
+    seed: int = 0,
+    length: int | None = None,
+    model_config: dict[str, Any] | None = None,
+    out: str | Path,
+    force: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `method` on `data` starting from `base` (+ `weights`) and write the result to `out`.
+
+    Without `test_data`, a stratified 20% of `data` is held out and its accuracy reported.
+    `alpha` defaults to 2 * rank; `lr` to a per-method default (DEFAULT_LR). `targets` is a
+    comma list of module-path suffixes or a regex over full paths (default: REFERENCE_TARGETS
+    for the reference model, every Linear/Conv but the head otherwise). The head is trained
+    with an adapter unless `train_head=False`; it is always re-created when the data's class
+    count differs from the base head's. `train_norms` also trains the LayerNorms, and
+    `modules_to_save` (comma list) any other modules, as full copies stored in the adapter
+    (PEFT's modules_to_save, e.g. a small input conv). `model_config` passes SensorTransformer
+    arguments (d_model, depth, ...) when building a reference base.
+    Bad data raises DataError, bad options ConfigError; the same seed gives the same tensors.
+    """
+    alpha = float(2 * rank if alpha is None else alpha)
+    lr = DEFAULT_LR.get(method, 0.0) if lr is None else lr
+    _check_options(method, rank, alpha, epochs, lr, batch_size, targets, modules_to_save,
+                   weight_decay)
+    out = Path(out)
+    _check_out(out, force)
+    with _seeded(seed):
+        base_model, splits = _prepare(base, weights, data, test_data, length, model_config, seed)
+        fingerprint = weights_fingerprint(base_model)  # before any injection renames modules
+        base_config = getattr(base_model, "config", None)  # copied: full/head may resize the head
+        base_config = dict(base_config) if isinstance(base_config, dict) else None
+        base_bytes = _file_bytes(base_model.state_dict())
+        base_params = sum(p.numel() for p in base_model.parameters())
+        model = _build(method, base_model, splits.train.num_classes, targets, rank, alpha,
+                       train_head=train_head, train_norms=train_norms,
+                       modules_to_save=modules_to_save, name=out.name)
+        start = time.perf_counter()
+        losses = _fit(model, splits, epochs=epochs, lr=lr, batch_size=batch_size,
+                      weight_decay=weight_decay, seed=seed, progress=progress,
+                      desc=f"train {method}")
+        seconds = time.perf_counter() - start
+    accuracy = evaluate(model, splits.x_eval, splits.y_eval)
+    metrics = {
+        "method": method, "accuracy": accuracy, f"{splits.eval_split}_accuracy": accuracy,
+        "eval_split": splits.eval_split, "train_accuracy": evaluate(model, splits.x_train,
+                                                                    splits.y_train),
+        "final_train_loss": losses[-1], "train_seconds": round(seconds, 3), "epochs": epochs,
+        "seed": seed, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
+        "base_params": base_params, "base_bytes": base_bytes, "train_data": str(data),
+        "test_data": None if test_data is None else str(test_data),
+        "n_train": len(splits.y_train), "n_eval": len(splits.y_eval),
+    }  # fmt: skip
+    metrics.update(_size_metrics(model, method, base_params, base_bytes))
+    if isinstance(model, AdaptedModel):
+        metrics.update(rank=rank, alpha=alpha if method == "lora" else None,
+                       targets=_target_paths(model),
+                       modules_to_save=model.configs[model.active_adapter].modules_to_save)
+    meta = _meta(base, weights, base_config, fingerprint, splits, metrics)
+    _write(model, method, out, meta, metrics)
+    return TrainResult(out, method, metrics, model, splits.train.class_names, splits.stats, losses)
+
+
+# --------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------
+
+
+def _check_options(method: str, rank: int, alpha: float, epochs: int, lr: float,
+                   batch_size: int, targets: Any, modules_to_save: Any,
+                   weight_decay: float) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    for flag, value in (("--rank", rank), ("--epochs", epochs), ("--batch-size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{flag} must be a positive integer, got {value!r}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"--lr must be a positive number, got {lr!r}")
+    if not math.isfinite(alpha) or alpha <= 0:
+        raise ConfigError(f"--alpha must be a positive number, got {alpha!r}")
+    if weight_decay < 0:
+        raise ConfigError(f"--weight-decay must be >= 0, got {weight_decay!r}")
+    for flag, value in (("--targets", targets), ("--modules-to-save", modules_to_save)):
+        if value and method not in ("lora", "bottleneck"):
+            raise ConfigError(f"{flag} applies to lora and bottleneck, not --method {method}")
+
+
+def parse_targets(text: str | list[str] | None) -> str | list[str] | None:
+    """`--targets`: a regex (kept as one string, matched against full module paths) when it
+    holds regex syntax, else a comma list of path suffixes."""
+    if text is None or isinstance(text, list):
+        return text
+    if _REGEX_CHARS & set(text):
+        try:
+            re.compile(text)
+        except re.error as exc:
+            raise ConfigError(f"--targets {text!r} is not a valid regex: {exc}") from None
+        return text
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ConfigError("--targets is empty; give module names like q,v or a regex")
+    return items
+
+
+def _comma_list(value: str | list[str] | None) -> list[str]:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return list(value or [])
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Fail before training, not after it, when OUT cannot be written."""
+    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists; pass --force to overwrite it (--out)")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; --out names a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {out.parent}: {exc.strerror} (--out)") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ConfigError(f"{out.parent} is not writable (--out)")
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch and use deterministic kernels; the caller's RNG and settings come back."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic)
+
+
+# --------------------------------------------------------------------------------------------
+# Data and base
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare(base: str, weights: Any, data: Any, test_data: Any, length: int | None,
+             model_config: dict[str, Any] | None, seed: int) -> tuple[nn.Module, _Splits]:
+    """Load the base and the data, in the order that lets each size the other."""
+    config = dict(model_config or {})
+    if base == "reference" and weights is None:
+        # A new reference model takes its input and output sizes from the data.
+        ds = load_dataset(data, length=length or config.pop("length", None))
+        model = load_base("reference", in_channels=ds.num_channels, num_classes=ds.num_classes,
+                          length=ds.length, **config)
+    else:
+        model = load_base(base, weights=weights, **config)
+        ds = load_dataset(data, length=length or _model_length(model))
+    if test_data is not None:
+        train_ds = ds
+        eval_ds = load_dataset(test_data, length=ds.length, class_names=ds.class_names)
+        split = "test"
+    else:
+        train_ds, eval_ds = train_val_split(ds, VAL_FRACTION, seed)
+        split = "val"
+    if eval_ds.num_channels != train_ds.num_channels:
+        raise DataError(f"{eval_ds.source}: {eval_ds.num_channels} channel(s), the training "
+                        f"data has {train_ds.num_channels}")
+    stats = ChannelStats.from_data(train_ds.X)  # (C,) from the training split only
+    x_train, y_train = _tensors(stats, train_ds)
+    x_eval, y_eval = _tensors(stats, eval_ds)
+    _check_fits(model, x_train, train_ds)
+    return model, _Splits(train_ds, x_train, y_train, x_eval, y_eval, split, stats)
+
+
+def _model_length(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    return config.get("length") if isinstance(config, dict) else None
+
+
+def _tensors(stats: ChannelStats, ds: SensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(stats.apply(ds.X)), torch.from_numpy(ds.y)  # (N, C, L), (N,)
+
+
+def _check_fits(model: nn.Module, x: torch.Tensor, ds: SensorDataset) -> None:
+    """One forward pass on two windows, so a shape mismatch names the data, not a matmul."""
+    config = getattr(model, "config", None)
+    if isinstance(config, dict) and config.get("in_channels") not in (None, ds.num_channels):
+        raise DataError(f"{ds.source}: {ds.num_channels} channel(s), the base model takes "
+                        f"{config['in_channels']}")
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x[:2])
+    except RuntimeError as exc:
+        reason = (str(exc).splitlines() or [""])[0]
+        raise DataError(f"{ds.source}: windows of shape {tuple(x.shape[1:])} do not fit the base "
+                        f"model: {reason}") from None
+    if logits.ndim != 2:
+        raise DataError(f"base model returns shape {tuple(logits.shape)}; a classifier returns "
+                        "(batch, classes)")
+
+
+# --------------------------------------------------------------------------------------------
+# Methods: which parameters train
+# --------------------------------------------------------------------------------------------
+
+
+def _head_path(model: nn.Module) -> str:
+    """The classification head: `head` when the model has that Linear, else its last Linear."""
+    if isinstance(getattr(model, "head", None), nn.Linear):
+        return "head"
+    linears = [p for p, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError("the base model has no nn.Linear head to train")
+    return linears[-1]
+
+
+def _fresh_head(old: nn.Linear, num_classes: int) -> nn.Linear:
+    head = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    return head.to(dtype=old.weight.dtype)
+
+
+def _build(method: str, model: nn.Module, num_classes: int, targets: Any, rank: int,
+           alpha: float, *, train_head: bool, train_norms: bool, modules_to_save: Any,
+           name: str) -> nn.Module:
+    head_path = _head_path(model)
+    old_head = model.get_submodule(head_path)
+    new_head = old_head.out_features != num_classes
+    if method in ("full", "head"):
+        if new_head:
+            model.set_submodule(head_path, _fresh_head(old_head, num_classes))
+            if isinstance(getattr(model, "config", None), dict):
+                model.config["num_classes"] = num_classes  # the sidecar must rebuild this head
+        model.requires_grad_(method == "full")
+        model.get_submodule(head_path).requires_grad_(True)
+        return model
+    save = [head_path] if (train_head or new_head) else []
+    if train_norms:
+        save += [p for p, m in model.named_modules() if isinstance(m, nn.LayerNorm)]
+    save += _comma_list(modules_to_save)
+    targets = parse_targets(targets) or _default_targets(model, method, head_path)
+    if method == "lora":
+        config: LoraConfig | BottleneckConfig = LoraConfig(
+            r=rank, lora_alpha=alpha, target_modules=targets, modules_to_save=save or None)
+    else:
+        config = BottleneckConfig(size=rank, target_modules=targets, modules_to_save=save or None)
+    adapted = AdaptedModel(model)
+    adapted.add_adapter(name, config)
+    if new_head:
+        adapted.replace_saved_module(name, head_path, _fresh_head(old_head, num_classes))
+    return adapted
+
+
+def _default_targets(model: nn.Module, method: str, head_path: str) -> list[str]:
+    from .models import SensorTransformer
+
+    if isinstance(model, SensorTransformer):
+        return list(REFERENCE_TARGETS[method])
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d)
+    return [p for p, m in model.named_modules() if isinstance(m, kinds) and p != head_path]
+
+
+def _target_paths(model: nn.Module) -> list[str]:
+    from .adapters.base import AdapterLayer
+
+    inner = model.base_model if isinstance(model, AdaptedModel) else model
+    return [p for p, m in inner.named_modules() if isinstance(m, AdapterLayer)]
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+def _fit(model: nn.Module, splits: _Splits, *, epochs: int, lr: float, batch_size: int,
+         weight_decay: float, seed: int, progress: bool, desc: str) -> list[float]:
+    """AdamW with a short warm-up and cosine decay; returns the mean loss of each epoch."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    n = len(splits.y_train)
+    total = epochs * math.ceil(n / batch_size)
+    warmup = max(1, total // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
+        1 + math.cos(math.pi * min(s, total) / total))))
+    order = torch.Generator().manual_seed(seed)  # shuffling only; dropout uses the seeded global
+    losses: list[float] = []
+    bar = tqdm(range(epochs), desc=desc, unit="epoch",
+               disable=not progress, leave=False)
+    for _ in bar:
+        model.train()
+        total_loss = 0.0
+        for idx in torch.randperm(n, generator=order).split(batch_size):
+            loss = F.cross_entropy(model(splits.x_train[idx]), splits.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            total_loss += loss.item() * len(idx)
+        losses.append(total_loss / n)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
+    """Accuracy of `model` (eval mode) on normalised windows x (N, C, L) and labels y (N,)."""
+    model.eval()
+    preds = [model(chunk).argmax(dim=1) for chunk in x.split(batch_size)]  # (B,) each
+    return float((torch.cat(preds) == y).float().mean()) if len(y) else float("nan")
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+def _file_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    """Size of these tensors as a safetensors file (what would ship)."""
+    return len(safetensors_bytes({k: v.detach().contiguous() for k, v in tensors.items()}))
+
+
+def _size_metrics(model: nn.Module, method: str, base_params: int, base_bytes: int) -> dict:
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if isinstance(model, AdaptedModel):
+        shipped = model.adapter_state_dict(model.active_adapter)  # the adapter file's tensors
+    elif method == "head":
+        shipped = trainable  # a head-only delta on top of the base
+    else:
+        shipped = model.state_dict()
+    n_trainable = sum(p.numel() for p in trainable.values())
+    adapter_bytes = _file_bytes(shipped)
+    return {
+        "trainable_params": n_trainable,
+        "trainable_pct": round(100.0 * n_trainable / base_params, 3),
+        "adapter_bytes": adapter_bytes,
+        "adapter_base_pct": round(100.0 * adapter_bytes / base_bytes, 3),
+    }
+
+
+def _meta(base: str, weights: Any, base_config: dict | None, fingerprint: str,
+          splits: _Splits, metrics: dict) -> dict:
+    return {
+        "base_fingerprint": fingerprint,
+        "base": {"spec": base, "weights": None if weights is None else str(weights),
+                 "config": base_config},
+        "preprocessing": {"length": splits.train.length,
+                          "channel_stats": splits.stats.to_dict(),
+                          "channel_names": list(splits.train.channel_names)},
+        "class_names": list(splits.train.class_names),
+        "metrics": metrics,
+    }
+
+
+def _write(model: nn.Module, method: str, out: Path, meta: dict, metrics: dict) -> None:
+    """Write everything into a staging directory beside OUT, then swap it in."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        target = staging / "out"
+        if isinstance(model, AdaptedModel):
+            save_adapter(model, target, meta=meta)
+            metrics["adapter_file_bytes"] = (target / WEIGHTS_FILE).stat().st_size
+        else:
+            save_base(model, target / MODEL_FILE)
+            meta["weights_fingerprint"] = weights_fingerprint(model)
+            body = {"format": "edge-model/1", "method": method, **meta}
+            (target / MODEL_META_FILE).write_text(json.dumps(body, indent=2, sort_keys=True))
+        text = json.dumps(metrics, indent=2, sort_keys=True, default=_json_default)
+        (target / METRICS_FILE).write_text(text + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(target, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")

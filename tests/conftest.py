@@ -1,0 +1,42 @@
+"""Shared fixtures: a private Mosquitto broker, a reference bundle trained on real data, and
+runtime configs that point at both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from export.local_broker import BrokerMissing, start_broker, write_runtime_config
+
+
+@pytest.fixture
+def mosquitto(tmp_path):
+    """A fresh broker per test (no retained state leaks between tests). Its log is printed
+    at teardown, which pytest shows only for failing tests."""
+    try:
+        broker = start_broker(tmp_path / "mosquitto")
+    except BrokerMissing as exc:
+        pytest.skip(str(exc))
+    yield broker
+    broker.stop()
+    print(f"--- mosquitto log ({broker.conf}) ---\n{broker.log_text()}")
+
+
+@pytest.fixture(scope="session")
+def basicmotions_bundle(tmp_path_factory) -> Path:
+    """A bundle trained for a few seconds on real BasicMotions data: a tiny reference base
+    and one LoRA adapter named `line-a` (tests/reference_bundle.py)."""
+    from reference_bundle import build_bundle
+
+    return build_bundle(tmp_path_factory.mktemp("basicmotions"))
+
+
+@pytest.fixture
+def runtime_config(tmp_path, mosquitto, basicmotions_bundle):
+    """`runtime_config(lines=..., **sections)` -> a config file for this test's broker."""
+    def make(**kwargs) -> Path:
+        kwargs.setdefault("lines", {"line-a": {"adapter": "line-a"}, "line-b": {}})
+        return write_runtime_config(tmp_path, port=mosquitto.port, bundle=basicmotions_bundle,
+                                    **kwargs)
+    return make

@@ -1,0 +1,91 @@
+"""A small reference bundle trained on real BasicMotions data (tests and benchmarks).
+
+    build_bundle(root) -> root/bundle  with base.onnx, manifest.json and one LoRA adapter
+                                       "line-a", trained for a few seconds on 2 cores
+
+The base and the adapter record different channel statistics (the adapter's come from the
+first half of the training split), so a runtime that normalises a line with the wrong
+statistics gives different scores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.adapters import LoraConfig, inject
+from export.bundle_export import export_attach
+from export.data import ChannelStats, load_dataset
+from export.models import SensorTransformer, save_base, weights_fingerprint
+from export.peft_io import save_adapter
+
+DATASET = "BasicMotions"
+MODEL = dict(length=100, d_model=32, depth=1, heads=4, mlp_ratio=2, patch=10, dropout=0.0)
+ADAPTER_NAME = "line-a"
+
+
+def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, seconds: float, lr: float) -> None:
+    """Full-batch Adam on (N, C, L) windows until `seconds` pass (at most 300 steps)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
+    model.train()
+    end = time.monotonic() + seconds
+    for _ in range(300):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(xt), yt)
+        loss.backward()
+        opt.step()
+        if time.monotonic() > end:
+            break
+    model.eval()
+
+
+def _preprocessing(stats: ChannelStats, channels: list[str], length: int) -> dict:
+    return {"length": length, "channel_names": channels, "channel_stats": stats.to_dict()}
+
+
+def build_bundle(root: str | Path, *, seconds: float = 4.0, seed: int = 0) -> Path:
+    """Train a tiny base and a LoRA adapter on BasicMotions; export them as root/bundle."""
+    root = Path(root)
+    torch.manual_seed(seed)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    train = load_dataset(f"ucr:{DATASET}:train")
+    channels = list(train.channel_names)
+    base_stats = ChannelStats.from_data(train.X)
+    base = SensorTransformer(in_channels=train.num_channels, num_classes=train.num_classes,
+                             **MODEL)
+    _fit(base, base_stats.apply(train.X), train.y, seconds * 0.6, lr=3e-3)
+    weights = save_base(base, root / "base" / "base.safetensors")
+    # export_attach reads the base's class names and preprocessing from metrics.json beside it.
+    (root / "base" / "metrics.json").write_text(json.dumps({
+        "class_names": train.class_names,
+        "preprocessing": _preprocessing(base_stats, channels, train.length)}))
+
+    fingerprint = weights_fingerprint(base)  # before inject wraps the base's layers
+    adapter_stats = ChannelStats.from_data(train.X[: len(train) // 2])
+    adapted = inject(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v", "fc1"]))
+    _fit(adapted, adapter_stats.apply(train.X), train.y, seconds * 0.4, lr=1e-2)
+    meta = {"base_fingerprint": fingerprint,
+            "class_names": train.class_names,
+            "preprocessing": _preprocessing(adapter_stats, channels, train.length)}
+    adapter_dir = save_adapter(adapted, root / "adapters" / ADAPTER_NAME, meta=meta)
+    out = root / "bundle"
+    export_attach(base="reference", weights=weights, adapters=[adapter_dir], out=out,
+                  names=[ADAPTER_NAME])
+    return out
+
+
+def sample_windows(n: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Raw (not normalised) BasicMotions test windows (N, C, L) float32, labels, class names."""
+    train = load_dataset(f"ucr:{DATASET}:train")
+    test = load_dataset(f"ucr:{DATASET}:test", class_names=train.class_names)
+    x, y = test.X, test.y
+    if n is not None:
+        x, y = x[:n], y[:n]
+    return np.ascontiguousarray(x, dtype=np.float32), y, list(train.class_names)
