@@ -35,6 +35,8 @@ demo: venv mosquitto
 
 bench: venv mosquitto
 	$(PY) benchmarks/adaptation.py
+	$(PY) benchmarks/export.py
+	$(PY) benchmarks/pipeline.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache build

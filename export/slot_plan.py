@@ -78,6 +78,9 @@ def plan_slots(base: nn.Module, adapters: list[AdapterDir], max_rank: int) -> li
             for part, array in parts.items():
                 array = slot_layout(kind, part, array)
                 shape = _slot_shape(kind, part, array.shape, module, max_rank)
+                if kind == "full":  # never narrower than the base's own head
+                    own = tuple(getattr(module, part).shape)
+                    shape = [max(a, b) for a, b in zip(shape, own, strict=True)]
                 old = shapes.get((path, part))
                 if old and old[1] != kind:
                     raise ExportError(f"module {path} gets a {kind} adapter from {adapter.path} "

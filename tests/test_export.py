@@ -314,3 +314,43 @@ def test_bank_rows_equal_single_adapter_runs(ref, tmp_path):
     with pytest.raises(ExportError, match="--bank 2"):
         export_attach(base="reference", weights=ref["weights"], out=tmp_path / "small",
                       adapters=adapters, bank=2)
+
+
+def test_cli_merge_attach_add_inspect(ref, tmp_path):
+    """The CLI mirrors the API: one line per error, a report per export, inspect of each."""
+    from click.testing import CliRunner
+
+    from export.cli import main
+
+    runner = CliRunner()
+    weights = str(ref["weights"])
+    bundle = tmp_path / "bundle"
+    res = runner.invoke(main, ["attach", "--weights", weights, "--adapter", str(ref["lora_qv"]),
+                               "--name", "press-3", "--out", str(bundle)])
+    assert res.exit_code == 0, res.output
+    assert "parity attached + press-3" in res.output
+    res = runner.invoke(main, ["add-adapter", "--bundle", str(bundle), "--adapter",
+                               str(ref["lora_qv"]), "--name", "line7"])
+    assert res.exit_code == 0 and "line7.v1.onnx_adapter" in res.output, res.output
+    res = runner.invoke(main, ["merge", "--weights", weights, "--adapter",
+                               str(ref["lora_qv"]), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 0 and "parity merged" in res.output, res.output
+    for path, kind in [(bundle, "bundle"), (tmp_path / "m.onnx", "onnx"),
+                       (bundle / "adapters" / "line7.v1.onnx_adapter", "onnx_adapter")]:
+        res = runner.invoke(main, ["inspect", str(path)])
+        assert res.exit_code == 0 and f": {kind}" in res.output, res.output
+    res = runner.invoke(main, ["merge", "--weights", weights, "--adapter",
+                               str(ref["lora_qv"]), "--out", str(tmp_path / "m.onnx")])
+    assert res.exit_code == 6 and res.output.count("\n") == 1
+    assert res.output.startswith("error:") and "--force" in res.output
+
+
+def test_adapter_head_narrower_than_base(ref, tmp_path):
+    """An adapter for fewer classes than the base: the slot keeps the base's width."""
+    narrow = make_adapter(ref["base"], LoraConfig(r=2, target_modules=["q"],
+                                                  modules_to_save=["head"]),
+                          tmp_path / "narrow", classes=3)
+    report = export_attach(base="reference", weights=ref["weights"], adapters=[narrow],
+                           out=tmp_path / "b")
+    assert all(r.ok for r in report.parity), report.lines()
+    assert read_manifest(tmp_path / "b").num_classes == 5
