@@ -28,6 +28,7 @@ from edge.bundle import BASE_FILE, read_manifest  # noqa: E402
 from edge.engine import Engine, load_adapter_file, read_adapter_arrays, session_options  # noqa: E402
 from export.adapters import LoraConfig, inject  # noqa: E402
 from export.bundle_export import export_attach  # noqa: E402
+from export.demo import BASE_CONFIG  # noqa: E402
 from export.models import SensorTransformer, save_base, weights_fingerprint  # noqa: E402
 from export.onnx_export import export_merged  # noqa: E402
 from export.peft_io import save_adapter  # noqa: E402
@@ -36,9 +37,9 @@ TARGETS = ["conv1", "conv2", "q", "k", "v", "o", "fc1", "fc2"]
 
 
 def build(root: Path, rank: int) -> tuple[Path, Path, str]:
-    """A reference base (ACSF1 shape: 1 channel x 256, 10 classes) and a LoRA adapter."""
+    """The demo's reference base (ACSF1 shape: 1 x 256, 10 classes) and a LoRA adapter."""
     torch.manual_seed(0)
-    base = SensorTransformer(in_channels=1, num_classes=10, length=256).eval()
+    base = SensorTransformer(in_channels=1, num_classes=10, length=256, **BASE_CONFIG).eval()
     weights = save_base(base, root / "base.safetensors")
     adapted = inject(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS,
                                       modules_to_save=["head"]))
@@ -117,8 +118,8 @@ def main() -> None:
              "merged .onnx": merged_path.stat().st_size,
              ".onnx_adapter": (bundle / adapter_rel).stat().st_size}
     body = "\n".join([
-        f"Machine: {machine_line()}. Reference model (1x256 input, d_model 64, 2 blocks, "
-        f"10 classes) with LoRA r{args.rank} on {', '.join(TARGETS)} + head; "
+        f"Machine: {machine_line()}. Reference model as the demo builds it ({BASE_CONFIG}, "
+        f"1x256 input, 10 classes) with LoRA r{args.rank} on {', '.join(TARGETS)} + head; "
         "medians, variants interleaved.",
         "", "| batch | variant | ms / run | ratio to merged |", "|---|---|---|---|", *rows, "",
         "| swap cost | ms |", "|---|---|",

@@ -88,6 +88,7 @@ def replay(port: int, per_line: int) -> tuple[Collector, dict[str, list[str]]]:
 
 def serve_and_replay(out: Path, bundle: Path, per_line: int = 100) -> dict[str, float]:
     """Run the whole gateway chain; returns accuracy per line."""
+    out, bundle = out.resolve(), bundle.resolve()
     broker = start_broker(out / "broker")
     runtime = None
     try:

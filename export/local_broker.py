@@ -77,6 +77,7 @@ def start_broker(directory: Path, *, persistence: bool = False, extra: str = "",
     """Start `mosquitto -c conf` on a free port and wait until it accepts connections."""
     if not Path(MOSQUITTO).exists():
         raise BrokerMissing(f"{MOSQUITTO} is not installed (make mosquitto)")
+    directory = Path(directory).resolve()  # mosquitto runs with cwd=directory
     directory.mkdir(parents=True, exist_ok=True)
     for _ in range(attempts):  # another process may grab the free port before mosquitto
         port = free_port()
