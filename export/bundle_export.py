@@ -108,7 +108,8 @@ def base_labels(weights: str | Path | None, num_classes: int) -> tuple[list[str]
     meta: dict = {}
     if weights is not None:
         # `train --method full` writes edge_model.json beside model.safetensors.
-        for path in (sidecar_path(weights), Path(weights).with_name("edge_model.json")):
+        for path in (sidecar_path(weights), Path(weights).with_name("metrics.json"),
+                     Path(weights).with_name("edge_model.json")):
             if path.is_file():
                 meta.update({k: v for k, v in json.loads(path.read_text()).items()
                              if k in ("class_names", "preprocessing")})

@@ -37,7 +37,7 @@ def test_config_lists_every_argument_and_rebuilds():
     model = make(depth=3, dropout=0.0)
     assert model.config == {
         "in_channels": 6, "num_classes": 4, "length": 64, "d_model": 32, "depth": 3,
-        "heads": 4, "mlp_ratio": 2, "patch": 8, "dropout": 0.0,
+        "heads": 4, "mlp_ratio": 2, "patch": 8, "dropout": 0.0, "window_norm": False,
     }  # fmt: skip
     twin = build_reference(json.loads(json.dumps(model.config)))
     shapes = {k: v.shape for k, v in model.state_dict().items()}
@@ -311,3 +311,13 @@ def test_fingerprint_covers_buffers():
     before = weights_fingerprint(model)
     model.running_mean += 1.0
     assert weights_fingerprint(model) != before
+
+
+def test_window_norm_ignores_each_windows_scale():
+    """window_norm: a window and the same window scaled/shifted give the same logits."""
+    model = make(window_norm=True)
+    x = torch.randn(3, 6, 64)
+    with torch.no_grad():
+        a, b = model(x), model(x * 250.0 + 7.0)
+    assert torch.allclose(a, b, atol=1e-3)
+    assert not torch.allclose(make()(x * 250.0 + 7.0), make()(x), atol=1e-3)
