@@ -11,13 +11,7 @@ from torch import nn
 from edge.bundle import INDEX_INPUT as INDEX
 from edge.errors import ExportError
 
-from .slots import _ACT, _Bound
-
-
-class _Banked(_Bound):
-    def rows(self, part: str) -> torch.Tensor:
-        """This batch's rows of a bank: (K, *shape) gathered to (N, *shape)."""
-        return self.t(part)[self.tensors[INDEX]]
+from .slots import _ACT, BottleneckSlot, _Bound
 
 
 def _per_row(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -32,7 +26,7 @@ def _bias_rows(b: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return b.reshape(b.shape[0], *([1] * (like.dim() - 2)), b.shape[-1])
 
 
-class BankLoraSlot(_Banked):
+class BankLoraSlot(_Bound):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
         if isinstance(base, nn.Linear):
@@ -54,13 +48,7 @@ class BankLoraSlot(_Banked):
         return y + delta.reshape(y.shape)
 
 
-class BankBottleneckSlot(_Banked):
-    def __init__(self, base_layer: nn.Module, slots: dict[str, str], tensors: dict,
-                 activation: str, channels_first: bool) -> None:
-        super().__init__(base_layer, slots, tensors)
-        self.activation = activation
-        self.channels_first = channels_first
-
+class BankBottleneckSlot(BottleneckSlot):
     def forward(self, *args, **kwargs) -> torch.Tensor:
         h = self.base_layer(*args, **kwargs)
         z = h.movedim(1, -1) if self.channels_first else h  # (N, ..., F)
@@ -71,7 +59,7 @@ class BankBottleneckSlot(_Banked):
         return h + (z.movedim(-1, 1) if self.channels_first else z)
 
 
-class BankFullSlot(_Banked):
+class BankFullSlot(_Bound):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = self.base_layer
         if isinstance(base, nn.Linear):

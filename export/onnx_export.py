@@ -23,6 +23,7 @@ from edge.errors import ConfigError, ExportError
 
 from .adapters.model import AdaptedModel
 from .models import load_base, weights_fingerprint
+from .outputs import check_writable
 from .peft_io import load_adapter
 from .validate import ParityResult, compare, raise_on_failure
 
@@ -207,14 +208,7 @@ def real_samples(data: str | Path | None, meta: dict, shape: tuple[int, ...],
 
 
 def check_output(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise ExportError(f"{out} exists; pass --force to overwrite it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot create {out.parent}: {exc.strerror} (--out)") from None
-    if not os.access(out.parent, os.W_OK):
-        raise ExportError(f"{out.parent} is not writable (--out)")
+    check_writable(out, force, ExportError)
 
 
 class staging_file:

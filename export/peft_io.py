@@ -25,6 +25,7 @@ from edge.errors import AdapterError
 
 from .adapters import BottleneckConfig, LoraConfig
 from .adapters.model import AdaptedModel
+from .outputs import check_writable
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -156,11 +157,4 @@ def _umask() -> int:
 
 
 def _check_target(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise AdapterError(f"{out} exists; pass --force to overwrite it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise AdapterError(f"cannot create {out.parent}: {exc.strerror} (--out)") from None
-    if not os.access(out.parent, os.W_OK):
-        raise AdapterError(f"{out.parent} is not writable (--out)")
+    check_writable(out, force, AdapterError)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge.bundle import Slot
+from edge.bundle import INDEX_INPUT, Slot
 from edge.errors import ExportError
 
 from .adapters.base import use_module_calls
@@ -30,6 +30,10 @@ class _Bound(nn.Module):
 
     def t(self, part: str) -> torch.Tensor:
         return self.tensors[self.slot_names[part]]
+
+    def rows(self, part: str) -> torch.Tensor:
+        """Bank slots: this batch's rows of a bank, (K, *shape) gathered to (N, *shape)."""
+        return self.t(part)[self.tensors[INDEX_INPUT]]
 
 
 class LoraSlot(_Bound):

@@ -38,6 +38,7 @@ from edge.errors import ConfigError, DataError
 from .adapters import AdaptedModel, BottleneckConfig, LoraConfig
 from .data import ChannelStats, SensorDataset, load_dataset, train_val_split
 from .models import load_base, save_base, weights_fingerprint
+from .outputs import check_writable
 from .peft_io import WEIGHTS_FILE, save_adapter
 
 __all__ = ["METHODS", "REFERENCE_TARGETS", "TrainResult", "evaluate", "parse_targets", "train"]
@@ -222,16 +223,10 @@ def _comma_list(value: str | list[str] | None) -> list[str]:
 
 def _check_out(out: Path, force: bool) -> None:
     """Fail before training, not after it, when OUT cannot be written."""
-    if out.exists() and not force and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists; pass --force to overwrite it (--out)")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; --out names a directory")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create {out.parent}: {exc.strerror} (--out)") from None
-    if not os.access(out.parent, os.W_OK):
-        raise ConfigError(f"{out.parent} is not writable (--out)")
+    empty_dir = out.is_dir() and not any(out.iterdir())
+    check_writable(out, force or empty_dir, ConfigError)
 
 
 @contextlib.contextmanager
