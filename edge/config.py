@@ -216,16 +216,18 @@ class Topics(_Section):
     qos: Literal[0, 1, 2] = Field(1, description="QoS of subscriptions and results")
     stats_interval_s: float = Field(10, ge=0, description="seconds between stats; 0 = none")
     lines: dict[Annotated[str, Field(pattern=_NAME)], Route] = Field(
-        default_factory=dict, description="routing table; unlisted lines get the base model")
+        default_factory=dict, description="routing table; when it lists lines, a message on an "
+        "unlisted line is answered with an error; when empty, every line gets the base model")
 
     @model_validator(mode="after")
     def _expand_prefix(self) -> Topics:
         self.inputs = [f.replace("{prefix}", self.prefix) for f in self.inputs]
         return self
 
-    def route(self, line: str) -> Route:
-        """The route for `line`; the base model when the line is not listed."""
-        return self.lines.get(line, Route())
+    def route(self, line: str) -> Route | None:
+        """The route for `line`: None for an unlisted line when lines are listed (an error
+        for the runtime), the base model for every line when none are."""
+        return self.lines.get(line) if self.lines else Route()
 
 
 class Batching(_Section):
