@@ -40,3 +40,13 @@ def runtime_config(tmp_path, mosquitto, basicmotions_bundle):
         return write_runtime_config(tmp_path, port=mosquitto.port, bundle=basicmotions_bundle,
                                     **kwargs)
     return make
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and two threads on a busy 2-core box spin."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

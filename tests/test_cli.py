@@ -22,13 +22,6 @@ FAST = ["--epochs", "2", "--batch-size", "16", "--no-progress"]
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and two threads on a busy 2-core box spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:

@@ -40,13 +40,6 @@ def subset(tmp: Path, spec: str, name: str, n: int | None = None) -> Path:
 
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and two threads on a busy 2-core box spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
