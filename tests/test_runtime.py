@@ -441,7 +441,12 @@ def test_status_online_stats_and_offline(service, mosquitto):
     assert online["routes"]["line-b"] == {"adapter": "base", "version": None}
     assert online["adapters"] == [{"name": "line-a", "version": 1}]
     assert {"package_version", "onnxruntime_version", "providers"} <= set(online)
-    assert collector.messages[0][2]  # retained
+    # Retained: a subscriber that arrives after the publish still gets it, flagged retained
+    # (the first collector may have subscribed before it and seen it live).
+    newcomer = Collector(mosquitto.port, (STATUS,))
+    assert newcomer.wait(lambda c: c.status())
+    assert newcomer.status()[0]["state"] == "online" and newcomer.messages[0][2]
+    newcomer.close()
     assert collector.wait(lambda c: c.docs("/stats"))
     stats = collector.docs("/stats")[0]
     assert {"messages_per_s", "latency_ms", "errors", "queue_depth", "batch_size"} <= set(stats)
