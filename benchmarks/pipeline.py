@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
@@ -43,7 +42,7 @@ from edge.bundle import read_manifest  # noqa: E402
 from edge.codec import Normalizer  # noqa: E402
 from edge.engine import Engine, load_adapter_file  # noqa: E402
 from edge.mqtt import MAX_INFLIGHT, publish_properties  # noqa: E402
-from export.local_broker import start_broker, write_runtime_config  # noqa: E402
+from export.local_broker import start_broker, subscriber, write_runtime_config  # noqa: E402
 
 TITLE = "Pipeline (benchmarks/pipeline.py)"
 DEVICE = "gw-bench"
@@ -98,14 +97,7 @@ class Sink:
         self.count, self.errors = 0, 0
         self.cond = threading.Condition()
         self.from_json = from_json
-        ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *a: ready.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
-        ready.wait(10)
+        self.client = subscriber(port, topics, self._on_message)
 
     def _on_message(self, c, userdata, msg) -> None:
         now = time.perf_counter()

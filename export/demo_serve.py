@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 
 from .bundle_export import export_attach
 from .data import load_dataset
-from .local_broker import start_broker, write_runtime_config
+from .local_broker import start_broker, subscriber, write_runtime_config
 
 # line -> (test windows replayed on it, adapter routed to it; None = the base model)
 LINES = {"press-acsf1": ("ucr:ACSF1:test", "acsf1"), "press-plaid": ("ucr:PLAID:test", None)}
@@ -38,11 +38,8 @@ class Collector:
         self.results: dict[str, dict] = {}
         self.errors: list[dict] = []
         self.done = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe([("factory/+/inference", 1), ("factory/+/errors", 1)])
-        self.client.loop_start()
+        self.client = subscriber(port, ["factory/+/inference", "factory/+/errors"],
+                                 self._on_message)
 
     def _on_message(self, client, userdata, msg) -> None:
         body = json.loads(msg.payload)
@@ -123,11 +120,8 @@ def serve_and_replay(out: Path, bundle: Path, per_line: int = 100) -> dict[str, 
 def _wait_online(port: int, timeout: float = 60) -> None:
     """Block until the runtime's retained status says online."""
     online = threading.Event()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_message = lambda c, u, m: b'"online"' in m.payload and online.set()
-    client.connect("127.0.0.1", port)
-    client.subscribe("factory/demo-gw/status", 1)
-    client.loop_start()
+    client = subscriber(port, ["factory/demo-gw/status"],
+                        lambda c, u, m: b'"online"' in m.payload and online.set())
     try:
         if not online.wait(timeout):
             raise RuntimeError("edge-runtime did not come online")

@@ -11,9 +11,15 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -137,3 +143,19 @@ def write_runtime_config(directory: Path, *, port: int, bundle: Path | None,
     path = Path(directory) / name
     path.write_text(text)
     return path
+
+
+def subscriber(port: int, topics: Sequence[str], on_message: Callable,
+               *, timeout: float = 10.0) -> mqtt.Client:
+    """An MQTT v5 client of the private broker, subscribed to `topics` (QoS 1) by the time
+    it returns, its network loop running."""
+    subscribed = threading.Event()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
+    if not subscribed.wait(timeout):
+        raise RuntimeError(f"not subscribed to {list(topics)} within {timeout} s")
+    return client

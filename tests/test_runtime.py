@@ -23,7 +23,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.subscribeoptions import SubscribeOptions
 from reference_bundle import sample_windows
 
 from edge.bundle import read_manifest
@@ -33,6 +32,7 @@ from edge.engine import Engine, load_adapter_file
 from edge.errors import IncompatibleBundle
 from edge.mqtt import publish_properties
 from edge.service import Service
+from export.local_broker import subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "gw-test"
@@ -51,14 +51,7 @@ class Collector:
     def __init__(self, port: int, topics: tuple[str, ...] = ("factory/#",)) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
         self._cond = threading.Condition()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *args: subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])
-        assert subscribed.wait(10), "collector was not subscribed"
+        self.client = subscriber(port, topics, self._on_message)
 
     def _on_message(self, client, userdata, msg) -> None:
         with self._cond:
