@@ -37,6 +37,8 @@ bench: venv mosquitto
 	$(PY) benchmarks/adaptation.py
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/swap.py
+	$(PY) benchmarks/soak.py  # 10 minutes
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache build

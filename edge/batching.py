@@ -23,6 +23,7 @@ __all__ = ["LatencyStats", "MicroBatcher", "WorkItem", "group_rows"]
 
 POLL_S = 0.05  # how often a blocked batcher looks at its stop event
 K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
 
 
 @dataclass
@@ -98,7 +99,7 @@ class MicroBatcher:
                 continue
 
 
-def group_rows(items: Iterable[WorkItem], key: Callable[[WorkItem], K]) -> dict[K, list[int]]:
+def group_rows(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[int]]:
     """Row indices of a batch grouped by `key(item)` (e.g. the adapter for its line).
 
     Groups appear in the order of their first row; rows keep their order within a group.

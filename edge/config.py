@@ -256,6 +256,27 @@ class Adapters(_Section):
     watch_dir: ConfigPath | None = Field(None, description="directory watched for dropped "
                                          "adapter files; unset = MQTT only")
     memory_budget_mb: float = Field(256, gt=0, description="MiB that loaded adapters may hold")
+    watch_interval_s: float = Field(0.5, ge=0.05, le=60, description="seconds between looks "
+                                    "at watch_dir; a file is taken once it held still for one")
+
+
+class Outbox(_Section):
+    """[outbox]: results and errors kept in `<device.state_dir>/outbox.sqlite3` until the
+    broker acknowledges them, and the window of recent sensor message ids (dedupe)."""
+
+    max_messages: int = Field(100_000, ge=100, description="most messages waiting for the "
+                              "broker's acknowledgement (>= 100); then when_full applies")
+    when_full: Literal["stop_consuming", "drop_oldest"] = Field(
+        "stop_consuming", description="stop_consuming: the worker pauses, so sensor messages "
+        "wait unacknowledged (past limits.queue_bound they get a 'queue full' error); "
+        "drop_oldest: the oldest waiting messages are deleted, counted as outbox_dropped")
+    synchronous: Literal["full", "normal"] = Field(
+        "full", description="full: each batch is fsynced before its sensor messages are "
+        "acknowledged, nothing is lost on power loss; normal: no fsync, the last batches may "
+        "be lost on power loss (never on a crash of the process)")
+    dedupe_window: int = Field(10_000, ge=0, description="sensor message ids (per line) "
+                               "remembered across restarts, so a message delivered twice is "
+                               "computed once; 0 = no dedupe")
 
 
 class Export(_Section):
@@ -286,6 +307,7 @@ class Config(_Section):
     batching: Batching = Field(default_factory=Batching, description="batching")
     limits: Limits = Field(default_factory=Limits, description="input limits")
     adapters: Adapters = Field(default_factory=Adapters, description="adapter intake")
+    outbox: Outbox = Field(default_factory=Outbox, description="delivery guarantees")
     export: Export = Field(default_factory=Export, description="workstation export settings")
     _source: Path | None = PrivateAttr(None)
 

@@ -101,4 +101,9 @@ def read_adapter_arrays(path: str | Path) -> dict[str, np.ndarray]:
         fmt = ort.AdapterFormat.read_adapter(str(path))
     except Exception as exc:
         raise AdapterError(f"{path}: not a valid .onnx_adapter file ({exc})") from None
-    return {name: value.numpy() for name, value in fmt.get_parameters().items()}
+    # OrtValue.numpy() views memory that `fmt` owns: copy before `fmt` is freed.
+    try:
+        return {name: np.array(value.numpy(), copy=True)
+                for name, value in fmt.get_parameters().items()}
+    except Exception as exc:  # a tensor type numpy lacks (bfloat16, ...)
+        raise AdapterError(f"{path}: a tensor cannot be read ({exc})") from None

@@ -49,6 +49,20 @@ def pack(header: dict, body: bytes) -> bytes:
     return MAGIC + struct.pack(">I", len(data)) + data + body
 
 
+def peek_id(data: bytes) -> str | None:
+    """"<name>.v<version>" from an envelope's header without checking anything else (for
+    naming a refusal); None when the header does not say."""
+    try:
+        (size,) = struct.unpack(">I", data[8:12])
+        header = json.loads(data[12:12 + min(size, MAX_HEADER)].decode("utf-8"))
+        name, version = header["name"], header["version"]
+    except (struct.error, ValueError, RecursionError, TypeError, KeyError):
+        return None
+    if isinstance(name, str) and type(version) is int and data.startswith(MAGIC):
+        return f"{name[:64]}.v{version}"
+    return None
+
+
 def unpack(data: bytes, max_bytes: int) -> tuple[dict, bytes]:
     """Split an envelope, checking size, framing, header types and the body's sha256."""
     if len(data) > max_bytes:
@@ -60,7 +74,7 @@ def unpack(data: bytes, max_bytes: int) -> tuple[dict, bytes]:
         raise AdapterRejected("envelope header length is out of bounds")
     try:
         header = json.loads(data[12:12 + size].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError: 5000-digit ints
         raise AdapterRejected("envelope header is not valid JSON") from None
     if not isinstance(header, dict):
         raise AdapterRejected("envelope header is not a JSON object")
@@ -85,7 +99,7 @@ def verify(header: dict, trusted: dict[str, Ed25519PublicKey], require_signed: b
             raise AdapterRejected("adapter is not signed and require_signed = true")
         return "unsigned"
     kid = header.get("key_id")
-    if kid not in trusted:
+    if not isinstance(kid, str) or kid not in trusted:
         raise AdapterRejected(f"adapter signed by key {str(kid)[:32]!r}, which is not among "
                               "the trusted keys")
     try:

@@ -51,3 +51,9 @@ class BadMessage(EdgeError):
     """A sensor or control message could not be used; the text is the reason sent back."""
 
     exit_code = 7
+
+
+class StorageError(EdgeError):
+    """The gateway's state on disk (the outbox in device.state_dir) cannot be written."""
+
+    exit_code = 8

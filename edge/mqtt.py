@@ -8,14 +8,22 @@ config, subscriptions renewed on every (re)connect, and a table of topic handler
 
 Handlers run on paho's network thread and must be quick. A handler's exception is logged and
 answered on the errors topic; it never stops the network loop.
+
+With an outbox (`MqttLink(cfg, will=..., outbox=Outbox.open(cfg))`, edge/delivery.py), QoS>=1
+publishes that are not retained go through it (on disk until the broker acknowledges them),
+and received messages are acknowledged by hand: right after their handler returns, unless
+the handler returns True, which means "answered later": the message's `link.token(msg)` is
+then acknowledged by `with link.batch(tokens):` once the answers are stored.
 """
 
 from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -25,17 +33,25 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .codec import best_effort_id, encode_error
 from .config import Config, resolve_credentials
+from .dedupe import Dedupe
+from .delivery import Delivery, Receipt, Token
 from .errors import ConfigError
+from .outbox import Outbox
+from .status import Counters
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[mqtt.MQTTMessage], None]
+Handler = Callable[[mqtt.MQTTMessage], bool | None]  # True: the handler acks it later
 RECONNECT_MIN_S = 1
 RECONNECT_MAX_S = 30
 # Our unacknowledged QoS>0 publishes. paho does not honour the broker's Receive Maximum, so
 # stay at Mosquitto's default (20); a broker that grants less is reported at connect.
 MAX_INFLIGHT = 20
 MAX_QUEUED = 100_000  # publishes paho holds while disconnected; beyond this they are dropped
+# Sensor messages the broker may send us unacknowledged (CONNECT Receive Maximum; Mosquitto
+# otherwise stops at its max_inflight_messages, 20). With acks deferred until the answers are
+# stored, a small window would stall the pipeline; the queue bound still applies.
+RECEIVE_MAXIMUM = 65535
 _MATCH_CACHE = 4096  # topic -> handler cache entries (topics are sender-chosen: bounded)
 
 
@@ -69,7 +85,8 @@ class MqttLink:
     subscriptions."""
 
     def __init__(self, cfg: Config, *, will: bytes,
-                 on_connect: Callable[[], None] | None = None) -> None:
+                 on_connect: Callable[[], None] | None = None, outbox: Outbox | None = None,
+                 dedupe: Dedupe | None = None, counters: Counters | None = None) -> None:
         self.cfg = cfg
         self.errors_topic = cfg.errors_topic()
         self.connected = threading.Event()
@@ -79,13 +96,16 @@ class MqttLink:
         self._match: dict[str, Handler | None] = {}
         self._on_connect_hook = on_connect
         self._stopping = False
-        self.client = self._make_client(will)
+        self.client = self._make_client(will, manual_ack=outbox is not None)
+        self.delivery = None if outbox is None else Delivery(
+            self.client, outbox, connected=self.connected, errors_topic=self.errors_topic,
+            counters=counters, dedupe=dedupe)
 
     # -- setup ------------------------------------------------------------------------------
-    def _make_client(self, will: bytes) -> mqtt.Client:
+    def _make_client(self, will: bytes, manual_ack: bool) -> mqtt.Client:
         broker = self.cfg.broker
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=broker.client_id,
-                             protocol=mqtt.MQTTv5)
+                             protocol=mqtt.MQTTv5, manual_ack=manual_ack)
         paho_log = logging.getLogger("edge.mqtt.paho")
         if paho_log.isEnabledFor(logging.DEBUG):  # paho logs every packet: costly under load
             client.enable_logger(paho_log)
@@ -99,6 +119,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         return client
 
     def _set_security(self, client: mqtt.Client) -> None:
@@ -112,7 +133,26 @@ class MqttLink:
                                cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
             except (OSError, ssl.SSLError, ValueError) as exc:
                 raise ConfigError(f"broker.tls: cannot set up TLS ({exc})") from None
+            # insecure = false keeps the hostname check: the broker's certificate must name
+            # broker.host, so another certificate from the same CA cannot stand in for it.
             client.tls_insecure_set(tls.insecure)
+            if tls.insecure:
+                log.warning("broker.tls.insecure = true: the broker's host name is not "
+                            "checked; for tests only")
+
+            def connect_failed(_client: mqtt.Client, _userdata: object) -> None:
+                exc = sys.exc_info()[1]  # paho calls this inside its `except OSError:`
+                log.error("broker %s:%s: TLS connection failed: %s (is it a TLS listener, "
+                          "signed by broker.tls.ca, for broker.host?); retrying", broker.host,
+                          broker.port, exc or "no reason given")
+
+            # paho reports a failed handshake only through on_connect_fail, without the
+            # reason; and TLS 1.3 delivers the broker's refusal of our client certificate
+            # with the first read, which paho reports only to its logger (at ERROR; its
+            # per-packet lines are DEBUG and stay filtered out unless that level is on).
+            client.on_connect_fail = connect_failed
+            if client.logger is None:
+                client.enable_logger(logging.getLogger("edge.mqtt.paho"))
         elif username is not None or password is not None:
             log.warning("broker %s:%s: credentials go in plaintext; set broker.tls.enabled",
                         broker.host, broker.port)
@@ -132,6 +172,9 @@ class MqttLink:
         broker = self.cfg.broker
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = broker.session_expiry
+        if self.delivery is not None:
+            props.ReceiveMaximum = RECEIVE_MAXIMUM
+            self.delivery.start()
         self._stopping = False
         self.client.connect_async(broker.host, broker.port, broker.keepalive,
                                   clean_start=broker.clean_start, properties=props)
@@ -142,19 +185,28 @@ class MqttLink:
         return self.subscribed.wait(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """DISCONNECT cleanly (the broker then drops the last will) and end the thread."""
+        """DISCONNECT cleanly (the broker then drops the last will) and end the thread.
+        With an outbox, first give the broker up to `timeout` seconds to take what it
+        holds; the rest stays on disk and goes first at the next start."""
+        if self.delivery is not None:
+            self.delivery.drain(timeout)
         self._stopping = True
         if self.connected.is_set():
             self.client.disconnect()
         self.client.loop_stop()
         self.connected.clear()
         self.subscribed.clear()
+        if self.delivery is not None:
+            self.delivery.stop()
 
     def publish(self, topic: str, payload: bytes, *, qos: int | None = None,
                 retain: bool = False, properties: Properties | None = None
-                ) -> mqtt.MQTTMessageInfo:
-        """Queue a publish (thread-safe); results use topics.qos unless `qos` is given."""
+                ) -> mqtt.MQTTMessageInfo | Receipt:
+        """Queue a publish (thread-safe); results use topics.qos unless `qos` is given.
+        With an outbox, a QoS>=1 publish that is not retained is stored there first."""
         qos = self.cfg.topics.qos if qos is None else qos
+        if qos and not retain and self.delivery is not None:
+            return self.delivery.publish(topic, payload, qos, properties)
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("publish to %s failed: %s", topic, mqtt.error_string(info.rc))
@@ -163,6 +215,26 @@ class MqttLink:
     def report(self, msg_id: str | None, topic: str, reason: str) -> None:
         """One message on the errors topic for a message that could not be used."""
         self.publish(self.errors_topic, encode_error(id=msg_id, topic=topic, reason=reason))
+
+    # -- deferred acknowledgements (with an outbox) -----------------------------------------
+    def token(self, msg: mqtt.MQTTMessage) -> Token | None:
+        """What `batch` needs to acknowledge `msg` later; None when nothing is owed."""
+        return None if self.delivery is None else self.delivery.token(msg)
+
+    @contextmanager
+    def batch(self, tokens: Iterable[Token | None] = ()) -> Iterator[None]:
+        """This thread's publishes inside are stored in one outbox transaction at the end
+        (with the batch's dedupe keys); then the messages behind `tokens` are acknowledged."""
+        if self.delivery is None:
+            yield
+            return
+        with self.delivery.batch(tokens):
+            yield
+
+    def wait_for_room(self, give_up: threading.Event) -> None:
+        """With outbox.when_full = "stop_consuming": block while the outbox is full."""
+        if self.delivery is not None:
+            self.delivery.wait_for_room(give_up)
 
     # -- paho callbacks (network thread) ----------------------------------------------------
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -177,6 +249,8 @@ class MqttLink:
             log.warning("the broker accepts %d unacknowledged QoS>0 messages; we send up to "
                         "%d: raise its receive maximum", granted, client.max_inflight_messages)
         self.connected.set()
+        if self.delivery is not None:
+            self.delivery.connected()
         if not self._handlers:
             self._ready()
             return
@@ -202,6 +276,8 @@ class MqttLink:
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
         self.subscribed.clear()
+        if self.delivery is not None:
+            self.delivery.sender.poke()
         if not self._stopping:
             log.warning("disconnected from the broker (%s); reconnecting", reason_code)
 
@@ -214,12 +290,21 @@ class MqttLink:
         return self._match[topic]
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        later = False
+        try:
+            later = self._dispatch(msg)
+        finally:  # with manual acks, every message is acknowledged by someone
+            if not later and self.delivery is not None:
+                self.delivery.ack([self.delivery.token(msg)])
+
+    def _dispatch(self, msg: mqtt.MQTTMessage) -> bool:
+        """Run the handler; True when it took over the acknowledgement."""
         handler = self._handler_for(msg.topic)
         if handler is None:
             log.debug("no handler for %s", msg.topic)
-            return
+            return False
         try:
-            handler(msg)
+            return handler(msg) is True
         except Exception as exc:  # a bug in a handler must not end paho's loop
             log.exception("handler for %s failed", msg.topic)
             try:
@@ -227,3 +312,8 @@ class MqttLink:
                 self.report(msg_id, msg.topic, f"internal error: {type(exc).__name__}: {exc}")
             except Exception:
                 log.exception("could not report the failure on %s", self.errors_topic)
+            return False
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if self.delivery is not None:
+            self.delivery.sender.acked(mid, reason_code)

@@ -4,9 +4,13 @@ Threads:
     paho network thread   receive -> line known? size within the limit? -> bounded queue
                           (limits.queue_bound messages and QUEUE_BYTES of payload)
     worker                queue -> micro-batch -> decode + check -> group rows by model ->
-                          normalise -> one engine.run per group -> one result per row
+                          normalise -> one engine.run per group (per batch with a bank)
+                          -> one result per row
                           (every unusable message, on either thread: one error report)
     stats                 every topics.stats_interval_s: counters, latency, queue depth
+    control               adapter put / activate / rollback and watch-folder drops, one at
+                          a time: checks, then a new routing table replaces `routes`
+                          between batches (edge/control.py, docs/ADAPTERS.md)
 
     svc = Service(load_config("firmware_configs/cpu.toml"), bundle_dir="bundle")
     svc.start(); ...; svc.stop()          # or svc.run_forever() until SIGTERM / SIGINT
@@ -24,14 +28,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .adapters import AdapterStore
 from .batching import LatencyStats, MicroBatcher, WorkItem, group_rows
-from .bundle import read_manifest, verify_base
+from .bundle import INDEX_INPUT, read_manifest, verify_base
 from .codec import InputSpec, best_effort_id, decode_sensor, encode_result, softmax
 from .config import Config, load_config
+from .control import ControlPlane
+from .dedupe import Dedupe
 from .engine import Engine
-from .errors import BadMessage, ConfigError, IncompatibleBundle
-from .mqtt import MqttLink, message_properties
-from .routing import Route, RoutingTable, build_routes, line_of
+from .errors import AdapterRejected, BadMessage, ConfigError, IncompatibleBundle
+from .line_state import LineState
+from .mqtt import MqttLink, Token, message_properties
+from .outbox import Outbox
+from .routing import Route, RoutingTable, build_table, line_of
 from .status import Counters, online_details, stats_payload, status_payload
 
 log = logging.getLogger(__name__)
@@ -51,6 +60,7 @@ class Pending:
     content_type: str | None
     props: dict[str, str]
     received: float  # time.monotonic() at arrival: the batcher's wait and the latency
+    ack: Token | None = None  # acknowledged to the broker once its answer is in the outbox
 
 
 class Service:
@@ -62,6 +72,8 @@ class Service:
 
     def __init__(self, config: Config | str | Path, bundle_dir: str | Path | None = None) -> None:
         self.cfg = config if isinstance(config, Config) else load_config(config)
+        self.outbox = Outbox.open(self.cfg)  # first: an unusable state_dir is a ConfigError
+        self.dedupe = Dedupe.load(self.outbox)
         bundle = bundle_dir if bundle_dir is not None else self.cfg.device.bundle
         if bundle is None:
             raise ConfigError(f"{self.cfg.source or 'config'}: device.bundle: (missing): set it "
@@ -72,8 +84,10 @@ class Service:
                              providers=self.cfg.device.ort_providers(),
                              threads=self.cfg.device.threads)
         self.spec = self._input_spec()
-        self.routes: RoutingTable = build_routes(self.cfg, self.bundle, self.manifest,
-                                                 self.spec.channels)
+        self.store = AdapterStore.open(self.cfg, self.bundle, self.manifest, self.engine)
+        lines = self._line_state()
+        self.routes: RoutingTable = build_table(lines, self.store, self.spec.channels)
+        self.store.pin(self.routes.adapter_keys())
         self.queue: queue.Queue[Pending] = queue.Queue(maxsize=self.cfg.limits.queue_bound)
         self._queued_bytes = 0  # payload bytes in self.queue (guarded by _intake_lock)
         self.counters = Counters()
@@ -88,9 +102,33 @@ class Service:
         self._stopped = False
         device = self.cfg.device.id
         self.link = MqttLink(self.cfg, will=status_payload(
-            "offline", device, reason="connection lost", stamp=False), on_connect=self._announce)
+            "offline", device, reason="connection lost", stamp=False), on_connect=self._announce,
+            outbox=self.outbox, dedupe=self.dedupe, counters=self.counters)
+        self.control = ControlPlane(self, lines)  # its topics match before the sensors'
         for topic_filter in self.cfg.topics.inputs:
             self.link.handle(topic_filter, self._on_sensor)
+
+    def _line_state(self) -> LineState:
+        """The saved line assignments, or topics.lines when they no longer fit the held
+        adapters (say, after a bundle update); topics.lines naming an adapter that is not
+        held is an error at start-up, not a surprise at the first message."""
+        lines = LineState.load(self.cfg)
+        try:
+            build_table(lines, self.store, self.spec.channels)
+            return lines
+        except AdapterRejected as exc:
+            fresh = LineState.from_config(self.cfg, lines.path)
+            if fresh.lines == lines.lines:
+                raise IncompatibleBundle(f"topics.lines: {exc}") from None
+            log.warning("saved routing no longer fits (%s); using topics.lines", exc)
+            return self._checked(fresh)
+
+    def _checked(self, lines: LineState) -> LineState:
+        try:
+            build_table(lines, self.store, self.spec.channels)
+        except AdapterRejected as exc:
+            raise IncompatibleBundle(f"topics.lines: {exc}") from None
+        return lines
 
     def _input_spec(self) -> InputSpec:
         shape = self.manifest.inputs[0].shape  # ["batch", C, L]
@@ -101,9 +139,10 @@ class Service:
                          max_payload_bytes=self.cfg.limits.max_payload_bytes)
 
     # -- lifecycle --------------------------------------------------------------------------
-    def start(self, connect_timeout: float = CONNECT_WAIT_S) -> bool:
+    def start(self, connect_timeout: float | None = CONNECT_WAIT_S) -> bool:
         """Warm up, start the worker and stats threads and connect. True when connected and
-        subscribed within `connect_timeout`; otherwise paho keeps retrying in the background."""
+        subscribed within `connect_timeout` (None: do not wait); otherwise paho keeps
+        retrying in the background."""
         self._warm_up()
         batching = self.cfg.batching
         batcher = MicroBatcher(self.queue, batching.max_batch, batching.max_wait_ms / 1000.0)
@@ -114,13 +153,19 @@ class Service:
                                                   name="edge-stats", daemon=True))
         for thread in self._threads:
             thread.start()
+        self.control.start()
         self.link.start()
+        if connect_timeout is None:
+            return self.link.subscribed.is_set()
         ready = self.link.wait_ready(connect_timeout)
         if not ready:
-            broker = self.cfg.broker
-            log.warning("not connected to %s:%s after %.0f s; still trying", broker.host,
-                        broker.port, connect_timeout)
+            self._warn_unconnected(connect_timeout)
         return ready
+
+    def _warn_unconnected(self, waited: float) -> None:
+        broker = self.cfg.broker
+        log.warning("not connected to %s:%s after %.0f s; still trying", broker.host,
+                    broker.port, waited)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking messages, finish what is queued (within `timeout`), publish the
@@ -141,10 +186,12 @@ class Service:
         self._fail_queued("the service stopped before this message was processed")
         self._wait_published(self._last_publish, max(deadline - time.monotonic(), 0.5))
         self._closed.set()
+        self.control.stop()
         info = self.link.publish(self.cfg.status_topic(), status_payload(
             "offline", self.cfg.device.id, reason="shutdown"), qos=1, retain=True)
         self._wait_published(info, min(PUBLISH_WAIT_S, max(deadline - time.monotonic(), 0.5)))
         self.link.stop()
+        self.outbox.close()
         for thread in self._threads[1:]:
             thread.join(1.0)
         log.info("stopped: %s", self.counters.totals)
@@ -159,9 +206,13 @@ class Service:
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         try:
-            self.start()
+            self.start(connect_timeout=None)  # a signal must not wait for the broker
+            deadline = time.monotonic() + CONNECT_WAIT_S
             while not stop.wait(0.5):
-                pass
+                if deadline and time.monotonic() > deadline:
+                    if not self.link.subscribed.is_set():
+                        self._warn_unconnected(CONNECT_WAIT_S)
+                    deadline = 0.0
         finally:
             self.stop()
             for sig, handler in previous.items():
@@ -172,10 +223,11 @@ class Service:
         """One run per distinct model: a broken adapter fails here, and the first real batch
         does not pay for the memory-mapped adapter's first touch."""
         x = np.zeros((1, self.spec.channels, self.spec.length), np.float32)
+        table = self.routes
         seen = {}
-        for route in [*self.routes.routes.values(), self.routes.default]:
+        for route in [*table.routes.values(), table.default]:
             if route is not None and route.key not in seen:
-                seen[route.key] = self.engine.run(x, route.session_adapter)
+                seen[route.key] = self._infer(table, [route], x)
         log.info("warm: %d model(s), providers %s", len(seen), self.engine.providers)
 
     # -- network thread ---------------------------------------------------------------------
@@ -188,9 +240,11 @@ class Service:
             adapters=[{"name": n, "version": v} for n, v in adapters], bundle=str(self.bundle))
         self.link.publish(self.cfg.status_topic(), status_payload(
             "online", self.cfg.device.id, details=details), qos=1, retain=True)
+        self.control.publish_state()
 
-    def _on_sensor(self, msg) -> None:
-        """Cheap checks only: decoding happens on the worker, so paho's thread keeps up."""
+    def _on_sensor(self, msg) -> bool | None:
+        """Cheap checks only: decoding happens on the worker, so paho's thread keeps up.
+        True when queued: the worker acknowledges the message once it is answered."""
         received = time.monotonic()
         self.counters.add(received=1)
         topic, payload = msg.topic, msg.payload
@@ -203,9 +257,11 @@ class Service:
         if len(payload) > self.spec.max_payload_bytes:  # never queued, never parsed
             return self._reject(payload, props, topic, f"payload is {len(payload)} bytes, "
                                 f"larger than the limit of {self.spec.max_payload_bytes} bytes")
-        reason = self._enqueue(Pending(line, topic, payload, content_type, props, received))
+        reason = self._enqueue(Pending(line, topic, payload, content_type, props, received,
+                                       self.link.token(msg)))
         if reason is not None:
             self._reject(payload, props, topic, reason)
+        return reason is None
 
     def _enqueue(self, item: Pending) -> str | None:
         """Put `item` on the bounded queue; the reason when it cannot go there."""
@@ -232,11 +288,13 @@ class Service:
         while not self._abort.is_set():
             batch = batcher.next_batch(self._intake_closed)
             if batch:
-                try:
-                    self._run_batch(batch)
-                except Exception as exc:  # a bug must not end the worker: report the rows
-                    log.exception("batch of %d failed", len(batch))
-                    self._fail_items(batch, f"internal error: {type(exc).__name__}: {exc}")
+                self.link.wait_for_room(self._abort)  # outbox.when_full = "stop_consuming"
+                with self.link.batch(p.ack for p in batch):  # answers stored, then acked
+                    try:
+                        self._run_batch(batch)
+                    except Exception as exc:  # a bug must not end the worker: report rows
+                        log.exception("batch of %d failed", len(batch))
+                        self._fail_items(batch, f"internal error: {type(exc).__name__}: {exc}")
             elif self._intake_closed.is_set() and self.queue.empty():
                 return
 
@@ -257,6 +315,9 @@ class Service:
                 self._reject(p.payload, p.props, p.topic,
                              f"internal error: {type(exc).__name__}: {exc}")
                 continue
+            if self.dedupe.seen(p.line, reading.id):  # a QoS 1 redelivery: answered before
+                self.counters.add(duplicates=1)
+                continue
             items.append(WorkItem(line=p.line, topic=p.topic, reading=reading,
                                   received=p.received))
         return items
@@ -271,30 +332,50 @@ class Service:
         if missing:
             self._fail_items(missing, "the line lost its route before inference")
         found = [it for it in items if routes[it.line] is not None]
-        if found:
-            self.counters.batch(len(found))
+        if not found:
+            return
+        self.counters.batch(len(found))
+        if table.bank is not None:  # one run: each row picks its adapter in the bank
+            return self._run_group(table, [routes[it.line] for it in found], found)
         for rows in group_rows(found, lambda it: routes[it.line].key).values():
             group = [found[i] for i in rows]
-            self._run_group(routes[group[0].line], group)
+            self._run_group(table, [routes[group[0].line]] * len(group), group)
 
-    def _run_group(self, route: Route, items: list[WorkItem]) -> None:
+    def _run_group(self, table: RoutingTable, row_routes: list[Route],
+                   items: list[WorkItem]) -> None:
+        """Rows with their routes (one shared route unless the bundle has a bank)."""
         x = np.stack([it.reading.values for it in items])  # (n, C, L) raw
-        x = route.normalizer.apply(x)  # (n, C, L) as the model was trained
+        groups = group_rows(row_routes, lambda r: r.key).values()
+        for rows in groups:
+            x[rows] = row_routes[rows[0]].normalizer.apply(x[rows])  # as each model trained
         try:
-            logits = self.engine.run(x, route.session_adapter)  # (n, num_classes), padded
+            logits = self._infer(table, row_routes, x)  # (n, num_classes), padded
         except Exception as exc:  # onnxruntime raises untyped errors
-            log.exception("inference failed for %s", route.key)
+            log.exception("inference failed for %s", sorted({r.key for r in row_routes}))
             return self._fail_items(items, f"inference failed: {exc}")
-        probs = softmax(logits[:, : len(route.labels)])  # (n, K) for this route's classes
-        adapter, labels = route.key[0], list(route.labels)
-        for item, scores in zip(items, probs, strict=True):
+        probs: list = [None] * len(items)
+        for rows in groups:  # (len(rows), K) for the K classes of that model
+            width = len(row_routes[rows[0]].labels)
+            for row, p in zip(rows, softmax(logits[rows, :width]), strict=True):
+                probs[row] = p
+        for item, route, scores in zip(items, row_routes, probs, strict=True):
             latency_ms = (time.monotonic() - item.received) * 1000.0
             payload = encode_result(id=item.reading.id, ts=item.reading.ts, line=item.line,
-                                    adapter=adapter, adapter_version=route.version,
-                                    labels=labels, scores=scores, latency_ms=latency_ms)
+                                    adapter=route.key[0], adapter_version=route.version,
+                                    labels=list(route.labels), scores=scores,
+                                    latency_ms=latency_ms)
             self._last_publish = self.link.publish(self._topic(item.line), payload)
             self.latency.record(latency_ms)
         self.counters.add(results=len(items))
+
+    def _infer(self, table: RoutingTable, row_routes: list[Route], x: np.ndarray) -> np.ndarray:
+        """Logits (n, num_classes) of x (n, C, L), normalised; one onnxruntime run."""
+        if table.bank is None:
+            return self.engine.run(x, row_routes[0].session_adapter)
+        index = np.fromiter((r.entry for r in row_routes), np.int64, len(row_routes))
+        if len(row_routes) == 1 and len(x) > 1:
+            index = np.full(len(x), row_routes[0].entry, np.int64)
+        return self.engine.run(x, feeds={**table.bank, INDEX_INPUT: index})
 
     def _topic(self, line: str) -> str:
         topic = self._topics.get(line)
@@ -319,7 +400,8 @@ class Service:
             except queue.Empty:
                 break
         if left:
-            self._fail_items(left, reason)
+            with self.link.batch(p.ack for p in left):
+                self._fail_items(left, reason)
 
     # -- stats thread -----------------------------------------------------------------------
     def _stats_loop(self) -> None:
@@ -328,7 +410,7 @@ class Service:
             counts, elapsed = self.counters.snapshot_and_reset()
             payload = stats_payload(self.cfg.device.id, counts, elapsed,
                                     self.latency.snapshot_and_reset(), self.queue.qsize(),
-                                    self.queue.maxsize)
+                                    self.queue.maxsize, outbox_depth=self.outbox.count)
             self.link.publish(self.cfg.stats_topic(), payload, qos=0)
 
     @staticmethod

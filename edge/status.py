@@ -4,7 +4,8 @@
                                          "onnxruntime_version", "providers", "routes", ...}
                                         {"state": "offline", "device", "reason", ...}
     <prefix>/<device>/stats             {"messages_per_s", "latency_ms": {p50, p99, ...},
-                                         "errors", "queue_depth", "batch_size", ...}
+                                         "errors", "queue_depth", "batch_size", "duplicates",
+                                         "outbox": {depth, dropped, full, errors}, ...}
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def online_details(*, providers: list[str], routes: dict, adapters: list[dict],
 class Counters:
     """Counts shared by paho's network thread and the worker, reset at each stats report."""
 
-    _FIELDS = ("received", "results", "errors", "queue_full", "batches", "rows", "max_batch")
+    _FIELDS = ("received", "results", "errors", "queue_full", "batches", "rows", "max_batch",
+               "duplicates", "outbox_dropped", "outbox_full", "outbox_errors")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -71,9 +73,10 @@ class Counters:
 
 
 def stats_payload(device: str, counts: dict, elapsed: float, latency: dict,
-                  queue_depth: int, queue_bound: int) -> bytes:
+                  queue_depth: int, queue_bound: int, outbox_depth: int | None = None) -> bytes:
     """One stats message over the last `elapsed` seconds; `latency` is a
-    `LatencyStats.snapshot_and_reset()` (only its percentiles are used)."""
+    `LatencyStats.snapshot_and_reset()` (only its percentiles are used); `outbox_depth` is
+    the number of messages waiting for the broker (None without an outbox)."""
     elapsed = max(elapsed, 1e-9)
     batches = counts["batches"]
     doc = {
@@ -86,5 +89,8 @@ def stats_payload(device: str, counts: dict, elapsed: float, latency: dict,
         "batches": batches,
         "batch_size": {"mean": round(counts["rows"] / batches, 2) if batches else 0.0,
                        "max": counts["max_batch"]},
+        "duplicates": counts["duplicates"],
+        "outbox": {"depth": outbox_depth, "dropped": counts["outbox_dropped"],
+                   "full": counts["outbox_full"], "errors": counts["outbox_errors"]},
     }
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()

@@ -121,3 +121,35 @@ def sign_command(**options: Any) -> None:
 
     out = sign(**options)
     click.echo(f"wrote {out} ({Path(out).stat().st_size} bytes)")
+
+
+@main.command("push")
+@click.option("--device", required=True, help="The gateway's device.id.")
+@click.option("--broker", default="127.0.0.1", show_default=True, metavar="HOST[:PORT]",
+              help="MQTT broker the gateway uses [port: 1883, 8883 with TLS].")
+@click.option("--prefix", default="factory", show_default=True, help="The gateway's "
+              "topics.prefix.")
+@click.option("--envelope", type=click.Path(dir_okay=False),
+              help="An envelope file from `edge-export sign` (instead of --bundle/--name).")
+@click.option("--bundle", type=click.Path(file_okay=False), help="Bundle holding the adapter.")
+@click.option("--name", help="Adapter name in --bundle (checked against --envelope).")
+@click.option("--version", type=int, help="[default: the newest of --name]")
+@click.option("--key", type=click.Path(dir_okay=False),
+              help="OUT.key of keygen: signs the envelope built from --bundle.")
+@click.option("--activate", metavar="LINE", help="Then switch LINE to this version.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the gateway's answer, all steps together.")
+@click.option("--tls", is_flag=True, help="TLS with the system trust store (implied by "
+              "--tls-ca/--tls-cert).")
+@click.option("--tls-ca", type=click.Path(dir_okay=False), help="CA certificate of the broker.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Client certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="Client certificate's key.")
+@click.option("--username-env", metavar="VAR", help="Environment variable with the user name.")
+@click.option("--password-env", metavar="VAR", help="Environment variable with the password.")
+@click.option("--client-id", help="MQTT client id [default: edge-export-push-<random>].")
+def push_command(**options: Any) -> None:
+    """Publish an adapter to a gateway and wait for it to confirm (or say why it refused)."""
+    from .push import push
+
+    result = push(progress=lambda line: click.echo(line, err=True), **options)
+    click.echo(result.describe())

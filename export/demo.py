@@ -3,11 +3,18 @@
     python -m export.demo --out DIR
 
 1. pretrain the reference base on PLAID (appliance currents; cached in DIR/base)
-2. adapt it to ACSF1 (another set of appliances, 100 windows) with a LoRA adapter (DIR/lora)
-3. print the KPI table
-4. export a bundle (edge-export attach)
-5. start a private Mosquitto and edge-runtime, replay real ACSF1 and PLAID test windows as
-   two lines (the adapter and the base), print predictions and accuracy, stop on SIGTERM
+2. adapt it to ACSF1 (another set of appliances, 100 windows) with two LoRA adapters of one
+   recipe: a quick pilot (DIR/lora-pilot, few epochs) and the full run (DIR/lora)
+3. print the KPI table (both)
+4. export the gateway's bundle with the pilot as acsf1 v1 (edge-export attach, DIR/bundle);
+   copy it to the workstation's DIR/bundle-workstation and add the full adapter there as
+   acsf1 v2 (edge-export add-adapter; base.onnx stays byte-identical); make a signing key
+   (edge-export keygen, DIR/keys)
+5. start a private Mosquitto and edge-runtime (signed adapters only, trusting that key);
+   replay real ACSF1 and PLAID test windows as two lines (acsf1, following its newest
+   version, and the base); push acsf1 v2 over MQTT while it runs, unsigned (refused) then
+   signed (accepted, hot-swapped); replay the ACSF1 windows again; print accuracy per line
+   and adapter version and the switch time; stop on SIGTERM
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ LENGTH = 256
 BASE_CONFIG: dict[str, Any] = {"d_model": 128, "depth": 2, "heads": 4, "window_norm": True}
 PRETRAIN_EPOCHS = 60
 ADAPT_EPOCHS = 150
+PILOT_EPOCHS = 20  # the same recipe stopped early: the pilot the gateway starts with
 # The adapters as the benchmark runs them (train()'s default targets for the reference model):
 # both fit in 3% of the base file with the head and LayerNorms stored alongside; LoRA at
 # train()'s default rank 8 on the same targets would take ~5%.
@@ -55,7 +63,9 @@ class DemoState:
     base_metrics: dict[str, Any] = field(default_factory=dict)
     results: dict[str, TrainResult] = field(default_factory=dict)
     bundle: Path | None = None
-    line_accuracy: dict[str, float] = field(default_factory=dict)
+    workstation: Path | None = None  # the workstation's copy of the bundle, with v2
+    key: Path | None = None  # the private signing key; its .pub is trusted by the gateway
+    accuracy: dict[str, float] = field(default_factory=dict)  # "line adapter vN" -> accuracy
 
 
 def pretrain_base(out: Path, *, data: dict[str, dict[str, Any]], epochs: int = PRETRAIN_EPOCHS,
@@ -86,36 +96,42 @@ def step_pretrain(state: DemoState) -> None:
 
 
 def step_lora(state: DemoState) -> None:
-    print(f"[2] LoRA adapter on {ADAPT_DATA} ({state.out / 'lora'})")
     adapt = state.data["adapt"]
-    state.results["lora"] = train(weights=state.base_weights, data=adapt["train"],
-                                  test_data=adapt["test"], epochs=ADAPT_EPOCHS, **LORA,
-                                  out=state.out / "lora", force=True, progress=state.progress)
+    for name, epochs in (("lora-pilot", PILOT_EPOCHS), ("lora", ADAPT_EPOCHS)):
+        print(f"[2] LoRA adapter on {ADAPT_DATA}, {epochs} epochs ({state.out / name})")
+        state.results[name] = train(weights=state.base_weights, data=adapt["train"],
+                                    test_data=adapt["test"], epochs=epochs, **LORA,
+                                    out=state.out / name, force=True, progress=state.progress)
 
 
 def step_report(state: DemoState) -> None:
     print("[3] KPIs (ACSF1 test split)\n")
-    print("| method | accuracy | trainable | adapter KB | base KB | train s |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| adapter | epochs | accuracy | trainable | adapter KB | base KB | train s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, result in state.results.items():
         m = result.metrics
-        print(f"| {name} | {100 * m['accuracy']:.1f}% | {m['trainable_pct']:.2f}% | "
-              f"{m['adapter_bytes'] / 1000:.1f} | {m['base_bytes'] / 1000:.1f} | "
+        print(f"| {name} | {m['epochs']} | {100 * m['accuracy']:.1f}% | "
+              f"{m['trainable_pct']:.2f}% | {m['adapter_bytes'] / 1000:.1f} | "
+              f"{m['base_bytes'] / 1000:.1f} | "
               f"{m['train_seconds']:.1f} |")
 
 
 def step_bundle(state: DemoState) -> None:
-    from .demo_serve import build_bundle
+    from .demo_serve import build_bundles, make_key
 
-    print(f"[4] edge-export attach: bundle with the ACSF1 adapter ({state.out / 'bundle'})")
-    state.bundle = build_bundle(state.out, state.base_weights, state.out / "lora", ADAPT_TEST)
+    print(f"[4] edge-export attach: the gateway's bundle, the pilot as acsf1 v1 "
+          f"({state.out / 'bundle'})")
+    state.bundle, state.workstation = build_bundles(
+        state.out, state.base_weights, state.out / "lora-pilot", state.out / "lora", ADAPT_TEST)
+    state.key = make_key(state.out / "keys" / "signing")
 
 
 def step_serve(state: DemoState) -> None:
-    from .demo_serve import serve_and_replay
+    from .demo_serve import serve_and_push
 
-    print("[5] edge-runtime on a private Mosquitto; real test windows replayed on two lines")
-    state.line_accuracy = serve_and_replay(state.out, state.bundle)
+    print("[5] edge-runtime on a private Mosquitto: real test windows on two lines, "
+          "acsf1 v2 pushed live")
+    state.accuracy = serve_and_push(state.out, state.bundle, state.workstation, state.key)
 
 
 STEPS: list[Callable[[DemoState], None]] = [step_pretrain, step_lora, step_report, step_bundle,

@@ -1,78 +1,155 @@
-"""The demo's gateway half: bundle the adapter, start a private Mosquitto and `edge-runtime`,
-replay real test windows on two lines, print predictions and accuracy, shut down cleanly."""
+"""The demo's hand-over and gateway half: the gateway's bundle (pilot adapter) and the
+workstation's copy (plus the full adapter), a signing key; then a private Mosquitto and
+`edge-runtime`, real test windows replayed on two lines, the full adapter pushed over MQTT
+while it serves (unsigned: refused; signed: hot-swapped), the windows replayed again,
+accuracy per line and adapter version, and a clean shutdown."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from .bundle_export import export_attach
+from edge.bundle import BASE_FILE, sha256_file
+from edge.errors import AdapterRejected
+
+from .bundle_export import add_adapter, export_attach
 from .data import load_dataset
 from .local_broker import start_broker, subscriber, write_runtime_config
+from .onnx_export import ExportReport
+from .push import push
+from .signing import keygen
 
-# line -> (test windows replayed on it, adapter routed to it; None = the base model)
-LINES = {"press-acsf1": ("ucr:ACSF1:test", "acsf1"), "press-plaid": ("ucr:PLAID:test", None)}
 ADAPTER = "acsf1"
+DEVICE = "demo-gw"
+# line -> (test windows replayed on it, adapter routed to it; None = the base model). The
+# adapter line names no version: it follows the newest version the gateway holds.
+LINES = {"press-acsf1": ("ucr:ACSF1:test", ADAPTER), "press-plaid": ("ucr:PLAID:test", None)}
+SAMPLE_EVERY = 50  # print every 50th result as it arrives
+WAIT_S = 120.0
 
 
-def build_bundle(out: Path, weights: Path, adapter: Path, test_data: str) -> Path:
-    report = export_attach(base="reference", weights=weights, adapters=[adapter],
-                           names=[ADAPTER], out=out / "bundle", data=test_data, force=True)
+def _show(report: ExportReport) -> None:
     for line in report.lines():
         print(f"    {line}")
-    return out / "bundle"
+
+
+def build_bundles(out: Path, weights: Path, pilot: Path, full: Path,
+                  test_data: str) -> tuple[Path, Path]:
+    """The gateway's bundle with `pilot` as acsf1 v1, and the workstation's copy of it with
+    `full` added as acsf1 v2 (parity-checked against torch); returns both directories."""
+    bundle, workstation = out / "bundle", out / "bundle-workstation"
+    _show(export_attach(base="reference", weights=weights, adapters=[pilot], names=[ADAPTER],
+                        out=bundle, data=test_data, force=True))
+    if workstation.exists():
+        shutil.rmtree(workstation)
+    shutil.copytree(bundle, workstation)
+    print(f"[4] edge-export add-adapter: the full adapter as {ADAPTER} v2, in the "
+          f"workstation's copy ({workstation})")
+    _show(add_adapter(bundle=workstation, adapter=full, name=ADAPTER, base="reference",
+                      weights=weights))
+    digests = {sha256_file(b / BASE_FILE) for b in (bundle, workstation)}
+    if len(digests) != 1:
+        raise RuntimeError(f"{BASE_FILE} differs between {bundle} and {workstation}")
+    print(f"    {BASE_FILE} byte-identical in both (sha256 {digests.pop()[:12]}): the running "
+          "gateway can take v2")
+    return bundle, workstation
+
+
+def make_key(stem: Path) -> Path:
+    """The signing key pair STEM.key / STEM.pub (kept from an earlier run); returns STEM.key."""
+    private, public = stem.with_suffix(".key"), stem.with_suffix(".pub")
+    made = "kept"
+    if not (private.is_file() and public.is_file()):
+        private, public = keygen(out=stem, force=True)
+        made = "made"
+    print(f"    edge-export keygen: {made} {private} (signs), {public.name} (the gateway "
+          "trusts it)")
+    return private
 
 
 class Collector:
-    """Subscribes to results and errors; counts and prints them as they arrive."""
+    """Subscribes to results, errors and the adapter state; prints a sample as they come."""
 
-    def __init__(self, port: int, truth: dict[str, str], expected: int) -> None:
-        self.truth, self.expected = truth, expected
+    def __init__(self, port: int) -> None:
+        self.truth: dict[str, str] = {}
         self.results: dict[str, dict] = {}
-        self.errors: list[dict] = []
-        self.done = threading.Event()
-        self.client = subscriber(port, ["factory/+/inference", "factory/+/errors"],
-                                 self._on_message)
+        self.errors: list[dict] = []  # about sensor messages
+        self.state: dict = {}  # the newest factory/<device>/adapters/state
+        self.changed = threading.Condition()
+        self.client = subscriber(port, ["factory/+/inference", "factory/+/errors",
+                                        f"factory/{DEVICE}/adapters/state"], self._on_message)
 
     def _on_message(self, client, userdata, msg) -> None:
         body = json.loads(msg.payload)
-        if msg.topic.endswith("/errors"):
-            self.errors.append(body)
-        else:
-            self.results[body["id"]] = body
-            if len(self.results) % 25 == 1:
-                mark = "ok" if body["label"] == self.truth[body["id"]] else "miss"
-                print(f"    {body['line']:<12} {body['id']:<16} -> {body['label']:<10} "
-                      f"({body['adapter']} v{body['adapter_version']}, "
-                      f"{body['latency_ms']:.1f} ms) {mark}")
-        if len(self.results) + len(self.errors) >= self.expected:
-            self.done.set()
+        with self.changed:
+            if msg.topic.endswith("/adapters/state"):
+                self.state = body
+            elif msg.topic.endswith("/errors"):
+                if "/sensors/" in str(body.get("topic")):  # adapter refusals: push reports them
+                    self.errors.append(body)
+            else:
+                self._note(body)
+            self.changed.notify_all()
 
-    def accuracy(self, line: str) -> tuple[int, int]:
-        mine = [r for r in self.results.values() if r["line"] == line]
-        return sum(r["label"] == self.truth[r["id"]] for r in mine), len(mine)
+    def _note(self, body: dict) -> None:
+        if len(self.results) % SAMPLE_EVERY == 0:
+            mark = "ok" if body["label"] == self.truth.get(body["id"]) else "miss"
+            print(f"    {body['line']:<12} {body['id']:<16} -> {body['label']:<4} "
+                  f"({_served_by(body)}, {body['latency_ms']:.1f} ms) {mark}")
+        self.results[body["id"]] = body
+
+    def wait_for(self, answered: int, timeout: float = WAIT_S) -> bool:
+        """Until `answered` results + errors arrived in all; False on timeout."""
+        with self.changed:
+            return self.changed.wait_for(
+                lambda: len(self.results) + len(self.errors) >= answered, timeout)
+
+    def wait_state(self, ready: Callable[[dict], bool], timeout: float = 10.0) -> dict:
+        with self.changed:
+            self.changed.wait_for(lambda: ready(self.state), timeout)
+            return self.state
+
+    def accuracy(self) -> dict[str, tuple[int, int]]:
+        """"line adapter vN" -> (right, total), in order of first result."""
+        scores: dict[str, tuple[int, int]] = {}
+        for r in list(self.results.values()):
+            key = f"{r['line']} {_served_by(r)}"
+            right, total = scores.get(key, (0, 0))
+            scores[key] = (right + (r["label"] == self.truth[r["id"]]), total + 1)
+        return scores
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
-def replay(port: int, per_line: int) -> tuple[Collector, dict[str, list[str]]]:
+def _served_by(result: dict) -> str:
+    version = result.get("adapter_version")
+    return result["adapter"] + (f" v{version}" if version is not None else "")
+
+
+def replay(port: int, collector: Collector, lines: list[str], per_line: int, tag: str) -> int:
+    """Publish `per_line` test windows on each of `lines`, interleaved as presses would;
+    ids start with `tag` (the gateway drops a repeated id). Returns the number published."""
     windows = {}
-    truth: dict[str, str] = {}
-    for line, (spec, _) in LINES.items():
-        ds = load_dataset(spec, length=256)
-        ids = [f"{line[6:]}-{i}" for i in range(min(per_line, len(ds)))]
+    for line in lines:
+        ds = load_dataset(LINES[line][0], length=256)
+        ids = [f"{tag}-{line[6:]}-{i}" for i in range(min(per_line, len(ds)))]
         windows[line] = [(i, ds.X[k]) for k, i in enumerate(ids)]
-        truth.update({i: ds.class_names[ds.y[k]] for k, i in enumerate(ids)})
-    collector = Collector(port, truth, len(truth))
+        collector.truth.update({i: ds.class_names[ds.y[k]] for k, i in enumerate(ids)})
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     pub.connect("127.0.0.1", port)
     pub.loop_start()
-    for k in range(per_line):  # the lines interleave, as two presses would
+    for k in range(per_line):
         for line, rows in windows.items():
             if k < len(rows):
                 ident, x = rows[k]
@@ -80,47 +157,108 @@ def replay(port: int, per_line: int) -> tuple[Collector, dict[str, list[str]]]:
                 pub.publish(f"factory/{line}/sensors/current", payload, qos=1).wait_for_publish()
     pub.loop_stop()
     pub.disconnect()
-    return collector, {line: [i for i, _ in rows] for line, rows in windows.items()}
+    return sum(len(rows) for rows in windows.values())
 
 
-def serve_and_replay(out: Path, bundle: Path, per_line: int = 100) -> dict[str, float]:
-    """Run the whole gateway chain; returns accuracy per line."""
-    out, bundle = out.resolve(), bundle.resolve()
+def push_v2(port: int, workstation: Path, key: Path, collector: Collector) -> None:
+    """Push the workstation's newest acsf1 unsigned (the gateway must refuse it), then signed;
+    print the answers and the switch the gateway reports in its retained state."""
+    where = f"127.0.0.1:{port}"
+    try:
+        result = push(bundle=workstation, name=ADAPTER, key=None, device=DEVICE, broker=where)
+        print(f"    unsigned push NOT refused: {result.describe()}")
+    except AdapterRejected as exc:
+        print(f"    unsigned push: {exc}")
+    result = push(bundle=workstation, name=ADAPTER, key=key, device=DEVICE, broker=where)
+    print(f"    signed push:   {result.describe()}")
+
+    def switched(doc: dict) -> bool:
+        last = doc.get("last") or {}
+        return last.get("version") == result.version and "switch_ms" in last
+
+    state = collector.wait_state(switched)
+    route = state.get("lines", {}).get("press-acsf1", {})
+    switch_ms = state.get("last", {}).get("switch_ms", float("nan"))
+    print(f"    gateway state: press-acsf1 -> {route.get('adapter')} v{route.get('version')} "
+          f"(follows {route.get('follow')}); switch {switch_ms:.2f} ms, push round trip "
+          f"{1000 * result.elapsed_s:.0f} ms, no restart")
+
+
+def _config(out: Path, port: int, bundle: Path, key: Path) -> Path:
+    return write_runtime_config(
+        out, port=port, bundle=bundle, device_id=DEVICE,
+        lines={line: {"adapter": adapter or "base"} for line, (_, adapter) in LINES.items()},
+        batching={"max_batch": 32, "max_wait_ms": 10},
+        adapters={"require_signed": True, "trusted_keys": [str(key.with_suffix(".pub"))],
+                  "watch_dir": str(out / "inbox")})
+
+
+def serve_and_push(out: Path, bundle: Path, workstation: Path, key: Path,
+                   per_line: int = 100) -> dict[str, float]:
+    """Run the gateway chain, hot swap included; returns accuracy per "line adapter vN"."""
+    shown = out  # as the user gave it, for the printed paths
+    out, bundle, workstation, key = (p.resolve() for p in (out, bundle, workstation, key))
+    for leftover in ("state", "inbox"):  # an earlier run's v2 would serve phase 1
+        shutil.rmtree(out / leftover, ignore_errors=True)
     broker = start_broker(out / "broker")
     runtime = None
     try:
-        config = write_runtime_config(
-            out, port=broker.port, bundle=bundle, device_id="demo-gw",
-            lines={line: ({"adapter": a} if a else {"adapter": "base"})
-                   for line, (_, a) in LINES.items()},
-            batching={"max_batch": 32, "max_wait_ms": 10})
-        print(f"    mosquitto on 127.0.0.1:{broker.port}; edge-runtime run --config {config}")
-        runtime = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config",
-                                    str(config)])
+        config = _config(out, broker.port, bundle, key)
+        print(f"    mosquitto on 127.0.0.1:{broker.port}; edge-runtime run --config "
+              f"{shown / config.name} (log: {shown / 'runtime.log'})")
+        with open(out / "runtime.log", "wb") as log:
+            runtime = subprocess.Popen([sys.executable, "-m", "edge.cli", "run", "--config",
+                                        str(config)], stdout=log, stderr=subprocess.STDOUT)
         _wait_online(broker.port)
-        collector, _ = replay(broker.port, per_line)
-        collector.done.wait(120)
-        runtime.send_signal(signal.SIGTERM)
-        code = runtime.wait(30)
-        print(f"    edge-runtime stopped on SIGTERM with exit code {code}; "
-              f"{len(collector.results)} results, {len(collector.errors)} errors")
-        scores = {}
-        for line in LINES:
-            right, total = collector.accuracy(line)
-            scores[line] = right / max(total, 1)
-            print(f"    {line}: {right}/{total} correct = {100 * scores[line]:.1f}%")
-        collector.client.loop_stop()
-        return scores
+        collector = Collector(broker.port)
+        try:
+            _phases(broker.port, collector, workstation, key, per_line)
+            _stop(runtime, out / "runtime.log")
+            return _report(collector)
+        finally:
+            collector.close()
     finally:
         if runtime is not None and runtime.poll() is None:
             runtime.kill()
         broker.stop()
 
 
+def _phases(port: int, collector: Collector, workstation: Path, key: Path,
+            per_line: int) -> None:
+    print(f"    phase 1: {per_line} windows per line")
+    sent = replay(port, collector, list(LINES), per_line, "p1")
+    if not collector.wait_for(sent):
+        print(f"    only {len(collector.results)} of {sent} answered within {WAIT_S:.0f} s")
+    push_v2(port, workstation, key, collector)
+    print(f"    phase 2: the same {per_line} ACSF1 windows again on press-acsf1")
+    sent += replay(port, collector, ["press-acsf1"], per_line, "p2")
+    if not collector.wait_for(sent):
+        print(f"    only {len(collector.results)} of {sent} answered within {WAIT_S:.0f} s")
+
+
+def _stop(runtime: subprocess.Popen, log: Path) -> None:
+    runtime.send_signal(signal.SIGTERM)
+    code = runtime.wait(30)
+    print(f"    edge-runtime stopped on SIGTERM with exit code {code}")
+    if code != 0:
+        tail = log.read_text(errors="replace").splitlines()[-20:]
+        raise RuntimeError("edge-runtime failed; the end of its log:\n" + "\n".join(tail))
+
+
+def _report(collector: Collector) -> dict[str, float]:
+    print(f"    {len(collector.results)} results, {len(collector.errors)} sensor errors; "
+          "accuracy by line and the adapter version that served it:")
+    scores = {}
+    for key, (right, total) in collector.accuracy().items():
+        scores[key] = right / max(total, 1)
+        print(f"      {key + ':':<22} {right}/{total} = {100 * scores[key]:.1f}%")
+    return scores
+
+
 def _wait_online(port: int, timeout: float = 60) -> None:
     """Block until the runtime's retained status says online."""
     online = threading.Event()
-    client = subscriber(port, ["factory/demo-gw/status"],
+    client = subscriber(port, [f"factory/{DEVICE}/status"],
                         lambda c, u, m: b'"online"' in m.payload and online.set())
     try:
         if not online.wait(timeout):

@@ -1,6 +1,8 @@
 """A private Mosquitto for the demo, tests and benchmarks, and runtime configs for it.
 
     broker = start_broker(tmp_dir)          # listener on a free loopback port
+    broker.kill()                           # SIGKILL: no clean shutdown, no final save
+    broker = start_broker(tmp_dir, persistence=True, port=broker.port)  # same port and db
     cfg = write_runtime_config(tmp_dir, port=broker.port, bundle=bundle_dir,
                                lines={"line-a": {"adapter": "line-a"}, "line-b": {}})
     broker.stop()
@@ -8,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -56,6 +59,12 @@ class Broker:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def kill(self) -> None:
+        """SIGKILL, as a power cut or the OOM killer would: what it had not saved is gone."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -66,12 +75,22 @@ class Broker:
                 self.proc.wait(5)
 
 
-def broker_conf(port: int, *, persistence: bool = False, extra: str = "") -> str:
+def broker_conf(port: int, *, persistence: bool = False, extra: str = "",
+                save_every_change: bool = True) -> str:
     """mosquitto.conf for a private loopback broker. A larger queue than the default 1000
-    keeps a burst of QoS 1 test messages from being dropped by the broker itself."""
+    keeps a burst of QoS 1 test messages from being dropped by the broker itself. With
+    persistence, mosquitto.db (in the broker's directory) is saved after every change, not
+    every 30 minutes, so a SIGKILL loses only what came in since the last save; that costs
+    the broker a whole save per message, so a long run under load (the soak) turns it off
+    and relies on the save at a clean shutdown."""
+    saving = ("autosave_on_changes true\nautosave_interval 1\n"
+              if persistence and save_every_change else "")
+    if persistence and os.geteuid() == 0:  # else mosquitto becomes `mosquitto`: no write here
+        saving += "user root\n"
     return (f"listener {port} 127.0.0.1\n"
             "allow_anonymous true\n"
             f"persistence {'true' if persistence else 'false'}\n"
+            + saving +
             "max_queued_messages 100000\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
@@ -79,24 +98,28 @@ def broker_conf(port: int, *, persistence: bool = False, extra: str = "") -> str
 
 
 def start_broker(directory: Path, *, persistence: bool = False, extra: str = "",
-                 attempts: int = 3) -> Broker:
-    """Start `mosquitto -c conf` on a free port and wait until it accepts connections."""
+                 save_every_change: bool = True,
+                 attempts: int = 3, port: int | None = None) -> Broker:
+    """Start `mosquitto -c conf` and wait until it accepts connections: on a free port, or
+    on `port` (a restart: with persistence, the same `directory` holds its mosquitto.db, and
+    its log goes on in the same file)."""
     if not Path(MOSQUITTO).exists():
         raise BrokerMissing(f"{MOSQUITTO} is not installed (make mosquitto)")
     directory = Path(directory).resolve()  # mosquitto runs with cwd=directory
     directory.mkdir(parents=True, exist_ok=True)
     for _ in range(attempts):  # another process may grab the free port before mosquitto
-        port = free_port()
+        listen = port if port is not None else free_port()
         conf = directory / "mosquitto.conf"
-        conf.write_text(broker_conf(port, persistence=persistence, extra=extra))
+        conf.write_text(broker_conf(listen, persistence=persistence, extra=extra,
+                                    save_every_change=save_every_change))
         log = directory / "mosquitto.log"
-        with open(log, "wb") as out:
+        with open(log, "ab") as out:
             proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=out,
                                     stderr=subprocess.STDOUT, cwd=directory)
-        broker = Broker("127.0.0.1", port, conf, log, proc)
+        broker = Broker("127.0.0.1", listen, conf, log, proc)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and proc.poll() is None:
-            if port_open(broker.host, port):
+            if port_open(broker.host, listen):
                 return broker
             time.sleep(0.05)
         broker.stop()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge.bundle import read_manifest, sha256_file
+from edge.bundle import AdapterEntry, read_manifest, sha256_file
 from edge.envelope import canonical, key_id, pack
 from edge.errors import ConfigError, ExportError
 
@@ -53,9 +54,15 @@ def envelope_bytes(*, bundle: str | Path, name: str, version: int | None = None,
     body_path = bundle / entry.file
     if sha256_file(body_path) != entry.sha256:
         raise ExportError(f"{body_path}: sha256 differs from the manifest; re-run add-adapter")
-    body = body_path.read_bytes()
+    return envelope_for(entry, body_path.read_bytes(), key=key)
+
+
+def envelope_for(entry: AdapterEntry, body: bytes, *, key: str | Path | None = None) -> bytes:
+    """The envelope of `.onnx_adapter` bytes described by a manifest entry (its name,
+    version, base fingerprint, classes...), signed with `key` when one is given."""
     header = {"name": entry.name, "version": entry.version, "kind": entry.kind,
-              "rank": entry.rank, "targets": entry.targets, "sha256": entry.sha256,
+              "rank": entry.rank, "targets": entry.targets,
+              "sha256": hashlib.sha256(body).hexdigest(),
               "size": len(body), "base_fingerprint": entry.base_fingerprint,
               "class_names": entry.class_names,
               "preprocessing": entry.preprocessing.model_dump() if entry.preprocessing else None,

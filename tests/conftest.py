@@ -42,6 +42,24 @@ def runtime_config(tmp_path, mosquitto, basicmotions_bundle):
     return make
 
 
+@pytest.fixture
+def service(runtime_config):
+    """`service(**config_kwargs)` -> a started in-process Service; stopped at teardown."""
+    from edge.service import Service
+
+    started = []
+
+    def make(**kwargs) -> Service:
+        svc = Service(runtime_config(**kwargs))
+        started.append(svc)
+        assert svc.start(), "service did not connect"
+        return svc
+
+    yield make
+    for svc in started:
+        svc.stop(5)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     """Tiny models gain nothing from threads, and two threads on a busy 2-core box spin."""

@@ -50,8 +50,11 @@ def _preprocessing(stats: ChannelStats, channels: list[str], length: int) -> dic
     return {"length": length, "channel_names": channels, "channel_stats": stats.to_dict()}
 
 
-def build_bundle(root: str | Path, *, seconds: float = 4.0, seed: int = 0) -> Path:
-    """Train a tiny base and a LoRA adapter on BasicMotions; export them as root/bundle."""
+def build_bundle(root: str | Path, *, seconds: float = 4.0, seed: int = 0,
+                 model: dict | None = None) -> Path:
+    """Train a tiny base and a LoRA adapter on BasicMotions; export them as root/bundle.
+    `model` replaces MODEL (SensorTransformer arguments): a larger base, and so a larger
+    adapter, e.g. the demo's size for the memory benchmark."""
     root = Path(root)
     torch.manual_seed(seed)
     torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -59,7 +62,7 @@ def build_bundle(root: str | Path, *, seconds: float = 4.0, seed: int = 0) -> Pa
     channels = list(train.channel_names)
     base_stats = ChannelStats.from_data(train.X)
     base = SensorTransformer(in_channels=train.num_channels, num_classes=train.num_classes,
-                             **MODEL)
+                             **(MODEL if model is None else model))
     _fit(base, base_stats.apply(train.X), train.y, seconds * 0.6, lr=3e-3)
     weights = save_base(base, root / "base" / "base.safetensors")
     # export_attach reads the base's class names and preprocessing from metrics.json beside it.
@@ -78,6 +81,17 @@ def build_bundle(root: str | Path, *, seconds: float = 4.0, seed: int = 0) -> Pa
     out = root / "bundle"
     export_attach(base="reference", weights=weights, adapters=[adapter_dir], out=out,
                   names=[ADAPTER_NAME])
+    return out
+
+
+def build_bank_bundle(root: str | Path, bank: int = 4) -> Path:
+    """root/bank: the base and adapter of `build_bundle(root)` exported with --bank K."""
+    root = Path(root)
+    out = root / f"bank{bank}"
+    if not (out / "manifest.json").is_file():
+        export_attach(base="reference", weights=root / "base" / "base.safetensors",
+                      adapters=[root / "adapters" / ADAPTER_NAME], out=out,
+                      names=[ADAPTER_NAME], bank=bank)
     return out
 
 

@@ -129,7 +129,7 @@ BAD = [
     ("[export]\nbatch = 8\n[batching]\nmax_batch = 16\n", "batching.max_batch",
      "at most export.batch = 8"),
     ("[exprot]\nopset = 17\n", "exprot", "allowed keys here: adapters, batching, broker, "
-     "device, export, limits, topics"),
+     "device, export, limits, outbox, topics"),
 ]
 
 BAD_DEVICE = [

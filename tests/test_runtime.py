@@ -170,22 +170,6 @@ def exactly_once(answers: list[dict], ids: list[str]) -> None:
     assert {i: counts[i] for i in ids} == dict.fromkeys(ids, 1), counts
 
 
-@pytest.fixture
-def service(runtime_config):
-    """`service(**config_kwargs)` -> a started in-process Service; stopped at teardown."""
-    started = []
-
-    def make(**kwargs) -> Service:
-        svc = Service(runtime_config(**kwargs))
-        started.append(svc)
-        assert svc.start(), "service did not connect"
-        return svc
-
-    yield make
-    for svc in started:
-        svc.stop(5)
-
-
 # --------------------------------------------------------------------------------------------
 # Results for real windows
 # --------------------------------------------------------------------------------------------

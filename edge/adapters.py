@@ -1,0 +1,394 @@
+"""The gateway's adapter store: every adapter it may serve, each checked before it is held.
+
+    store = AdapterStore.open(cfg, bundle, manifest, engine)
+    held, new = store.accept(envelope, source="mqtt")  # the check chain, or AdapterRejected
+    store.resolve("press-3", None)                     # the newest held version
+    store.loaded(held)                                 # ort.LoraAdapter, or arrays in bank mode
+
+The check chain, in order; the first failure is the reason sent back, and nothing changes:
+size limit, framing and sha256 of the body (envelope.unpack); Ed25519 signature against the
+trusted keys (envelope.verify); name, base fingerprint, kind, rank <= R, classes and
+preprocessing against the running bundle; version rules (the same version with other bytes
+or a version older than the newest held is refused: no silent replacement, no replay);
+tensor names, shapes, dtypes against the slots and all values finite; a warm-up inference
+on the bundle's reference samples with finite outputs.
+
+Accepted adapters persist under `<device.state_dir>/adapters/` as `<name>.v<N>.onnx_adapter`
+plus `<name>.v<N>.json` (the envelope header), each written atomically, the header last:
+a header on disk means a complete, checked adapter, so a restart holds the same set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from .adapter_cache import LoadedCache
+from .bank import AdapterBank
+from .bundle import REFERENCE_INPUTS, AdapterEntry, Manifest, atomic_write, sha256_file
+from .codec import Normalizer
+from .config import Config
+from .engine import Engine, load_adapter_file, read_adapter_arrays
+from .envelope import MAX_HEADER, load_public_keys, unpack, verify
+from .errors import (
+    AdapterError,
+    AdapterRejected,
+    ConfigError,
+    EdgeError,
+    IncompatibleBundle,
+    StorageError,
+)
+from .routing import Route, base_route
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # also an MQTT topic level: no '/', '+', '#'
+Key = tuple[str, int]  # (name, version)
+MAX_VERSION = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class HeldAdapter:
+    """One adapter version the gateway may serve; `entry` is its manifest-style record."""
+
+    entry: AdapterEntry
+    path: Path
+    size: int
+    source: str  # "bundle", "mqtt", "folder"
+    signer: str  # a trusted key id, "unsigned", or "bundle"
+    accepted: float  # unix time
+
+    @property
+    def key(self) -> Key:
+        return (self.entry.name, self.entry.version)
+
+    def describe(self) -> dict:
+        return {"name": self.entry.name, "version": self.entry.version,
+                "sha256": self.entry.sha256, "size": self.size, "source": self.source,
+                "signer": self.signer, "accepted": round(self.accepted, 3)}
+
+
+def file_stem(name: str, version: int) -> str:
+    return f"{name}.v{version}"
+
+
+class AdapterStore:
+    """Held adapters by (name, version), their files, and the loaded ones (LRU by bytes).
+
+    `accept` runs on one thread at a time (the control thread); lookups may come from any.
+    """
+
+    def __init__(self, *, cfg: Config, bundle: Path, manifest: Manifest, engine: Engine,
+                 state_dir: Path) -> None:
+        self.manifest, self.engine, self.bundle = manifest, engine, bundle
+        self.max_bytes = cfg.limits.max_adapter_bytes
+        self.require_signed = cfg.adapters.require_signed
+        self.trusted = load_public_keys(cfg.adapters.trusted_keys)
+        self.dir = state_dir / "adapters"
+        self.bank = AdapterBank.for_bundle(bundle, manifest) if engine.banked else None
+        self.cache = LoadedCache(int(cfg.adapters.memory_budget_mb * (1 << 20)))
+        self.held: dict[Key, HeldAdapter] = {}
+        self._lock = threading.Lock()  # guards `held` against concurrent readers
+        self._slots = manifest.slot_table()
+        self._normalizers: dict[Key, Normalizer] = {}
+        self._base_route: Route | None = None
+        self._reference = self._reference_inputs()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"device.state_dir: {state_dir}: cannot create {self.dir} "
+                              f"({exc.strerror})") from None
+        self._hold_bundle()
+        self._hold_persisted()
+
+    @classmethod
+    def open(cls, cfg: Config, bundle: Path, manifest: Manifest, engine: Engine) -> AdapterStore:
+        return cls(cfg=cfg, bundle=bundle, manifest=manifest, engine=engine,
+                   state_dir=cfg.device.state_dir)
+
+    # -- lookups ----------------------------------------------------------------------------
+    def resolve(self, name: str, version: int | None) -> HeldAdapter:
+        """The held adapter `name` at `version`, or its newest version when None."""
+        with self._lock:
+            found = [h for (n, v), h in self.held.items()
+                     if n == name and (version is None or v == version)]
+            have = sorted({n for n, _ in self.held}) if not found else []
+        if not found:
+            have = have or ["(none)"]
+            raise AdapterRejected(f"no adapter {name!r}" + (f" version {version}" if version
+                                  else "") + f" is held (held: {', '.join(have)})")
+        return max(found, key=lambda h: h.entry.version)
+
+    def describe(self) -> list[dict]:
+        with self._lock:
+            held = sorted(self.held.values(), key=lambda h: h.key)
+        return [{**h.describe(), "loaded": self.cache.holds(h.key)} for h in held]
+
+    def loaded(self, held: HeldAdapter):
+        """The loaded form of `held`: an ort.LoraAdapter, or its arrays for a bank bundle.
+        Memory-mapped or read from disk again when the LRU dropped it."""
+        value = self.cache.get(held.key)
+        if value is None:
+            value = self._load(held.path)
+            self.cache.put(held.key, value, held.size)
+        return value
+
+    def normalizer(self, held: HeldAdapter, channels: int) -> Normalizer:
+        """The adapter's normaliser (its own statistics, else the base's), built once:
+        it is half of a routing table's build time otherwise."""
+        found = self._normalizers.get(held.key)
+        if found is None:
+            pre = held.entry.preprocessing or self.manifest.base.preprocessing
+            found = self._normalizers[held.key] = Normalizer.from_preprocessing(pre, channels)
+        return found
+
+    def base_route(self, channels: int) -> Route:
+        if self._base_route is None:
+            self._base_route = base_route(self.manifest, channels)
+        return self._base_route
+
+    def pin(self, keys: set[Key]) -> None:
+        """Adapters that routes use: never dropped from memory."""
+        self.cache.pin(keys)
+
+    def _load(self, path: Path):
+        return read_adapter_arrays(path) if self.bank is not None else load_adapter_file(path)
+
+    # -- intake -----------------------------------------------------------------------------
+    def accept(self, data: bytes, source: str, expect_name: str | None = None
+               ) -> tuple[HeldAdapter, bool]:
+        """Run the check chain on an envelope; (held adapter, False) when this exact
+        version is already held. Raises AdapterRejected with the reason."""
+        header, body = unpack(data, self.max_bytes + MAX_HEADER + 12)
+        if len(body) > self.max_bytes:
+            raise AdapterRejected(f"adapter of {len(body)} bytes exceeds "
+                                  f"limits.max_adapter_bytes = {self.max_bytes}")
+        signer = verify(header, self.trusted, self.require_signed)
+        entry = self._shared(self._check_header(header, expect_name))
+        same = self._check_version(entry)
+        if same is not None:
+            return same, False
+        held = self._check_and_persist(entry, body, source, signer)
+        with self._lock:
+            self.held[held.key] = held
+        log.info("accepted adapter %s v%d from %s (%d bytes, signer %s)", entry.name,
+                 entry.version, source, held.size, signer)
+        return held, True
+
+    def _check_header(self, header: dict, expect_name: str | None) -> AdapterEntry:
+        name, version = header["name"], header["version"]
+        if not NAME.fullmatch(name) or name == "base":
+            raise AdapterRejected(f"adapter name {name[:80]!r} is not 1-64 letters, digits, "
+                                  "'.', '-', '_' (and not 'base')")
+        if expect_name is not None and name != expect_name:
+            raise AdapterRejected(f"envelope names adapter {name!r}, the topic {expect_name!r}")
+        if not 1 <= version <= MAX_VERSION:
+            raise AdapterRejected(f"adapter version {str(version)[:24]} is not within "
+                                  f"1..{MAX_VERSION}")
+        if header["base_fingerprint"] != self.manifest.base.weights_fingerprint:
+            raise AdapterRejected(
+                f"adapter was trained on base {header['base_fingerprint'][:12]}…; this "
+                f"gateway runs base {self.manifest.base.weights_fingerprint[:12]}…")
+        try:
+            entry = AdapterEntry.model_validate(
+                {k: header.get(k) for k in AdapterEntry.model_fields if header.get(k) is not None}
+                | {"file": f"{file_stem(name, version)}.onnx_adapter",
+                   "targets": header.get("targets") or []})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise AdapterRejected(f"envelope header: {where}: {err['msg']}") from None
+        self._check_fit(entry)
+        return entry
+
+    def _shared(self, entry: AdapterEntry) -> AdapterEntry:
+        """Versions of one adapter mostly repeat classes, statistics and targets: keep one
+        copy of each (a hundred versions held cost a few KiB each otherwise)."""
+        with self._lock:
+            other = next((h.entry for (n, _), h in self.held.items() if n == entry.name), None)
+        if other is None:
+            return entry
+        fields = ("class_names", "preprocessing", "targets", "metrics")
+        same = {f: getattr(other, f) for f in fields if getattr(other, f) == getattr(entry, f)}
+        return entry.model_copy(update=same) if same else entry
+
+    def _check_fit(self, entry: AdapterEntry) -> None:
+        kinds = {s.kind for s in self.manifest.slots} - {"full"}
+        if entry.kind not in kinds:
+            raise AdapterRejected(f"a {entry.kind} adapter does not fit this base (its slots "
+                                  f"are {sorted(kinds) or 'none'})")
+        if not 1 <= entry.rank <= self.manifest.max_rank:
+            raise AdapterRejected(f"adapter rank {entry.rank} is not within 1.."
+                                  f"{self.manifest.max_rank} (the bundle's slot rank R)")
+        if not 1 <= len(entry.class_names) <= self.manifest.num_classes:
+            raise AdapterRejected(f"adapter has {len(entry.class_names)} classes; the model "
+                                  f"outputs 1..{self.manifest.num_classes}")
+        pre = entry.preprocessing
+        channels, length = self.manifest.inputs[0].shape[1:3]
+        if pre is not None and (len(pre.mean) != channels or len(pre.std) != channels
+                                or pre.length != length):
+            raise AdapterRejected(f"adapter preprocessing is for {len(pre.mean)} channels x "
+                                  f"{pre.length} samples; the model takes {channels} x {length}")
+        try:
+            Normalizer.from_preprocessing(pre, channels)
+        except IncompatibleBundle as exc:
+            raise AdapterRejected(f"adapter preprocessing: {exc}") from None
+
+    def _check_version(self, entry: AdapterEntry) -> HeldAdapter | None:
+        with self._lock:
+            existing = self.held.get((entry.name, entry.version))
+            newest = max((v for n, v in self.held if n == entry.name), default=0)
+        if existing is not None:
+            if existing.entry.sha256 == entry.sha256:
+                return existing
+            raise AdapterRejected(f"{entry.name} version {entry.version} is already held with "
+                                  f"other content; publish it as version {newest + 1}")
+        if entry.version < newest:
+            raise AdapterRejected(f"{entry.name} version {entry.version} is older than the "
+                                  f"newest held version {newest}; publish version {newest + 1}")
+        return None
+
+    def _check_and_persist(self, entry: AdapterEntry, body: bytes, source: str,
+                           signer: str) -> HeldAdapter:
+        """Tensor checks and the warm-up on a temp file in the store; renamed into place
+        only when every check passed."""
+        stem = file_stem(entry.name, entry.version)
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=self.dir)
+        except OSError as exc:
+            raise self._storage_error(exc) from None
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(body)
+                fh.flush()
+                os.fsync(fh.fileno())
+            arrays = read_adapter_arrays(tmp)
+            self._check_tensors(entry, arrays)
+            value = arrays if self.bank is not None else load_adapter_file(tmp)
+            self._warm_up(value)
+            path = self.dir / entry.file
+            os.replace(tmp, path)
+        except AdapterError as exc:
+            tmp.unlink(missing_ok=True)
+            raise AdapterRejected(str(exc).replace(str(tmp), "adapter body")) from None
+        except OSError as exc:  # disk full, read-only: the gateway's problem, not the adapter's
+            tmp.unlink(missing_ok=True)
+            raise self._storage_error(exc) from None
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        accepted = time.time()
+        meta = {**entry.model_dump(mode="json"), "source": source, "signer": signer,
+                "accepted": accepted, "size": len(body)}
+        try:  # the header last: without it the file is not held after a restart
+            atomic_write(self.dir / f"{stem}.json", json.dumps(meta, indent=1).encode())
+        except OSError as exc:
+            path.unlink(missing_ok=True)
+            raise self._storage_error(exc) from None
+        held = HeldAdapter(entry=entry, path=path, size=len(body), source=source,
+                           signer=signer, accepted=accepted)
+        self.cache.put(held.key, value, held.size)
+        return held
+
+    def _storage_error(self, exc: OSError) -> StorageError:
+        return StorageError(f"device.state_dir: cannot store the adapter in {self.dir} "
+                            f"({exc.strerror or exc})")
+
+    def _check_tensors(self, entry: AdapterEntry, arrays: dict[str, np.ndarray]) -> None:
+        if not arrays:
+            raise AdapterRejected("adapter holds no tensors")
+        for name, value in arrays.items():
+            slot = self._slots.get(name)
+            if slot is None:
+                raise AdapterRejected(f"tensor {name[:120]!r} has no slot in this base")
+            if slot.kind not in ("full", entry.kind):
+                raise AdapterRejected(f"tensor {name} fills a {slot.kind} slot; the adapter "
+                                      f"is {entry.kind}")
+            if list(value.shape) != slot.shape:
+                raise AdapterRejected(f"tensor {name} has shape {list(value.shape)}; its slot "
+                                      f"holds {slot.shape}")
+            if value.dtype != np.dtype(slot.dtype):
+                raise AdapterRejected(f"tensor {name} is {value.dtype}; its slot is {slot.dtype}")
+            if not np.isfinite(value).all():
+                raise AdapterRejected(f"tensor {name} holds NaN or Inf values")
+
+    def _warm_up(self, value) -> None:
+        """One run on the bundle's reference windows (N, C, L); the outputs must be finite."""
+        x = self._reference
+        try:
+            if self.bank is not None:
+                bank = AdapterBank(self.bank.defaults, self.bank.size)
+                bank.load(0, value)
+                out = self.engine.run(x, feeds=bank.feeds(np.zeros(len(x), np.int64)))
+            else:
+                out = self.engine.run(x, value)
+        except EdgeError:
+            raise
+        except Exception as exc:  # onnxruntime raises untyped errors
+            raise AdapterRejected(f"warm-up inference failed ({str(exc)[:200]})") from None
+        if not np.isfinite(out).all():
+            raise AdapterRejected("warm-up inference on the bundle's reference samples gave "
+                                  "NaN or Inf outputs")
+
+    def _reference_inputs(self) -> np.ndarray:
+        path = self.bundle / REFERENCE_INPUTS
+        channels, length = self.manifest.inputs[0].shape[1:3]
+        if path.is_file():
+            x = np.load(path, allow_pickle=False).astype(np.float32)
+            if x.ndim == 3 and x.shape[1:] == (channels, length) and len(x):
+                return x[:8]
+            log.warning("%s has shape %s; warming adapters up on zeros", path, x.shape)
+        return np.zeros((1, channels, length), np.float32)
+
+    # -- what exists at start ---------------------------------------------------------------
+    def _hold_bundle(self) -> None:
+        for entry in self.manifest.adapters:
+            path = self.bundle / entry.file
+            if not path.is_file():
+                raise AdapterError(f"{path}: listed in the manifest but missing")
+            size = path.stat().st_size
+            if size > self.max_bytes:
+                log.warning("bundle adapter %s is %d bytes, over limits.max_adapter_bytes; "
+                            "held anyway (the bundle is trusted)", entry.name, size)
+            if sha256_file(path) != entry.sha256:
+                raise AdapterError(f"{path}: sha256 does not match the manifest; the adapter "
+                                   "file was changed")
+            self.held[(entry.name, entry.version)] = HeldAdapter(
+                entry=entry, path=path, size=size, source="bundle", signer="bundle",
+                accepted=path.stat().st_mtime)
+
+    def _hold_persisted(self) -> None:
+        """Adapters accepted before a restart. One that no longer checks out (edited on
+        disk, or for another base after a bundle update) is skipped with a warning."""
+        for meta_path in sorted(self.dir.glob("*.json")):
+            try:
+                meta = json.loads(meta_path.read_text())
+                entry = AdapterEntry.model_validate(
+                    {k: v for k, v in meta.items() if k in AdapterEntry.model_fields})
+                path = self.dir / entry.file
+                if sha256_file(path) != entry.sha256:
+                    raise AdapterError("sha256 differs from its header")
+                if entry.base_fingerprint != self.manifest.base.weights_fingerprint:
+                    raise AdapterError("it was accepted for another base")
+                held = HeldAdapter(entry=self._shared(entry), path=path,
+                                   size=path.stat().st_size,
+                                   source=str(meta.get("source", "mqtt")),
+                                   signer=str(meta.get("signer", "unsigned")),
+                                   accepted=float(meta.get("accepted", 0.0)))
+            except (OSError, ValueError, ValidationError, AdapterError) as exc:
+                log.warning("not holding %s: %s", meta_path.name, exc)
+                continue
+            self.held.setdefault(held.key, held)
+        for tmp in self.dir.glob(".*.tmp"):  # a crash in the middle of an intake
+            tmp.unlink(missing_ok=True)

@@ -1,0 +1,288 @@
+"""Adapter control: uploads (MQTT or the watch folder), activate, rollback, retained state.
+
+    <prefix>/<device>/adapters/put/<name>   in   an adapter envelope (docs/FORMATS.md)
+    <prefix>/<device>/adapters/activate     in   {"line", "name", "version"?, "id"?}
+    <prefix>/<device>/adapters/rollback     in   {"line", "id"?}
+    <prefix>/<device>/adapters/state        out  retained: lines, held adapters, last change
+
+Handlers on paho's thread only check the size and queue the command; one control thread
+runs them in arrival order, so changes never race. A change is saved to disk first, then
+the new routing table replaces the old one in one assignment: the worker picks it up at
+its next batch. A refused command changes nothing and is answered on the errors topic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .envelope import MAX_HEADER, peek_id
+from .errors import BadMessage, EdgeError
+from .inbox import FolderWatcher
+from .line_state import LineState
+from .routing import RoutingTable, build_table
+
+if TYPE_CHECKING:
+    from .service import Service
+
+log = logging.getLogger(__name__)
+
+QUEUE_BOUND = 32  # commands waiting for the control thread
+DONE_IDS = 1024  # ids of applied commands remembered: a repeated id is not applied twice
+QUEUED_PUTS = 4  # envelope bytes waiting, in largest-envelope units: memory stays bounded
+MAX_COMMAND_BYTES = 4096  # activate / rollback JSON
+_LINE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_ADAPTER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass
+class Command:
+    kind: str  # "put", "activate", "rollback"
+    payload: bytes
+    topic: str  # MQTT topic, or "file:<name>" for a folder drop
+    source: str  # "mqtt" or "folder:<name>"
+    received: float  # time.monotonic()
+    name: str | None = None  # put: the adapter name the topic gives
+    done: Callable[[str | None], None] | None = None  # told the rejection reason, or None
+
+
+class ControlPlane:
+    """Owns the line assignments and installs routing tables into `svc.routes`."""
+
+    def __init__(self, svc: Service, lines: LineState) -> None:
+        self.svc = svc
+        self.lines = lines
+        self.queue: queue.Queue[Command | None] = queue.Queue(QUEUE_BOUND)
+        self.last: dict = {}
+        self._active: dict[str, tuple] = {}  # line -> (model key, since): when it took over
+        cfg = svc.cfg
+        self.max_put = cfg.limits.max_adapter_bytes + MAX_HEADER + 12
+        self.state_topic = cfg.adapters_topic("state")
+        self._put_prefix = cfg.adapters_topic("put/")
+        svc.link.handle(cfg.adapters_topic("put/+"), self._on_put, qos=1)
+        svc.link.handle(cfg.adapters_topic("activate"), self._on_command, qos=1)
+        svc.link.handle(cfg.adapters_topic("rollback"), self._on_command, qos=1)
+        watch = cfg.adapters.watch_dir
+        self.watcher = None if watch is None else FolderWatcher(
+            watch, self.submit_file, max_bytes=self.max_put,
+            interval=cfg.adapters.watch_interval_s,
+            report=lambda name, reason: self._refuse(None, f"file:{name}", reason))
+        self._thread: threading.Thread | None = None
+        self._queued_bytes = 0
+        self._bytes_lock = threading.Lock()
+        self._done_ids: deque[str] = deque(maxlen=DONE_IDS)  # commands applied, by "id"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="edge-control", daemon=True)
+        self._thread.start()
+        if self.watcher is not None:
+            self.watcher.start()
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self._thread is not None:
+            self.queue.put(None)
+            self._thread.join(10.0)
+
+    # -- intake (paho's thread, the watcher's thread) ---------------------------------------
+    def _on_put(self, msg) -> None:
+        name = msg.topic[len(self._put_prefix):]
+        if not msg.payload:  # clearing a retained message: nothing to do
+            return None
+        if msg.retain:
+            return self._refuse_retained(peek_id(msg.payload) or name, msg.topic)
+        if len(msg.payload) > self.max_put:
+            return self._refuse(peek_id(msg.payload) or name, msg.topic,
+                                f"envelope of {len(msg.payload)} bytes exceeds "
+                                f"the limit of {self.max_put} bytes (limits.max_adapter_bytes)")
+        self._submit(Command("put", msg.payload, msg.topic, "mqtt", time.monotonic(), name))
+
+    def _on_command(self, msg) -> None:
+        kind = msg.topic.rsplit("/", 1)[-1]
+        if not msg.payload:
+            return None
+        if msg.retain:
+            return self._refuse_retained(_request_id(msg.payload), msg.topic)
+        if len(msg.payload) > MAX_COMMAND_BYTES:
+            return self._refuse(None, msg.topic, f"{kind} command of {len(msg.payload)} bytes "
+                                f"exceeds {MAX_COMMAND_BYTES} bytes")
+        self._submit(Command(kind, msg.payload, msg.topic, "mqtt", time.monotonic()))
+
+    def submit_file(self, data: bytes, source: str, done: Callable[[str | None], None]) -> None:
+        name = source.partition(":")[2]
+        self._submit(Command("put", data, f"file:{name}", source, time.monotonic(), None, done))
+
+    def _submit(self, cmd: Command) -> None:
+        with self._bytes_lock:
+            room = self._queued_bytes + len(cmd.payload) <= QUEUED_PUTS * self.max_put
+            if room:
+                try:
+                    self.queue.put_nowait(cmd)
+                    self._queued_bytes += len(cmd.payload)
+                    return
+                except queue.Full:
+                    pass
+        reason = (f"{self.queue.qsize()} adapter commands ({self._queued_bytes} bytes) are "
+                  "already waiting; try again")
+        self._refuse(cmd.name, cmd.topic, reason)
+        if cmd.done is not None:
+            cmd.done(reason)
+
+    def _refuse_retained(self, msg_id: str | None, topic: str) -> None:
+        """A retained command would run again at every reconnect, undoing later changes."""
+        self._refuse(msg_id, topic, "retained adapter commands are refused: publish them "
+                     "with retain = false (and clear the retained one with an empty payload)")
+
+    def _refuse(self, msg_id: str | None, topic: str, reason: str) -> None:
+        log.warning("refused %s: %s", topic, reason)
+        self.svc.counters.add(errors=1)
+        self.svc.link.report(msg_id, topic, reason)
+
+    # -- the control thread -----------------------------------------------------------------
+    def _loop(self) -> None:
+        while (cmd := self.queue.get()) is not None:
+            with self._bytes_lock:
+                self._queued_bytes -= len(cmd.payload)
+            reason = None
+            msg_id = (peek_id(cmd.payload) if cmd.kind == "put" else None) or cmd.name
+            try:
+                msg_id = self._execute(cmd) or msg_id
+            except EdgeError as exc:
+                reason = str(exc)
+            except Exception as exc:  # a bug must not end the control thread
+                log.exception("%s command failed", cmd.kind)
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+            if reason is not None:
+                self.last = {"action": cmd.kind, "topic": cmd.topic, "result": "refused",
+                             "reason": reason[:500], "ts": round(time.time(), 3)}
+                self._refuse(msg_id or _request_id(cmd.payload), cmd.topic, reason)
+            if cmd.done is not None:
+                try:
+                    cmd.done(reason)
+                except Exception:  # filing a dropped file must not end the control thread
+                    log.exception("after the %s command from %s", cmd.kind, cmd.source)
+
+    def _execute(self, cmd: Command) -> str | None:
+        """Run one command; returns the id its answer names."""
+        if cmd.kind == "put":
+            held, new = self.svc.store.accept(cmd.payload, cmd.source, cmd.name)
+            self.last = {"action": "put", "name": held.entry.name,
+                         "version": held.entry.version, "sha256": held.entry.sha256,
+                         "result": "accepted" if new else "already held"}
+            if new:  # lines that follow the newest version switch now
+                self._install(self.lines, cmd)
+            else:
+                self.publish_state()
+            return f"{held.entry.name}.v{held.entry.version}"
+        doc = _parse_command(cmd.payload, cmd.kind)
+        if doc["id"] is not None and doc["id"] in self._done_ids:  # a QoS 1 redelivery
+            self.publish_state()
+            return doc["id"]
+        if cmd.kind == "rollback":
+            lines = self.lines.rollback(doc["line"])
+        else:
+            lines = self.lines.activate(doc["line"], doc["name"], doc["version"])
+        self.last = {"action": cmd.kind, **doc, "result": "done"}
+        self._install(lines, cmd)
+        if doc["id"] is not None:
+            self._done_ids.append(doc["id"])
+        return doc["id"]
+
+    def _install(self, lines: LineState, cmd: Command) -> None:
+        """Build the table (it may refuse), swap it in with one assignment, then save the
+        assignments (fsync: milliseconds, kept out of the switch); a failed save puts the
+        previous table back. The state, which is the answer, goes out only after the save."""
+        start = time.perf_counter()
+        table = build_table(lines, self.svc.store, self.svc.spec.channels)
+        previous, self.svc.routes = self.svc.routes, table
+        switch_ms = (time.perf_counter() - start) * 1000.0
+        installed_ms = (time.monotonic() - cmd.received) * 1000.0
+        if lines is not self.lines:
+            try:
+                lines.save()
+            except EdgeError:
+                self.svc.routes = previous
+                raise
+        self.lines = lines
+        self._note_active(table)
+        self.svc.store.pin(table.adapter_keys())
+        self.last.update(switch_ms=round(switch_ms, 3), ts=round(time.time(), 3),
+                         save_ms=round((time.perf_counter() - start) * 1000.0 - switch_ms, 3),
+                         installed_ms=round(installed_ms, 3),  # received -> serving it
+                         command_ms=round((time.monotonic() - cmd.received) * 1000.0, 3))
+        log.info("%s: routes now %s (switch %.2f ms)", cmd.kind, table.describe(), switch_ms)
+        self.publish_state()
+
+    # -- state --------------------------------------------------------------------------------
+    def _note_active(self, table: RoutingTable) -> None:
+        now = time.time()
+        self._active = {line: (r.key, since if key == r.key else now)
+                        for line, r in table.routes.items()
+                        for key, since in [self._active.get(line, (None, now))]}
+
+    def state_doc(self) -> dict:
+        table: RoutingTable = self.svc.routes
+        if not self._active:
+            self._note_active(table)
+        lines = {}
+        for line, route in table.routes.items():
+            assignment = self.lines.lines.get(line)
+            follow = assignment is not None and assignment.adapter is not None \
+                and assignment.version is None
+            lines[line] = {**route.describe(), "sha256": route.sha256,
+                           "follow": "latest" if follow else "pinned",
+                           "since": round(self._active.get(line, (None, 0.0))[1], 3)}
+        if table.default is not None:
+            lines["*"] = table.default.describe()
+        return {"device": self.svc.cfg.device.id, "ts": round(time.time(), 3), "lines": lines,
+                "held": self.svc.store.describe(), "bank": self.svc.manifest.bank,
+                "last": self.last}
+
+    def publish_state(self):
+        payload = json.dumps(self.state_doc(), separators=(",", ":")).encode()
+        return self.svc.link.publish(self.state_topic, payload, qos=1, retain=True)
+
+
+def _request_id(payload: bytes) -> str | None:
+    try:
+        doc = json.loads(payload[:MAX_COMMAND_BYTES])
+        value = doc.get("id") if isinstance(doc, dict) else None
+        return str(value)[:128] if isinstance(value, (str, int)) else None
+    except (ValueError, RecursionError):
+        return None
+
+
+def _parse_command(payload: bytes, kind: str) -> dict:
+    """{"line", "name", "version", "id"} from an activate or rollback; BadMessage says why."""
+    try:
+        doc = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadMessage(f"{kind}: payload is not UTF-8 JSON") from None
+    if not isinstance(doc, dict):
+        raise BadMessage(f"{kind}: payload is not a JSON object")
+    line = doc.get("line")
+    if not isinstance(line, str) or not _LINE.fullmatch(line):
+        raise BadMessage(f"{kind}: 'line' must be a line name (letters, digits, '-', '_')")
+    out = {"line": line, "id": _request_id(payload)}
+    if kind == "rollback":
+        return out
+    if kind != "activate":
+        raise BadMessage(f"unknown adapter command {kind!r}")
+    name, version = doc.get("name"), doc.get("version")
+    if not isinstance(name, str) or not _ADAPTER.fullmatch(name):
+        raise BadMessage("activate: 'name' must be an adapter name, or \"base\"")
+    if version is not None and (type(version) is not int or version < 1):
+        raise BadMessage("activate: 'version' must be an integer >= 1, or left out for the "
+                         "newest held version")
+    if name == "base" and version is not None:
+        raise BadMessage("activate: the base model has no version")
+    return {**out, "name": None if name == "base" else name, "version": version}

@@ -1,0 +1,228 @@
+"""The outbox: results and errors on disk until the broker has acknowledged them (PUBACK).
+
+    box = Outbox.open(cfg)                          # <device.state_dir>/outbox.sqlite3
+    box.commit([Outgoing(topic, payload)], keys=["line-a/w1"])   # one transaction
+    rows = box.after(seq=0, limit=20)               # oldest first
+    box.remove([r.seq for r in rows])               # acknowledged by the broker
+    box.close()
+
+One SQLite file in WAL mode holds two tables: `outbox`, the messages waiting for the broker,
+in order, and `seen`, the dedupe window (recent sensor message keys, edge/dedupe.py). A
+batch's answers and its keys go in one transaction: after a crash both are there or neither.
+
+Durability. WAL mode survives a crash of the process at any point (SIGKILL included); what
+`synchronous` decides is power loss. An append is what lets the service acknowledge a sensor
+message, so with `outbox.synchronous = "full"` (the default) each append is fsynced: an
+acknowledged message's answer is on disk even if the power fails right after. Removals
+never fsync (NORMAL): a removal undone by a power cut only means a result is sent twice,
+which QoS 1 allows, and the next append's fsync makes earlier removals durable anyway.
+`"normal"` skips the append fsync too: faster on slow flash, and a power cut may then lose
+the answers of the last batches, whose sensor messages were already acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+from .config import Outbox as OutboxSettings
+from .errors import ConfigError, StorageError
+
+log = logging.getLogger(__name__)
+
+FILE_NAME = "outbox.sqlite3"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the sender's cursor relies on it
+    topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL, props TEXT);
+CREATE TABLE IF NOT EXISTS seen (
+    n INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE);
+"""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One publish: `props` is the JSON of its PUBLISH properties (edge/delivery.py)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    props: str | None = None
+
+
+@dataclass(frozen=True)
+class Stored(Outgoing):
+    """A message read back from the outbox; `seq` orders them, oldest first."""
+
+    seq: int = 0
+
+
+class Outbox:
+    """The SQLite file, shared by the worker (appends), paho's thread (error reports) and the
+    sender (reads, removals): one connection behind one lock."""
+
+    def __init__(self, path: Path, settings: OutboxSettings) -> None:
+        self.path = Path(path)
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._sync: str | None = None  # the connection's PRAGMA synchronous right now
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=10.0)
+        try:
+            if self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                raise sqlite3.OperationalError("the file system does not support WAL")
+            self._db.executescript(_SCHEMA)
+            self._write_probe()
+            self._count = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+        except sqlite3.Error:
+            self._db.close()
+            raise
+
+    @classmethod
+    def open(cls, cfg: Config) -> Outbox:
+        """The outbox in `device.state_dir` (created when missing). A directory that cannot
+        hold it (read-only, full, not a directory) is a one-line ConfigError naming the key."""
+        state = cfg.device.state_dir
+        try:
+            state.mkdir(parents=True, exist_ok=True)
+            box = cls(state / FILE_NAME, cfg.outbox)
+        except (OSError, sqlite3.Error) as exc:
+            where = f"{cfg.source}: " if cfg.source else ""
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(f"{where}device.state_dir: {str(state)!r}: cannot keep the "
+                              f"outbox there ({reason}); it must be a writable directory "
+                              "with free space") from None
+        if box.count:
+            log.info("outbox %s: %d messages from before the restart will be sent first",
+                     box.path, box.count)
+        return box
+
+    def _write_probe(self) -> None:
+        """A real write at open: a read-only or full disk fails here, not at the first result
+        (SQLite opens a read-only file without complaint)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("INSERT INTO seen (key) VALUES ('')")
+        self._db.execute("DELETE FROM seen WHERE key = ''")
+        self._db.execute("COMMIT")
+
+    @property
+    def count(self) -> int:
+        """Messages waiting for the broker."""
+        return self._count
+
+    def full(self) -> bool:
+        return self._count >= self.settings.max_messages
+
+    # -- writes -----------------------------------------------------------------------------
+    def commit(self, messages: Sequence[Outgoing], keys: Sequence[str] = ()
+               ) -> tuple[int | None, int]:
+        """Append `messages` in order and remember the dedupe `keys`, in one transaction.
+        Returns (seq of the last message appended or None, how many old messages drop_oldest
+        deleted to stay within max_messages). Raises StorageError when the disk refuses
+        (nothing is stored then)."""
+        if not messages and not keys:
+            return None, 0
+        last = None
+        settings = self.settings
+        with self._lock:
+            self._set_sync(settings.synchronous)
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT INTO outbox (topic, payload, qos, props) VALUES (?, ?, ?, ?)",
+                    [(m.topic, m.payload, m.qos, m.props) for m in messages])
+                if messages:
+                    last = self._db.execute("SELECT seq FROM sqlite_sequence "
+                                            "WHERE name = 'outbox'").fetchone()[0]
+                dropped = self._trim_outbox(self._count + len(messages))
+                if keys:
+                    self._remember(keys)
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StorageError(f"outbox {self.path}: cannot append: {exc}") from None
+            self._count += len(messages) - dropped
+        return last, dropped
+
+    def _trim_outbox(self, count: int) -> int:
+        excess = count - self.settings.max_messages
+        if excess <= 0 or self.settings.when_full != "drop_oldest":
+            return 0
+        return self._db.execute("DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox "
+                                "ORDER BY seq LIMIT ?)", (excess,)).rowcount
+
+    def _remember(self, keys: Sequence[str]) -> None:
+        # REPLACE moves a key that is back after leaving the window to the newest end.
+        self._db.executemany("INSERT OR REPLACE INTO seen (key) VALUES (?)",
+                             [(k,) for k in keys])
+        self._db.execute("DELETE FROM seen WHERE n <= (SELECT max(n) FROM seen) - ?",
+                         (self.settings.dedupe_window,))
+
+    def remove(self, seqs: Iterable[int]) -> None:
+        """Forget acknowledged messages (one transaction). Raises StorageError."""
+        seqs = [(s,) for s in seqs]
+        if not seqs:
+            return
+        with self._lock:
+            self._set_sync("normal")  # see the module docstring: a lost removal = a resend
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                removed = self._db.executemany("DELETE FROM outbox WHERE seq = ?",
+                                               seqs).rowcount
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StorageError(f"outbox {self.path}: cannot remove: {exc}") from None
+            self._count -= removed
+
+    def _set_sync(self, mode: str) -> None:
+        if self._sync != mode:  # a PRAGMA per transaction would cost a statement each time
+            self._db.execute(f"PRAGMA synchronous={'FULL' if mode == 'full' else 'NORMAL'}")
+            self._sync = mode
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite already rolled back (a full disk does that itself)
+
+    # -- reads ------------------------------------------------------------------------------
+    def after(self, seq: int, limit: int) -> list[Stored]:
+        """Up to `limit` messages with a sequence number above `seq`, oldest first."""
+        with self._lock:
+            try:
+                rows = self._db.execute(
+                    "SELECT seq, topic, payload, qos, props FROM outbox WHERE seq > ? "
+                    "ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+            except sqlite3.Error as exc:
+                raise StorageError(f"outbox {self.path}: cannot read: {exc}") from None
+        return [Stored(seq=s, topic=t, payload=p, qos=q, props=pr) for s, t, p, q, pr in rows]
+
+    def oldest(self) -> int | None:
+        """The sequence number of the oldest waiting message; None when there is none, or
+        when the file cannot be read (callers only wait on it: they stop waiting)."""
+        with self._lock:
+            try:
+                return self._db.execute("SELECT min(seq) FROM outbox").fetchone()[0]
+            except sqlite3.Error as exc:
+                log.warning("outbox %s: cannot read: %s", self.path, exc)
+                return None
+
+    def recent_keys(self) -> list[str]:
+        """The dedupe window as stored, oldest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT key FROM seen ORDER BY n DESC LIMIT ?",
+                                    (self.settings.dedupe_window,)).fetchall()
+        return [k for (k,) in reversed(rows)]
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._db.close()
+            except sqlite3.Error as exc:
+                log.warning("closing the outbox %s: %s", self.path, exc)

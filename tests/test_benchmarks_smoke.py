@@ -1,0 +1,64 @@
+"""The benchmarks run end to end in their quick mode. No timing is asserted (a shared CI
+box makes them meaningless); what is checked is that every part ran and that the variants
+being compared computed the same outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from export.local_broker import MOSQUITTO
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.timeout(180)
+def test_swap_benchmark_quick(tmp_path):
+    if not Path(MOSQUITTO).exists():
+        pytest.skip(f"{MOSQUITTO} is not installed (make mosquitto)")
+    out = tmp_path / "swap.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "swap.py"), "--quick",
+                           "--no-write", "--json", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=170)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    swap = res["swap"]
+    # every swap answered: the gateway's own times (retained state) and the bench's
+    assert {swap[k]["n"] for k in ("switch", "save", "installed", "e2e", "reload")} == {20}
+    assert 0 <= swap["switch"]["p50"] <= swap["installed"]["p50"] <= swap["command"]["p50"]
+    assert swap["errors"] == 0 and swap["results"] > 0
+    assert swap["score_diff"] < 1e-4  # served results = the engine alone on the same window
+    assert swap["merged_diff"] < 1e-4  # the reload baseline is the same model
+    assert swap["merged_diff_real"] < 1e-3  # ... at the demo's model size too
+    assert [r["rows"] for r in res["mixed"]["rows"]] == [8, 32]
+    assert all(r["max_abs_diff"] < 1e-4 for r in res["mixed"]["rows"])  # bank = 8 runs
+    kinds = {(r["kind"], r["size"], r["n"]) for r in res["memory"]}
+    assert kinds == {(kind, size, n) for size in ("tiny", "real")
+                     for kind, n in (("attached", 1), ("attached", 10), ("merged", 2))} | {
+        ("bank", "tiny", 10)}
+    assert all(r["files"] > 0 for r in res["memory"])
+    assert "written to" not in proc.stdout  # --no-write: printed, docs/ untouched
+    assert "Targets: switch p99" in proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_soak_quick(tmp_path):
+    """The soak in miniature: steady load, adapter swaps and a broker restart; nothing lost,
+    no answer computed twice, the runtime exits 0. The long run is `benchmarks/soak.py`."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip(f"{MOSQUITTO} is not installed (make mosquitto)")
+    out = tmp_path / "soak.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"),
+                           "--minutes", "0.3", "--swap-every", "4", "--no-write",
+                           "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=230)
+    print(proc.stdout[-3000:])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["exit_code"] == 0 and res["swaps"] >= 3
+    assert res["sent"] > 0 and res["lost"] == 0 and res["errors"] == 0
+    assert res["received"] == res["sent"]
