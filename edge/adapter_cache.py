@@ -49,6 +49,10 @@ class LoadedCache:
             self._items.move_to_end(key)
             self._evict()
 
+    def drop(self, key: Hashable) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
     def pin(self, keys: set[Hashable]) -> None:
         """Replace the pinned set (the adapters the live routes use)."""
         with self._lock:

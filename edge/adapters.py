@@ -161,6 +161,27 @@ class AdapterStore:
         """Adapters that routes use: never dropped from memory."""
         self.cache.pin(keys)
 
+    def prune(self, name: str, keep: int, in_use: set[Key]) -> list[Key]:
+        """Delete accepted versions of `name` older than its `keep` newest, except those in
+        `in_use` (routed, or in a rollback history) and the bundle's; the deleted keys."""
+        with self._lock:
+            versions = sorted((h for (n, _), h in self.held.items() if n == name),
+                              key=lambda h: h.entry.version)
+        gone = [h for h in versions[:-keep] if h.source != "bundle" and h.key not in in_use]
+        for held in gone:
+            stem = file_stem(*held.key)
+            try:  # the header first: without it a file is never held again
+                (self.dir / f"{stem}.json").unlink(missing_ok=True)
+                held.path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("cannot delete %s from %s: %s", stem, self.dir, exc)
+                continue
+            with self._lock:
+                self.held.pop(held.key, None)
+            self.cache.drop(held.key)
+            self._normalizers.pop(held.key, None)
+        return [h.key for h in gone]
+
     def _load(self, path: Path):
         return read_adapter_arrays(path) if self.bank is not None else load_adapter_file(path)
 

@@ -256,6 +256,9 @@ class Adapters(_Section):
     watch_dir: ConfigPath | None = Field(None, description="directory watched for dropped "
                                          "adapter files; unset = MQTT only")
     memory_budget_mb: float = Field(256, gt=0, description="MiB that loaded adapters may hold")
+    keep_versions: int = Field(5, ge=1, le=10000, description="accepted versions kept per "
+                               "adapter name (the newest); older ones that no line uses or "
+                               "could roll back to are deleted from state_dir")
     watch_interval_s: float = Field(0.5, ge=0.05, le=60, description="seconds between looks "
                                     "at watch_dir; a file is taken once it held still for one")
 

@@ -180,6 +180,7 @@ class ControlPlane:
                          "result": "accepted" if new else "already held"}
             if new:  # lines that follow the newest version switch now
                 self._install(self.lines, cmd)
+                self._prune(held.entry.name)
             else:
                 self.publish_state()
             return f"{held.entry.name}.v{held.entry.version}"
@@ -221,6 +222,18 @@ class ControlPlane:
                          command_ms=round((time.monotonic() - cmd.received) * 1000.0, 3))
         log.info("%s: routes now %s (switch %.2f ms)", cmd.kind, table.describe(), switch_ms)
         self.publish_state()
+
+    def _prune(self, name: str) -> None:
+        """Old versions go once `adapters.keep_versions` newer ones are held; a version a
+        line uses or may roll back to stays."""
+        store, in_use = self.svc.store, set(self.svc.routes.adapter_keys())
+        for assignment in (a for h in self.lines.history.values() for a in h):
+            if assignment.adapter == name and assignment.version is not None:
+                in_use.add((name, assignment.version))
+        gone = store.prune(name, self.svc.cfg.adapters.keep_versions, in_use)
+        if gone:
+            log.info("deleted old versions %s of %s", [v for _, v in gone], name)
+            self.publish_state()
 
     # -- state --------------------------------------------------------------------------------
     def _note_active(self, table: RoutingTable) -> None:

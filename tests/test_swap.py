@@ -470,3 +470,30 @@ def test_repeated_ids_and_retained_commands_are_not_applied_again(
     pub.client.publish(ACTIVATE, b"", qos=1, retain=True).wait_for_publish()  # cleared
     pub.close()
     collector.close()
+
+
+def test_old_versions_are_deleted_unless_a_line_may_need_them(
+        swap_config, started, mosquitto, keys, basicmotions_bundle, tmp_path):
+    """keep_versions = 2: each put deletes older accepted versions, except one a line is
+    pinned to or may roll back to; the bundle's own stays."""
+    cfg = swap_config(adapters={"require_signed": True, "trusted_keys": [str(keys[1])],
+                                "keep_versions": 2})
+    collector = Collector(mosquitto.port, (f"factory/{DEVICE}/#",))
+    svc = started(cfg)
+    pub = Publisher(mosquitto.port)
+    for v in range(2, 7):
+        entry, path = derive_version(basicmotions_bundle, "line-a", v, tmp_path / "v")
+        pub.raw(PUT, envelope(entry, path, keys[0]))
+        wait_line(collector, "line-a", v)
+        if v == 3:  # line-b pinned to v3, then moved on: v3 stays for its rollback
+            pub.raw(ACTIVATE, b'{"line": "line-b", "name": "line-a", "version": 3}')
+            wait_line(collector, "line-b", 3)
+            pub.raw(ACTIVATE, b'{"line": "line-b", "name": "base"}')
+            wait_line(collector, "line-b", None)
+    pub.close()
+    assert collector.wait(lambda c: [h["version"] for h in state_of(c)["held"]] == [1, 3, 5, 6])
+    assert sorted(h["version"] for h in svc.store.describe()) == [1, 3, 5, 6]
+    files = sorted(p.name for p in (cfg.parent / "state" / "adapters").iterdir())
+    assert files == [f"line-a.v{v}.{ext}" for v in (3, 5, 6) for ext in ("json",
+                                                                        "onnx_adapter")]
+    collector.close()
