@@ -17,6 +17,7 @@ from adapter_versions import Offline, derive_version, envelope
 from reference_bundle import build_bank_bundle, sample_windows
 from test_runtime import WAIT_S, Collector, Publisher
 
+from edge.routing import build_table
 from edge.service import Service
 from export.signing import keygen
 
@@ -365,8 +366,6 @@ def test_memory_budget_drops_idle_adapters_and_reloads_them(swap_config, started
                                                             basicmotions_bundle, tmp_path):
     """A budget of ~2 adapters with 6 held: routed ones stay loaded, idle ones are dropped
     and come back from disk when a line needs them."""
-    size = (basicmotions_bundle / "adapters").stat().st_size  # not used; real sizes below
-    del size
     cfg = swap_config(adapters={"require_signed": True, "trusted_keys": [str(keys[1])],
                                 "memory_budget_mb": 0.016})
     svc = started(cfg)
@@ -379,7 +378,6 @@ def test_memory_budget_drops_idle_adapters_and_reloads_them(swap_config, started
     loaded = [h["version"] for h in svc.store.describe() if h["loaded"]]
     assert 1 in loaded  # line-c is pinned to v1: never dropped
     svc.control.lines = svc.control.lines.activate("line-b", "line-a", 2)
-    from edge.routing import build_table
     table = build_table(svc.control.lines, svc.store, svc.spec.channels)
     assert table.routes["line-b"].session_adapter is not None
     assert svc.store.cache.holds(("line-a", 2))
