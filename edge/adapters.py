@@ -3,7 +3,8 @@
     store = AdapterStore.open(cfg, bundle, manifest, engine)
     held, new = store.accept(envelope, source="mqtt")  # the check chain, or AdapterRejected
     store.resolve("press-3", None)                     # the newest held version
-    store.loaded(held)                                 # ort.LoraAdapter, or arrays in bank mode
+    store.loaded(held)                                 # what the engine runs (LoraAdapter or
+                                                       # DeviceSlots), arrays in bank mode
 
 The check chain, in order; the first failure is the reason sent back, and nothing changes:
 size limit, framing and sha256 of the body (envelope.unpack); Ed25519 signature against the
@@ -38,7 +39,7 @@ from .bank import AdapterBank
 from .bundle import REFERENCE_INPUTS, AdapterEntry, Manifest, atomic_write, sha256_file
 from .codec import Normalizer
 from .config import Config
-from .engine import Engine, load_adapter_file, read_adapter_arrays
+from .engine import Engine, read_adapter_arrays
 from .envelope import MAX_HEADER, load_public_keys, unpack, verify
 from .errors import (
     AdapterError,
@@ -183,7 +184,8 @@ class AdapterStore:
         return [h.key for h in gone]
 
     def _load(self, path: Path):
-        return read_adapter_arrays(path) if self.bank is not None else load_adapter_file(path)
+        return read_adapter_arrays(path) if self.bank is not None else \
+            self.engine.load_adapter(path)
 
     # -- intake -----------------------------------------------------------------------------
     def accept(self, data: bytes, source: str, expect_name: str | None = None
@@ -296,7 +298,7 @@ class AdapterStore:
                 os.fsync(fh.fileno())
             arrays = read_adapter_arrays(tmp)
             self._check_tensors(entry, arrays)
-            value = arrays if self.bank is not None else load_adapter_file(tmp)
+            value = arrays if self.bank is not None else self.engine.load_adapter(tmp, arrays)
             self._warm_up(value)
             path = self.dir / entry.file
             os.replace(tmp, path)
@@ -357,7 +359,8 @@ class AdapterStore:
         except EdgeError:
             raise
         except Exception as exc:  # onnxruntime raises untyped errors
-            raise AdapterRejected(f"warm-up inference failed ({str(exc)[:200]})") from None
+            raise AdapterRejected(f"warm-up inference failed ({self.engine.failure(exc)})"
+                                  ) from None
         if not np.isfinite(out).all():
             raise AdapterRejected("warm-up inference on the bundle's reference samples gave "
                                   "NaN or Inf outputs")
@@ -392,24 +395,38 @@ class AdapterStore:
     def _hold_persisted(self) -> None:
         """Adapters accepted before a restart. One that no longer checks out (edited on
         disk, or for another base after a bundle update) is skipped with a warning."""
-        for meta_path in sorted(self.dir.glob("*.json")):
-            try:
-                meta = json.loads(meta_path.read_text())
-                entry = AdapterEntry.model_validate(
-                    {k: v for k, v in meta.items() if k in AdapterEntry.model_fields})
-                path = self.dir / entry.file
-                if sha256_file(path) != entry.sha256:
-                    raise AdapterError("sha256 differs from its header")
-                if entry.base_fingerprint != self.manifest.base.weights_fingerprint:
-                    raise AdapterError("it was accepted for another base")
-                held = HeldAdapter(entry=self._shared(entry), path=path,
-                                   size=path.stat().st_size,
-                                   source=str(meta.get("source", "mqtt")),
-                                   signer=str(meta.get("signer", "unsigned")),
-                                   accepted=float(meta.get("accepted", 0.0)))
-            except (OSError, ValueError, ValidationError, AdapterError) as exc:
-                log.warning("not holding %s: %s", meta_path.name, exc)
-                continue
+        found, problems = persisted_adapters(self.dir, self.manifest)
+        for line in problems:
+            log.warning("%s", line)
+        for entry, path, meta in found:
+            held = HeldAdapter(entry=self._shared(entry), path=path, size=path.stat().st_size,
+                               source=str(meta.get("source", "mqtt")),
+                               signer=str(meta.get("signer", "unsigned")),
+                               accepted=float(meta.get("accepted", 0.0)))
             self.held.setdefault(held.key, held)
         for tmp in self.dir.glob(".*.tmp"):  # a crash in the middle of an intake
             tmp.unlink(missing_ok=True)
+
+
+def persisted_adapters(directory: Path, manifest: Manifest
+                       ) -> tuple[list[tuple[AdapterEntry, Path, dict]], list[str]]:
+    """Accepted adapters under `directory` (their header .json, entry and file) that still
+    check out against `manifest`, and one line for each that does not. Reads only."""
+    found, problems = [], []
+    for meta_path in sorted(directory.glob("*.json")):
+        try:
+            meta = json.loads(meta_path.read_text())
+            if not isinstance(meta, dict):
+                raise ValueError("not a JSON object")
+            entry = AdapterEntry.model_validate(
+                {k: v for k, v in meta.items() if k in AdapterEntry.model_fields})
+            path = directory / entry.file
+            if sha256_file(path) != entry.sha256:
+                raise AdapterError("sha256 differs from its header")
+            if entry.base_fingerprint != manifest.base.weights_fingerprint:
+                raise AdapterError("it was accepted for another base")
+        except (OSError, ValueError, ValidationError, AdapterError) as exc:
+            problems.append(f"not holding {meta_path.name}: {exc}")
+            continue
+        found.append((entry, path, meta))
+    return found, problems

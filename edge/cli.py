@@ -2,6 +2,7 @@
 
     edge-runtime run --config firmware_configs/cpu.toml [--bundle DIR] [--log-level info]
     edge-runtime check-config firmware_configs/cpu.toml
+    edge-runtime doctor --config firmware_configs/jetson-orin-nano.toml [--bundle DIR] [--json]
 
 An EdgeError becomes one `error: ...` line on stderr and its exit code; `--debug` keeps the
 traceback.
@@ -9,13 +10,14 @@ traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
 
 import click
 
-from .errors import EdgeError
+from .errors import NO_ONNXRUNTIME, EdgeError
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -26,6 +28,11 @@ class _EdgeGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            if exc.name != "onnxruntime":
+                raise
+            click.echo(f"error: {NO_ONNXRUNTIME}", err=True)
+            ctx.exit(2)
         except EdgeError as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -86,6 +93,38 @@ def check_config(*, file: str | Path) -> list[str]:
     from .config import check_config as check
 
     return check(file)
+
+
+@main.command("doctor")
+@click.option("--config", "config", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Firmware config (firmware_configs/<device>.toml).")
+@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Bundle directory; overrides device.bundle.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--atol", type=float, default=None,
+              help="Max |logit difference| to the CPU; default by precision and provider.")
+def doctor_command(config: Path, bundle: Path | None, as_json: bool, atol: float | None) -> None:
+    """Check the machine, its providers and the bundle on each of them; exit 1 on a problem."""
+    _setup_logging("error")
+    report = doctor(config=config, bundle=bundle, atol=atol)
+    if as_json:
+        click.echo(json.dumps(report, indent=2, default=str))
+    else:
+        from .doctor import report_lines
+
+        for line in report_lines(report):
+            click.echo(line)
+    sys.exit(0 if report["ok"] else 1)
+
+
+def doctor(*, config: str | Path, bundle: str | Path | None = None,
+           atol: float | None = None) -> dict:
+    """The doctor report (edge/doctor.py) for a config and bundle."""
+    from .config import load_config
+    from .doctor import diagnose
+
+    return diagnose(load_config(config), bundle, atol=atol)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, PydanticUndefined, to_jsonable_python
 
 from .errors import ConfigError
+from .provider_options import OPTIONS, check_options, ort_option_value
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -94,7 +95,11 @@ class Provider(_Section):
 
     name: str = Field(description="onnxruntime provider name, e.g. CUDAExecutionProvider")
     options: dict[str, Scalar] = Field(default_factory=dict, description="provider options "
-                                       "(device_id, trt_fp16_enable, ...), passed as strings")
+                                       "(device_id, trt_fp16_enable, ...); names and values "
+                                       "are checked for the CPU, CUDA and TensorRT providers")
+    required: StrictBool = Field(False, description="true: start-up fails, naming this "
+                                 "provider and why, when it cannot run here; false: the next "
+                                 "provider takes over, with a warning")
 
     @field_validator("name")
     @classmethod
@@ -105,6 +110,19 @@ class Provider(_Section):
             raise PydanticCustomError("provider", "unknown execution provider; {known}",
                                       {"known": known})
         return name
+
+    @model_validator(mode="after")
+    def _check_options(self, info: ValidationInfo) -> Provider:
+        problems = check_options(self.name, self.options)
+        if problems:  # every bad option at once, each at its own key path
+            raise ValidationError.from_exception_data("Provider", [
+                {"type": _conflict(f"options.{key}", self.options[key], msg), "loc": (),
+                 "input": self.options[key]} for key, msg in problems])
+        table = OPTIONS.get(self.name, {})
+        for key, value in self.options.items():
+            if key in table and table[key].kind == "path":
+                self.options[key] = str(_resolve_path(Path(value), info))
+        return self
 
 
 class Device(_Section):
@@ -121,6 +139,15 @@ class Device(_Section):
                                       "manifest.json, adapters/)")
     state_dir: ConfigPath = Field(Path("state"), validate_default=True,
                                   description="where accepted adapters and the outbox live")
+    cpu_fallback: StrictBool = Field(False, description="start on the CPU when none of the "
+                                     "configured accelerators (CUDA, TensorRT, ...) can run "
+                                     "here; false = refuse to start, naming the reason")
+    io_binding: Literal["auto", "on", "off"] = Field(
+        "auto", description="keep adapter tensors on the device and bind them with IOBinding "
+        "(a swap rebinds, no per-run copy); auto = on for CUDA and TensorRT")
+    engine_cache_dir: ConfigPath | None = Field(None, description="TensorRT engines and timing "
+                                                "cache; unset = <state_dir>/trt-cache (a "
+                                                "provider's trt_engine_cache_path wins)")
 
     @field_validator("providers")
     @classmethod
@@ -131,7 +158,12 @@ class Device(_Section):
 
     def ort_providers(self) -> list[tuple[str, dict[str, str]]]:
         """The `providers=` argument for onnxruntime.InferenceSession (option values as str)."""
-        return [(p.name, {k: str(v) for k, v in p.options.items()}) for p in self.providers]
+        return [(p.name, self.ort_options(p)) for p in self.providers]
+
+    @staticmethod
+    def ort_options(provider: Provider) -> dict[str, str]:
+        """One provider's options as the strings onnxruntime parses."""
+        return {k: ort_option_value(provider.name, k, v) for k, v in provider.options.items()}
 
 
 class Tls(_Section):
@@ -283,7 +315,8 @@ class Outbox(_Section):
 
 
 class Export(_Section):
-    """[export]: read by `edge-export --target FILE`; the runtime ignores it."""
+    """[export]: read by `edge-export --target FILE`; the runtime checks the keys a file
+    sets against its bundle (edge/engine_config.py)."""
 
     opset: int = Field(17, ge=13, le=21, description="ONNX opset (13..21)")
     precision: Literal["fp32", "fp16"] = Field("fp32", description="fp32 or fp16 weights")
@@ -317,10 +350,6 @@ class Config(_Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         self.broker.client_id = self.broker.client_id or f"edge-{self.device.id}"
-        batch = self.export.batch
-        if isinstance(batch, int) and self.batching.max_batch > batch:
-            raise _conflict("batching.max_batch", self.batching.max_batch,
-                            f"at most export.batch = {batch} (the model's fixed batch size)")
         return self
 
     @property

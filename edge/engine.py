@@ -1,17 +1,47 @@
-"""One onnxruntime session: provider fallback, adapter activation, batched runs."""
+"""One onnxruntime session: providers checked, adapter slots, fixed batches, device binding.
+
+Two ways to give a run its adapter's slot tensors:
+    host   `ort.LoraAdapter` (memory-mapped `.onnx_adapter`) through RunOptions: the fastest
+           on the CPU; on a GPU onnxruntime copies the tensors to the device on every run.
+    bound  `DeviceSlots`: the tensors uploaded once as OrtValues on the session's device and
+           bound with IOBinding; a swap binds other OrtValues, so no weights move per run and
+           no session or TensorRT engine is rebuilt (slot shapes never change).
+`bind="auto"` picks bound when the session's first provider is CUDA or TensorRT.
+
+A bundle exported with a fixed batch B (export.batch = B) takes exactly B rows per run:
+`run` splits a larger batch into runs of B and pads the last one, returning the real rows.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
 from .bundle import INDEX_INPUT
-from .errors import AdapterError, ConfigError, IncompatibleBundle
+from .errors import AdapterError, ConfigError, IncompatibleBundle, ProviderError
+from .providers import (
+    CPU,
+    GPU_PROVIDERS,
+    ProviderRequest,
+    as_requests,
+    capture_fallback,
+    check_started,
+    option_named,
+    ort_message,
+    out_of_memory,
+    preload_gpu_libraries,
+)
 
 log = logging.getLogger(__name__)
+
+Bind = Literal["auto", "on", "off"]
 
 
 def session_options(threads: int = 0) -> ort.SessionOptions:
@@ -25,60 +55,205 @@ def session_options(threads: int = 0) -> ort.SessionOptions:
     return opts
 
 
-def pick_providers(wanted: list[tuple[str, dict]] | None) -> list[tuple[str, dict]]:
-    """Keep the wanted providers that this onnxruntime build has, in order; CPU last."""
-    available = ort.get_available_providers()
-    chosen = []
-    for name, options in wanted or [("CPUExecutionProvider", {})]:
-        if name in available:
-            chosen.append((name, options))
-        else:
-            log.warning("execution provider %s is not available here (have: %s); falling back",
-                        name, ", ".join(available))
-    if not any(name == "CPUExecutionProvider" for name, _ in chosen):
-        chosen.append(("CPUExecutionProvider", {}))
-    return chosen
+@dataclass(frozen=True)
+class DeviceSlots:
+    """Slot tensors resident where the session computes: name -> OrtValue. `keep` holds
+    the host arrays a CPU OrtValue shares its memory with."""
+
+    values: Mapping[str, ort.OrtValue]
+    nbytes: int
+    keep: tuple = ()
 
 
 class Engine:
     """A session on `model_path` with its data input and output resolved.
 
-    `run(x)` takes x (N, C, L) float32 and returns the first output (N, K); an active adapter
-    overrides the slot inputs through `RunOptions.add_active_adapter`.
+    `run(x)` takes x (N, C, L) float32 and returns the first output (N, K).
+    `providers`: ProviderRequests or (name, options) pairs, most preferred first; the
+    session's real providers are checked against them (edge/providers.py).
     """
 
-    def __init__(self, model_path: str | Path, *, providers: list[tuple[str, dict]] | None = None,
-                 threads: int = 0) -> None:
+    def __init__(self, model_path: str | Path, *,
+                 providers: Iterable[ProviderRequest | tuple[str, dict]] | None = None,
+                 threads: int = 0, cpu_fallback: bool = True, bind: Bind = "auto") -> None:
         path = Path(model_path)
         if not path.is_file():
             raise IncompatibleBundle(f"model file {path} does not exist")
-        chosen = pick_providers(providers)
-        try:
-            self.session = ort.InferenceSession(
-                str(path), session_options(threads),
-                providers=[n for n, _ in chosen], provider_options=[o for _, o in chosen])
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise IncompatibleBundle(f"{path}: onnxruntime cannot load it ({exc})") from None
+        requests = as_requests(providers)
+        self.session, failures = _open_session(path, requests, threads)
         self.path = path
         self.providers = self.session.get_providers()
+        self.warnings = check_started(requests, self.providers, cpu_fallback, failures)
+        for line in self.warnings:
+            log.warning("%s", line)
+        self._resolve_io(path)
+        self.device_type, self.device_id = _device_of(self.providers[0], requests)
+        self.bound = bind == "on" or (bind == "auto" and self.device_type == "cuda")
+
+    def _resolve_io(self, path: Path) -> None:
         inputs = [i for i in self.session.get_inputs() if i.name != INDEX_INPUT]
         self.banked = len(inputs) < len(self.session.get_inputs())
         if len(inputs) != 1:
             raise ConfigError(f"{path}: expected one data input, found "
                               f"{[i.name for i in inputs]}")
         self.input = inputs[0]
+        batch = self.input.shape[0]
+        self.static_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.slot_names = {i.name for i in self.session.get_overridable_initializers()}
 
-    def run(self, x: np.ndarray, adapter: ort.LoraAdapter | None = None,
-            feeds: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        """Logits for a batch; `feeds` override slot inputs directly (benchmarks, checks)."""
+    @property
+    def provider(self) -> str:
+        """The provider the model's nodes go to first (nodes it cannot take fall back)."""
+        return self.providers[0]
+
+    # -- adapters ---------------------------------------------------------------------------
+    def upload(self, arrays: Mapping[str, np.ndarray]) -> DeviceSlots:
+        """Slot tensors as OrtValues on the session's device (one copy, now)."""
+        keep = tuple(np.ascontiguousarray(a) for a in arrays.values())
+        try:
+            values = {name: ort.OrtValue.ortvalue_from_numpy(a, self.device_type,
+                                                             self.device_id)
+                      for name, a in zip(arrays, keep, strict=True)}
+        except Exception as exc:  # out of device memory, a device that went away
+            raise AdapterError(f"adapter tensors cannot be placed on {self.device_type}:"
+                               f"{self.device_id} ({self.failure(exc)})") from None
+        return DeviceSlots(values, sum(a.nbytes for a in keep),
+                           keep if self.device_type == "cpu" else ())
+
+    def failure(self, exc: BaseException) -> str:
+        """onnxruntime's error in one line, with what to do when the device is full."""
+        message = ort_message(exc)
+        if out_of_memory(message):
+            message += (f"; {self.provider} is out of memory: free the GPU (nvidia-smi, "
+                        "tegrastats) or lower adapters.memory_budget_mb, gpu_mem_limit, "
+                        "trt_max_workspace_size")
+        return message
+
+    def load_adapter(self, path: str | Path,
+                     arrays: Mapping[str, np.ndarray] | None = None
+                     ) -> ort.LoraAdapter | DeviceSlots:
+        """An `.onnx_adapter` in the form this engine runs: memory-mapped for the host path,
+        uploaded for the bound path (`arrays`: its tensors when already read)."""
+        if not self.bound:
+            return load_adapter_file(path)
+        return self.upload(arrays if arrays is not None else read_adapter_arrays(path))
+
+    def prepare_bank(self, tensors: Mapping[str, np.ndarray]
+                     ) -> Mapping[str, np.ndarray] | DeviceSlots:
+        """A bank's (K, ...) slot tensors, uploaded once per routing table when bound."""
+        return self.upload(tensors) if self.bound else MappingProxyType(dict(tensors))
+
+    # -- runs -------------------------------------------------------------------------------
+    def run(self, x: np.ndarray,
+            adapter: ort.LoraAdapter | DeviceSlots | Mapping[str, np.ndarray] | None = None,
+            feeds: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """Logits (N, K) for x (N, C, L). `adapter`: a LoraAdapter, DeviceSlots, or slot
+        arrays by name; `feeds` other inputs (adapter_index (N,) for a bank)."""
+        feeds = dict(feeds or {})
+        if isinstance(adapter, Mapping):
+            feeds.update(adapter)
+            adapter = None
+        rows = {k: v for k, v in feeds.items() if k == INDEX_INPUT}
+        fixed = {k: v for k, v in feeds.items() if k != INDEX_INPUT}
+        size = self.static_batch
+        if size is None or len(x) == size:
+            return self._run_once(x, adapter, {**fixed, **rows})
+        outs = []
+        for start in range(0, len(x), size):
+            part = {k: _padded(v[start:start + size], size) for k, v in rows.items()}
+            out = self._run_once(_padded(x[start:start + size], size), adapter, {**fixed, **part})
+            outs.append(out[: min(size, len(x) - start)])
+        return np.concatenate(outs) if outs else self._empty()
+
+    def _empty(self) -> np.ndarray:
+        width = self.session.get_outputs()[0].shape[-1]
+        return np.zeros((0, width if isinstance(width, int) else 0), np.float32)
+
+    def _run_once(self, x: np.ndarray, adapter: ort.LoraAdapter | DeviceSlots | None,
+                  feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if self.bound or isinstance(adapter, DeviceSlots):
+            return self._run_bound(x, adapter, feeds)
         options = None
         if adapter is not None:
             options = ort.RunOptions()
             options.add_active_adapter(adapter)
-        inputs = {self.input.name: x, **(feeds or {})}
+        inputs = {self.input.name: x, **feeds}
         return self.session.run(self.output_names[:1], inputs, options)[0]
+
+    def _run_bound(self, x: np.ndarray, slots: DeviceSlots | ort.LoraAdapter | None,
+                   feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """IOBinding: per run only x (and the bank index) travel to the device."""
+        if isinstance(slots, ort.LoraAdapter):
+            raise AdapterError("a memory-mapped adapter cannot run on a bound engine; load it "
+                               "with Engine.load_adapter")
+        binding = self.session.io_binding()  # one per run: the control thread runs too
+        # Host arrays stay referenced until the run ends: a CPU OrtValue borrows their memory.
+        host = {self.input.name: np.ascontiguousarray(x, dtype=np.float32)}
+        host.update((k, np.ascontiguousarray(v)) for k, v in feeds.items())
+        for name, value in host.items():  # as OrtValues: bind_cpu_input refuses slot inputs
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
+        for name, value in (slots.values.items() if slots is not None else ()):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(self.output_names[0], self.device_type, self.device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+
+def _padded(a: np.ndarray, size: int) -> np.ndarray:
+    """`a` (n, ...) grown to (size, ...) by repeating its last row: padding rows are real
+    inputs, so they can never produce NaN; their outputs are dropped."""
+    if len(a) == size:
+        return a
+    return np.concatenate([a, np.repeat(a[-1:], size - len(a), axis=0)])
+
+
+def _device_of(provider: str, requests: list[ProviderRequest]) -> tuple[str, int]:
+    """("cuda", device_id) for a GPU provider, ("cpu", 0) otherwise."""
+    if provider not in GPU_PROVIDERS:
+        return "cpu", 0
+    options = next((r.options for r in requests if r.name == provider), {})
+    try:
+        return "cuda", int(options.get("device_id", 0))
+    except ValueError:
+        return "cuda", 0
+
+
+def _open_session(path: Path, requests: list[ProviderRequest],
+                  threads: int) -> tuple[ort.InferenceSession, dict[str, str]]:
+    """The session, and why onnxruntime dropped providers it fell back from. A failure is
+    blamed on the bundle only when the CPU alone cannot open it either."""
+    available = set(ort.get_available_providers())
+    chosen = [r for r in requests if r.name in available] or [ProviderRequest(CPU)]
+    if not any(r.name == CPU for r in chosen):
+        chosen.append(ProviderRequest(CPU))
+    preload_gpu_libraries(chosen)
+    try:
+        with capture_fallback() as failures:
+            session = ort.InferenceSession(str(path), session_options(threads),
+                                           providers=[r.name for r in chosen],
+                                           provider_options=[r.options for r in chosen])
+        return session, failures
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        message = ort_message(exc)
+        if all(r.name == CPU for r in chosen):
+            raise IncompatibleBundle(f"{path}: onnxruntime cannot load it ({message})") from None
+    try:
+        ort.InferenceSession(str(path), session_options(threads), providers=[CPU])
+    except Exception:
+        raise IncompatibleBundle(f"{path}: onnxruntime cannot load it ({message})") from None
+    raise _provider_failure(chosen, message) from None
+
+
+def _provider_failure(chosen: list[ProviderRequest], message: str) -> ProviderError:
+    gpu = next((r for r in chosen if r.name != CPU), chosen[0])
+    key = option_named(message, chosen) or f"{gpu.key}.options"
+    if out_of_memory(message):
+        return ProviderError(f"{gpu.key}: {gpu.name}: the GPU ran out of memory while loading "
+                             f"the model ({message}); free the GPU (nvidia-smi / tegrastats) or "
+                             "lower gpu_mem_limit / trt_max_workspace_size")
+    return ProviderError(f"{key}: {gpu.name} failed to start with these options ({message}); "
+                         "the bundle itself loads on the CPU")
 
 
 def load_adapter_file(path: str | Path) -> ort.LoraAdapter:
@@ -91,7 +266,8 @@ def load_adapter_file(path: str | Path) -> ort.LoraAdapter:
     try:
         adapter.Load(str(path))
     except Exception as exc:
-        raise AdapterError(f"{path}: not a valid .onnx_adapter file ({exc})") from None
+        raise AdapterError(f"{path}: not a valid .onnx_adapter file "
+                           f"({ort_message(exc)})") from None
     return adapter
 
 
@@ -100,10 +276,11 @@ def read_adapter_arrays(path: str | Path) -> dict[str, np.ndarray]:
     try:
         fmt = ort.AdapterFormat.read_adapter(str(path))
     except Exception as exc:
-        raise AdapterError(f"{path}: not a valid .onnx_adapter file ({exc})") from None
+        raise AdapterError(f"{path}: not a valid .onnx_adapter file "
+                           f"({ort_message(exc)})") from None
     # OrtValue.numpy() views memory that `fmt` owns: copy before `fmt` is freed.
     try:
         return {name: np.array(value.numpy(), copy=True)
                 for name, value in fmt.get_parameters().items()}
     except Exception as exc:  # a tensor type numpy lacks (bfloat16, ...)
-        raise AdapterError(f"{path}: a tensor cannot be read ({exc})") from None
+        raise AdapterError(f"{path}: a tensor cannot be read ({ort_message(exc)})") from None

@@ -6,6 +6,11 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+# The one line both CLIs print when no onnxruntime build is installed (it comes from an extra).
+NO_ONNXRUNTIME = ("onnxruntime is not installed: pip install 'edge-adapters[cpu]' (CPU) or "
+                  "'edge-adapters[gpu]' (x86-64 CUDA); on Jetson NVIDIA's onnxruntime-gpu "
+                  "wheel (docs/JETSON.md)")
+
 
 class EdgeError(Exception):
     """Base of every error the package raises on purpose."""
@@ -17,6 +22,11 @@ class ConfigError(EdgeError):
     """A firmware config or CLI option is invalid; the message names the key or flag."""
 
     exit_code = 2
+
+
+class ProviderError(ConfigError):
+    """An execution provider the config asks for cannot run here, or fails to start with
+    the options given; the message names the provider, the key and why."""
 
 
 class DataError(EdgeError):

@@ -21,6 +21,7 @@ import numpy as np
 from .bank import AdapterBank
 from .bundle import Manifest
 from .codec import Normalizer
+from .engine import DeviceSlots
 from .errors import AdapterRejected
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class Route:
 
     adapter: str | None  # None = the base model
     version: int | None
-    session_adapter: Any = field(repr=False)  # ort.LoraAdapter; None for the base or a bank
+    session_adapter: Any = field(repr=False)  # LoraAdapter / DeviceSlots; None: base or bank
     labels: tuple[str, ...]
     normalizer: Normalizer = field(repr=False)
     sha256: str | None = None
@@ -57,7 +58,7 @@ class RoutingTable:
 
     routes: Mapping[str, Route]
     default: Route | None
-    bank: Mapping[str, np.ndarray] | None = field(default=None, repr=False)
+    bank: Mapping[str, np.ndarray] | DeviceSlots | None = field(default=None, repr=False)
 
     def lookup(self, line: str) -> Route | None:
         return self.routes.get(line, self.default)
@@ -101,7 +102,7 @@ def build_table(state: LineState, store: AdapterStore, channels: int) -> Routing
     if store.bank is not None:
         routes, default, bank = _fill_bank(routes, default, store)
     return RoutingTable(routes=MappingProxyType(routes), default=default,
-                        bank=None if bank is None else MappingProxyType(bank))
+                        bank=None if bank is None else store.engine.prepare_bank(bank))
 
 
 def _route_for(line: str, assignment: Assignment, store: AdapterStore, channels: int,

@@ -35,11 +35,18 @@ from .codec import InputSpec, best_effort_id, decode_sensor, encode_result, soft
 from .config import Config, load_config
 from .control import ControlPlane
 from .dedupe import Dedupe
-from .engine import Engine
-from .errors import AdapterRejected, BadMessage, ConfigError, IncompatibleBundle
+from .engine_config import check_bundle_matches, open_engine
+from .errors import (
+    AdapterRejected,
+    BadMessage,
+    ConfigError,
+    IncompatibleBundle,
+    ProviderError,
+)
 from .line_state import LineState
 from .mqtt import MqttLink, Token, message_properties
 from .outbox import Outbox
+from .providers import CPU
 from .routing import Route, RoutingTable, build_table, line_of
 from .status import Counters, online_details, stats_payload, status_payload
 
@@ -80,9 +87,9 @@ class Service:
                               "or pass --bundle DIR")
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
-        self.engine = Engine(verify_base(self.bundle, self.manifest),
-                             providers=self.cfg.device.ort_providers(),
-                             threads=self.cfg.device.threads)
+        check_bundle_matches(self.cfg, self.manifest, self.bundle)
+        self.engine = open_engine(self.cfg, verify_base(self.bundle, self.manifest),
+                                  self.manifest)
         self.spec = self._input_spec()
         self.store = AdapterStore.open(self.cfg, self.bundle, self.manifest, self.engine)
         lines = self._line_state()
@@ -222,13 +229,21 @@ class Service:
     def _warm_up(self) -> None:
         """One run per distinct model: a broken adapter fails here, and the first real batch
         does not pay for the memory-mapped adapter's first touch."""
-        x = np.zeros((1, self.spec.channels, self.spec.length), np.float32)
+        rows = self.engine.static_batch or 1  # a fixed-batch bundle runs its own shape
+        x = np.zeros((rows, self.spec.channels, self.spec.length), np.float32)
         table = self.routes
         seen = {}
         for route in [*table.routes.values(), table.default]:
             if route is not None and route.key not in seen:
-                seen[route.key] = self._infer(table, [route], x)
-        log.info("warm: %d model(s), providers %s", len(seen), self.engine.providers)
+                try:
+                    seen[route.key] = self._infer(table, [route], x)
+                except Exception as exc:  # onnxruntime's untyped errors: one line, no trace
+                    error = IncompatibleBundle if self.engine.provider == CPU else ProviderError
+                    raise error(f"warm-up of {route.key[0]} on {self.engine.provider} failed: "
+                                f"{self.engine.failure(exc)}") from None
+        log.info("warm: %d model(s) on %s (providers %s, adapters %s)", len(seen),
+                 self.engine.provider, self.engine.providers,
+                 "bound on the device" if self.engine.bound else "run from host memory")
 
     # -- network thread ---------------------------------------------------------------------
     def _announce(self) -> None:
@@ -236,11 +251,18 @@ class Service:
         adapters = sorted({(r.adapter, r.version) for r in self.routes.routes.values()
                            if r.adapter is not None})
         details = online_details(
-            providers=list(self.engine.providers), routes=self.routes.describe(),
+            engine=self._engine_details(), routes=self.routes.describe(),
             adapters=[{"name": n, "version": v} for n, v in adapters], bundle=str(self.bundle))
         self.link.publish(self.cfg.status_topic(), status_payload(
             "online", self.cfg.device.id, details=details), qos=1, retain=True)
         self.control.publish_state()
+
+    def _engine_details(self) -> dict:
+        """Where every model of this gateway runs (one session serves all of them)."""
+        engine = self.engine
+        return {"provider": engine.provider, "providers": list(engine.providers),
+                "adapters_on_device": engine.bound, "static_batch": engine.static_batch,
+                "precision": self.manifest.base.precision}
 
     def _on_sensor(self, msg) -> bool | None:
         """Cheap checks only: decoding happens on the worker, so paho's thread keeps up.
@@ -375,7 +397,7 @@ class Service:
         index = np.fromiter((r.entry for r in row_routes), np.int64, len(row_routes))
         if len(row_routes) == 1 and len(x) > 1:
             index = np.full(len(x), row_routes[0].entry, np.int64)
-        return self.engine.run(x, feeds={**table.bank, INDEX_INPUT: index})
+        return self.engine.run(x, table.bank, feeds={INDEX_INPUT: index})
 
     def _topic(self, line: str) -> str:
         topic = self._topics.get(line)
@@ -410,7 +432,8 @@ class Service:
             counts, elapsed = self.counters.snapshot_and_reset()
             payload = stats_payload(self.cfg.device.id, counts, elapsed,
                                     self.latency.snapshot_and_reset(), self.queue.qsize(),
-                                    self.queue.maxsize, outbox_depth=self.outbox.count)
+                                    self.queue.maxsize, outbox_depth=self.outbox.count,
+                                    provider=self.engine.provider)
             self.link.publish(self.cfg.stats_topic(), payload, qos=0)
 
     @staticmethod

@@ -1,9 +1,10 @@
 """What the service says about itself: the retained status and the periodic stats.
 
     <prefix>/<device>/status  retained  {"state": "online", "device", "package_version",
-                                         "onnxruntime_version", "providers", "routes", ...}
+                                         "onnxruntime_version", "provider", "providers",
+                                         "adapters_on_device", "routes", ...}
                                         {"state": "offline", "device", "reason", ...}
-    <prefix>/<device>/stats             {"messages_per_s", "latency_ms": {p50, p99, ...},
+    <prefix>/<device>/stats             {"provider", "messages_per_s", "latency_ms": {p50, ...},
                                          "errors", "queue_depth", "batch_size", "duplicates",
                                          "outbox": {depth, dropped, full, errors}, ...}
 """
@@ -31,11 +32,11 @@ def status_payload(state: str, device: str, *, reason: str | None = None,
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def online_details(*, providers: list[str], routes: dict, adapters: list[dict],
-                   bundle: str) -> dict:
-    """The versions and active adapters announced with `online`."""
+def online_details(*, engine: dict, routes: dict, adapters: list[dict], bundle: str) -> dict:
+    """The versions, where the models run, and the active adapters announced with `online`.
+    `engine`: provider (the one the models run on), providers, adapters_on_device, ..."""
     return {"package_version": __version__, "onnxruntime_version": ort.__version__,
-            "providers": providers, "routes": routes, "adapters": adapters, "bundle": bundle}
+            **engine, "routes": routes, "adapters": adapters, "bundle": bundle}
 
 
 class Counters:
@@ -73,7 +74,8 @@ class Counters:
 
 
 def stats_payload(device: str, counts: dict, elapsed: float, latency: dict,
-                  queue_depth: int, queue_bound: int, outbox_depth: int | None = None) -> bytes:
+                  queue_depth: int, queue_bound: int, outbox_depth: int | None = None,
+                  provider: str | None = None) -> bytes:
     """One stats message over the last `elapsed` seconds; `latency` is a
     `LatencyStats.snapshot_and_reset()` (only its percentiles are used); `outbox_depth` is
     the number of messages waiting for the broker (None without an outbox)."""
@@ -81,6 +83,7 @@ def stats_payload(device: str, counts: dict, elapsed: float, latency: dict,
     batches = counts["batches"]
     doc = {
         "device": device, "ts": round(time.time(), 3), "interval_s": round(elapsed, 3),
+        "provider": provider,
         "messages_per_s": round(counts["results"] / elapsed, 2),
         "received": counts["received"], "results": counts["results"],
         "errors": counts["errors"], "queue_full": counts["queue_full"],

@@ -16,13 +16,18 @@ from typing import Any
 import click
 
 from edge import __version__
-from edge.errors import ConfigError, EdgeError
+from edge.errors import NO_ONNXRUNTIME, ConfigError, EdgeError
 
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except ModuleNotFoundError as exc:
+            if exc.name != "onnxruntime":
+                raise
+            click.echo(f"error: {NO_ONNXRUNTIME}", err=True)
+            ctx.exit(2)
         except EdgeError as exc:
             if (ctx.obj or {}).get("debug"):
                 raise

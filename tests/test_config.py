@@ -80,10 +80,9 @@ def test_jetson_tensorrt_options_reach_onnxruntime_as_strings():
     name, options = cfg.device.ort_providers()[0]
     assert name == "TensorrtExecutionProvider"
     assert options["trt_fp16_enable"] == "True"
-    assert options["trt_engine_cache_enable"] == "True"
-    assert options["trt_engine_cache_path"]
     assert all(isinstance(v, str) for v in options.values())
-    assert cfg.batching.max_batch <= cfg.export.batch
+    assert [p.required for p in cfg.device.providers] == [False, True, False]
+    assert cfg.device.engine_cache_dir == Path("/var/lib/edge-runtime/trt-cache")
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,8 +125,6 @@ BAD = [
     ("[export]\nopset = 12\n", "export.opset", "greater than or equal to 13"),
     ("[export]\nmax_rank = 0\n", "export.max_rank", "greater than or equal to 1"),
     ("[export]\natol = 0.0\n", "export.atol", "greater than 0"),
-    ("[export]\nbatch = 8\n[batching]\nmax_batch = 16\n", "batching.max_batch",
-     "at most export.batch = 8"),
     ("[exprot]\nopset = 17\n", "exprot", "allowed keys here: adapters, batching, broker, "
      "device, export, limits, outbox, topics"),
 ]

@@ -2,68 +2,29 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from adapter_factory import make_adapter, reference_adapters
 from torch import nn
 
 from edge.bundle import BASE_FILE, read_manifest, sha256_file
 from edge.engine import Engine, load_adapter_file
 from edge.errors import AdapterError, AdapterRejected, ExportError
-from export.adapters import AdaptedModel, BottleneckConfig, LoraConfig, inject
+from export.adapters import AdaptedModel, BottleneckConfig, LoraConfig
 from export.bundle_export import add_adapter, export_attach
-from export.models import SensorTransformer, save_base, weights_fingerprint
+from export.models import weights_fingerprint
 from export.onnx_export import export_merged
-from export.peft_io import load_adapter, save_adapter
-
-REF = dict(in_channels=2, num_classes=5, length=64, d_model=32, depth=1, heads=4, patch=8)
-
-
-def _randomise(model: AdaptedModel, seed: int) -> None:
-    """Non-zero adapter weights, so parity compares real computations."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-
-
-def make_adapter(base: nn.Module, config, out: Path, *, seed: int = 0, classes: int | None = None,
-                 fingerprint: str | None = None) -> Path:
-    model = inject(_copy(base), config)
-    if classes is not None:
-        model.replace_saved_module("default", "head", nn.Linear(base.head.in_features, classes))
-    _randomise(model, seed)
-    width = classes or getattr(getattr(base, "head", None), "out_features", 0)
-    meta = {"base_fingerprint": fingerprint or weights_fingerprint(base),
-            "class_names": [f"c{i}" for i in range(width)]}
-    return save_adapter(model, out, meta=meta)
-
-
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
+from export.peft_io import load_adapter
 
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
-    """A reference base saved to safetensors, and LoRA / bottleneck adapters for it."""
-    root = tmp_path_factory.mktemp("export")
-    torch.manual_seed(0)
-    base = SensorTransformer(**REF).eval()
-    weights = save_base(base, root / "base.safetensors")
-    lora_head = make_adapter(base, LoraConfig(r=4, lora_alpha=8, target_modules=[
-        "q", "v", "conv1", "fc1"], modules_to_save=["head"]), root / "lora_head", classes=7)
-    lora_qv = make_adapter(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q", "v"]),
-                           root / "lora_qv", seed=1)
-    bottleneck = make_adapter(base, BottleneckConfig(target_modules=["fc2"], size=4),
-                              root / "bottleneck", seed=2)
-    return dict(root=root, base=base, weights=weights, lora_head=lora_head, lora_qv=lora_qv,
-                bottleneck=bottleneck)
+    return reference_adapters(tmp_path_factory.mktemp("export"))
 
 
 def run_bundle(bundle: Path, x: np.ndarray, adapter: str | None = None) -> np.ndarray:
@@ -139,7 +100,7 @@ def test_add_adapter_keeps_base_bytes(ref, tmp_path):
     assert [a.version for a in read_manifest(out).adapters if a.name == "line7"] == [1, 2]
     # The converted adapter computes what torch computes with it.
     x = np.load(out / "reference_inputs.npy")
-    torch_model = AdaptedModel(_copy(ref["base"])).eval()
+    torch_model = AdaptedModel(copy.deepcopy(ref["base"])).eval()
     load_adapter(torch_model, new)
     with torch.no_grad():
         want = torch_model(torch.from_numpy(x)).numpy()
