@@ -19,24 +19,16 @@ import onnxruntime as ort
 
 from .adapters import persisted_adapters
 from .bank import AdapterBank
-from .bundle import REFERENCE_INPUTS, Manifest, read_manifest, verify_base
+from .bundle import Manifest, read_manifest, read_reference_inputs, verify_base
 from .config import Config
 from .engine import DeviceSlots, Engine, read_adapter_arrays
-from .engine_config import check_bundle_matches, open_engine, provider_requests
+from .engine_config import check_bundle_matches, open_engine
 from .errors import EdgeError
 from .gpu_info import environment
-from .providers import CPU, why_missing
+from .providers import why_missing
+from .tolerance import logits_tolerance
 
 LATENCY_RUNS = 20
-
-
-def tolerance(precision: str, provider: str, options: dict[str, str]) -> float:
-    """Max |logit difference| to the CPU run: fp16 rounds to ~1e-3 relative (logits of
-    O(10) move by ~1e-2); GPU fp32 kernels may use TF32 matmuls (~1e-3); CPU vs CPU ~1e-5."""
-    fp16 = precision == "fp16" or str(options.get("trt_fp16_enable", "")).lower() in ("true", "1")
-    if fp16:
-        return 1e-2
-    return 1e-4 if provider == CPU else 1e-3
 
 
 def diagnose(cfg: Config, bundle: str | Path | None = None, *, atol: float | None = None,
@@ -101,12 +93,10 @@ def _held(cfg: Config, bundle: Path, manifest: Manifest
 
 
 def _reference_inputs(bundle: Path, manifest: Manifest) -> np.ndarray:
+    x = read_reference_inputs(bundle, manifest)
+    if x is not None:
+        return x
     shape = tuple(int(d) for d in manifest.inputs[0].shape[1:])
-    path = bundle / REFERENCE_INPUTS
-    if path.is_file():
-        x = np.load(path, allow_pickle=False).astype(np.float32)
-        if x.ndim == 3 and x.shape[1:] == shape and len(x):
-            return x
     return np.random.default_rng(0).standard_normal((8, *shape)).astype(np.float32)
 
 
@@ -154,8 +144,8 @@ def _provider_check(cfg: Config, bundle: Path, manifest: Manifest, name: str,
         result.update(status="failed", reason=str(exc).splitlines()[0])
         result["problems"].append(result["reason"])
         return result
-    options = provider_requests(cfg, manifest, only=name)[0].options
-    limit = atol if atol is not None else tolerance(manifest.base.precision, name, options)
+    limit = atol if atol is not None else logits_tolerance(manifest.base.precision, name,
+                                                           engine.fp16)
     result.update(status="ok", warm_up_s=round(time.perf_counter() - start, 3),
                   adapters_on_device=engine.bound, atol=limit, parity={})
     for label, arrays in adapters.items():

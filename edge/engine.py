@@ -29,10 +29,12 @@ from .errors import AdapterError, ConfigError, IncompatibleBundle, ProviderError
 from .providers import (
     CPU,
     GPU_PROVIDERS,
+    TENSORRT,
     ProviderRequest,
     as_requests,
     capture_fallback,
     check_started,
+    library_problem,
     option_named,
     ort_message,
     out_of_memory,
@@ -89,6 +91,8 @@ class Engine:
         self._resolve_io(path)
         self.device_type, self.device_id = _device_of(self.providers[0], requests)
         self.bound = bind == "on" or (bind == "auto" and self.device_type == "cuda")
+        self.fp16 = any(r.name == TENSORRT and r.name in self.providers
+                        and r.options.get("trt_fp16_enable") == "True" for r in requests)
 
     def _resolve_io(self, path: Path) -> None:
         inputs = [i for i in self.session.get_inputs() if i.name != INDEX_INPUT]
@@ -224,16 +228,23 @@ def _open_session(path: Path, requests: list[ProviderRequest],
     """The session, and why onnxruntime dropped providers it fell back from. A failure is
     blamed on the bundle only when the CPU alone cannot open it either."""
     available = set(ort.get_available_providers())
-    chosen = [r for r in requests if r.name in available] or [ProviderRequest(CPU)]
+    preload_gpu_libraries(requests)
+    # A provider whose library cannot load is left out here: onnxruntime's own fallback
+    # would retry with the remaining providers *without their options* (device_id...).
+    unloadable = {r.name: problem for r in requests if r.name in available
+                  for problem in [library_problem(r.name)] if problem}
+    chosen = [r for r in requests if r.name in available and r.name not in unloadable]
+    chosen = chosen or [ProviderRequest(CPU)]
     if not any(r.name == CPU for r in chosen):
         chosen.append(ProviderRequest(CPU))
-    preload_gpu_libraries(chosen)
     try:
         with capture_fallback() as failures:
             session = ort.InferenceSession(str(path), session_options(threads),
                                            providers=[r.name for r in chosen],
                                            provider_options=[r.options for r in chosen])
-        return session, failures
+        # A failing run must raise, not move the session to the CPU for good behind our back.
+        session.disable_fallback()
+        return session, {**unloadable, **failures}
     except Exception as exc:  # onnxruntime raises its own untyped errors
         message = ort_message(exc)
         if all(r.name == CPU for r in chosen):

@@ -76,14 +76,25 @@ def installed_runtimes() -> dict[str, str]:
 
 
 def runtime_clash() -> str | None:
-    """Why the installed onnxruntime packages fight each other, or None."""
-    found = installed_runtimes()
+    """Why the installed onnxruntime packages fight each other, or None: two of them own
+    the very `onnxruntime` module this process imported (one overwrote the other's files).
+    A second one elsewhere on the path (a venv over a system install) is only shadowed."""
+    imported = Path(ort.__file__).resolve()
+    found = [name for name in installed_runtimes() if _owns(name, imported)]
     if len(found) < 2:
         return None
     names = " and ".join(sorted(found))
     return (f"{names} are installed together; they share the onnxruntime module, so one hides "
             f"the other's providers: pip uninstall -y {' '.join(sorted(found))}, then install "
             "one (docs/JETSON.md)")
+
+
+def _owns(distribution: str, module_file: Path) -> bool:
+    try:
+        dist = importlib.metadata.distribution(distribution)
+        return Path(dist.locate_file("onnxruntime/__init__.py")).resolve() == module_file
+    except (importlib.metadata.PackageNotFoundError, OSError):
+        return False
 
 
 def library_problem(name: str) -> str | None:
