@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import threading
 import time
@@ -35,8 +34,16 @@ import numpy as np
 from pydantic import ValidationError
 
 from .adapter_cache import LoadedCache
+from .adapter_checks import check_header, check_outputs, check_tensors, file_stem
 from .bank import AdapterBank
-from .bundle import REFERENCE_INPUTS, AdapterEntry, Manifest, atomic_write, sha256_file
+from .bundle import (
+    REFERENCE_INPUTS,
+    AdapterEntry,
+    Manifest,
+    atomic_write,
+    read_reference_inputs,
+    sha256_file,
+)
 from .codec import Normalizer
 from .config import Config
 from .engine import Engine, read_adapter_arrays
@@ -46,16 +53,15 @@ from .errors import (
     AdapterRejected,
     ConfigError,
     EdgeError,
-    IncompatibleBundle,
     StorageError,
 )
+from .revocation import Revocations
 from .routing import Route, base_route
+from .tolerance import logits_tolerance
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # also an MQTT topic level: no '/', '+', '#'
 Key = tuple[str, int]  # (name, version)
-MAX_VERSION = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -79,10 +85,6 @@ class HeldAdapter:
                 "signer": self.signer, "accepted": round(self.accepted, 3)}
 
 
-def file_stem(name: str, version: int) -> str:
-    return f"{name}.v{version}"
-
-
 class AdapterStore:
     """Held adapters by (name, version), their files, and the loaded ones (LRU by bytes).
 
@@ -104,6 +106,7 @@ class AdapterStore:
         self._normalizers: dict[Key, Normalizer] = {}
         self._base_route: Route | None = None
         self._reference = self._reference_inputs()
+        self.revoked = Revocations.load(state_dir)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -129,6 +132,10 @@ class AdapterStore:
             raise AdapterRejected(f"no adapter {name!r}" + (f" version {version}" if version
                                   else "") + f" is held (held: {', '.join(have)})")
         return max(found, key=lambda h: h.entry.version)
+
+    def holds_any(self, name: str) -> bool:
+        with self._lock:
+            return any(n == name for n, _ in self.held)
 
     def describe(self) -> list[dict]:
         with self._lock:
@@ -169,19 +176,42 @@ class AdapterStore:
             versions = sorted((h for (n, _), h in self.held.items() if n == name),
                               key=lambda h: h.entry.version)
         gone = [h for h in versions[:-keep] if h.source != "bundle" and h.key not in in_use]
+        gone = [h for h in gone if self._delete_files(*h.key, h.path)]
         for held in gone:
-            stem = file_stem(*held.key)
-            try:  # the header first: without it a file is never held again
-                (self.dir / f"{stem}.json").unlink(missing_ok=True)
-                held.path.unlink(missing_ok=True)
-            except OSError as exc:
-                log.warning("cannot delete %s from %s: %s", stem, self.dir, exc)
-                continue
-            with self._lock:
-                self.held.pop(held.key, None)
-            self.cache.drop(held.key)
-            self._normalizers.pop(held.key, None)
+            self._forget(held.key)
         return [h.key for h in gone]
+
+    def revoke(self, name: str, version: int, *, reason: str, signer: str
+               ) -> HeldAdapter | None:
+        """Withdraw `name` v`version`: recorded first (a crash after that still keeps it
+        out), then dropped from memory and, unless the bundle holds it, deleted from disk.
+        The held adapter it was, or None when it was not held (revoked in advance)."""
+        with self._lock:
+            held = self.held.get((name, version))
+        self.revoked.add(name, version, reason=reason, signer=signer,
+                         sha256=held.entry.sha256 if held else None)
+        if held is not None:
+            if held.source != "bundle":
+                self._delete_files(name, version, held.path)
+            self._forget(held.key)
+        log.warning("revoked adapter %s v%d (%s)", name, version, reason)
+        return held
+
+    def _delete_files(self, name: str, version: int, path: Path) -> bool:
+        stem = file_stem(name, version)
+        try:  # the header first: without it a file is never held again
+            (self.dir / f"{stem}.json").unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot delete %s from %s: %s", stem, self.dir, exc)
+            return False
+        return True
+
+    def _forget(self, key: Key) -> None:
+        with self._lock:
+            self.held.pop(key, None)
+        self.cache.drop(key)
+        self._normalizers.pop(key, None)
 
     def _load(self, path: Path):
         return read_adapter_arrays(path) if self.bank is not None else \
@@ -197,7 +227,7 @@ class AdapterStore:
             raise AdapterRejected(f"adapter of {len(body)} bytes exceeds "
                                   f"limits.max_adapter_bytes = {self.max_bytes}")
         signer = verify(header, self.trusted, self.require_signed)
-        entry = self._shared(self._check_header(header, expect_name))
+        entry = self._shared(check_header(header, self.manifest, expect_name))
         same = self._check_version(entry)
         if same is not None:
             return same, False
@@ -207,32 +237,6 @@ class AdapterStore:
         log.info("accepted adapter %s v%d from %s (%d bytes, signer %s)", entry.name,
                  entry.version, source, held.size, signer)
         return held, True
-
-    def _check_header(self, header: dict, expect_name: str | None) -> AdapterEntry:
-        name, version = header["name"], header["version"]
-        if not NAME.fullmatch(name) or name == "base":
-            raise AdapterRejected(f"adapter name {name[:80]!r} is not 1-64 letters, digits, "
-                                  "'.', '-', '_' (and not 'base')")
-        if expect_name is not None and name != expect_name:
-            raise AdapterRejected(f"envelope names adapter {name!r}, the topic {expect_name!r}")
-        if not 1 <= version <= MAX_VERSION:
-            raise AdapterRejected(f"adapter version {str(version)[:24]} is not within "
-                                  f"1..{MAX_VERSION}")
-        if header["base_fingerprint"] != self.manifest.base.weights_fingerprint:
-            raise AdapterRejected(
-                f"adapter was trained on base {header['base_fingerprint'][:12]}…; this "
-                f"gateway runs base {self.manifest.base.weights_fingerprint[:12]}…")
-        try:
-            entry = AdapterEntry.model_validate(
-                {k: header.get(k) for k in AdapterEntry.model_fields if header.get(k) is not None}
-                | {"file": f"{file_stem(name, version)}.onnx_adapter",
-                   "targets": header.get("targets") or []})
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise AdapterRejected(f"envelope header: {where}: {err['msg']}") from None
-        self._check_fit(entry)
-        return entry
 
     def _shared(self, entry: AdapterEntry) -> AdapterEntry:
         """Versions of one adapter mostly repeat classes, statistics and targets: keep one
@@ -245,32 +249,15 @@ class AdapterStore:
         same = {f: getattr(other, f) for f in fields if getattr(other, f) == getattr(entry, f)}
         return entry.model_copy(update=same) if same else entry
 
-    def _check_fit(self, entry: AdapterEntry) -> None:
-        kinds = {s.kind for s in self.manifest.slots} - {"full"}
-        if entry.kind not in kinds:
-            raise AdapterRejected(f"a {entry.kind} adapter does not fit this base (its slots "
-                                  f"are {sorted(kinds) or 'none'})")
-        if not 1 <= entry.rank <= self.manifest.max_rank:
-            raise AdapterRejected(f"adapter rank {entry.rank} is not within 1.."
-                                  f"{self.manifest.max_rank} (the bundle's slot rank R)")
-        if not 1 <= len(entry.class_names) <= self.manifest.num_classes:
-            raise AdapterRejected(f"adapter has {len(entry.class_names)} classes; the model "
-                                  f"outputs 1..{self.manifest.num_classes}")
-        pre = entry.preprocessing
-        channels, length = self.manifest.inputs[0].shape[1:3]
-        if pre is not None and (len(pre.mean) != channels or len(pre.std) != channels
-                                or pre.length != length):
-            raise AdapterRejected(f"adapter preprocessing is for {len(pre.mean)} channels x "
-                                  f"{pre.length} samples; the model takes {channels} x {length}")
-        try:
-            Normalizer.from_preprocessing(pre, channels)
-        except IncompatibleBundle as exc:
-            raise AdapterRejected(f"adapter preprocessing: {exc}") from None
-
     def _check_version(self, entry: AdapterEntry) -> HeldAdapter | None:
+        revoked = self.revoked.get((entry.name, entry.version))
+        if revoked is not None:
+            raise AdapterRejected(f"{entry.name} version {entry.version} was revoked "
+                                  f"({revoked.get('reason') or 'no reason given'}); publish "
+                                  f"version {self._newest(entry.name) + 1}")
         with self._lock:
             existing = self.held.get((entry.name, entry.version))
-            newest = max((v for n, v in self.held if n == entry.name), default=0)
+        newest = self._newest(entry.name)
         if existing is not None:
             if existing.entry.sha256 == entry.sha256:
                 return existing
@@ -280,6 +267,12 @@ class AdapterStore:
             raise AdapterRejected(f"{entry.name} version {entry.version} is older than the "
                                   f"newest held version {newest}; publish version {newest + 1}")
         return None
+
+    def _newest(self, name: str) -> int:
+        """The newest version of `name` held or revoked: uploads must be newer."""
+        with self._lock:
+            held = max((v for n, v in self.held if n == name), default=0)
+        return max(held, self.revoked.newest(name))
 
     def _check_and_persist(self, entry: AdapterEntry, body: bytes, source: str,
                            signer: str) -> HeldAdapter:
@@ -297,9 +290,9 @@ class AdapterStore:
                 fh.flush()
                 os.fsync(fh.fileno())
             arrays = read_adapter_arrays(tmp)
-            self._check_tensors(entry, arrays)
+            check_tensors(entry, arrays, self._slots)
             value = arrays if self.bank is not None else self.engine.load_adapter(tmp, arrays)
-            self._warm_up(value)
+            check_outputs(entry, self._warm_up(value), self._reference, self._tolerance())
             path = self.dir / entry.file
             os.replace(tmp, path)
         except AdapterError as exc:
@@ -328,25 +321,11 @@ class AdapterStore:
         return StorageError(f"device.state_dir: cannot store the adapter in {self.dir} "
                             f"({exc.strerror or exc})")
 
-    def _check_tensors(self, entry: AdapterEntry, arrays: dict[str, np.ndarray]) -> None:
-        if not arrays:
-            raise AdapterRejected("adapter holds no tensors")
-        for name, value in arrays.items():
-            slot = self._slots.get(name)
-            if slot is None:
-                raise AdapterRejected(f"tensor {name[:120]!r} has no slot in this base")
-            if slot.kind not in ("full", entry.kind):
-                raise AdapterRejected(f"tensor {name} fills a {slot.kind} slot; the adapter "
-                                      f"is {entry.kind}")
-            if list(value.shape) != slot.shape:
-                raise AdapterRejected(f"tensor {name} has shape {list(value.shape)}; its slot "
-                                      f"holds {slot.shape}")
-            if value.dtype != np.dtype(slot.dtype):
-                raise AdapterRejected(f"tensor {name} is {value.dtype}; its slot is {slot.dtype}")
-            if not np.isfinite(value).all():
-                raise AdapterRejected(f"tensor {name} holds NaN or Inf values")
+    def _tolerance(self) -> float:
+        return logits_tolerance(self.manifest.base.precision, self.engine.provider,
+                                self.engine.fp16)
 
-    def _warm_up(self, value) -> None:
+    def _warm_up(self, value) -> np.ndarray:
         """One run on the bundle's reference windows (N, C, L); the outputs must be finite."""
         x = self._reference
         try:
@@ -364,20 +343,24 @@ class AdapterStore:
         if not np.isfinite(out).all():
             raise AdapterRejected("warm-up inference on the bundle's reference samples gave "
                                   "NaN or Inf outputs")
+        return out
 
     def _reference_inputs(self) -> np.ndarray:
-        path = self.bundle / REFERENCE_INPUTS
-        channels, length = self.manifest.inputs[0].shape[1:3]
-        if path.is_file():
-            x = np.load(path, allow_pickle=False).astype(np.float32)
-            if x.ndim == 3 and x.shape[1:] == (channels, length) and len(x):
-                return x[:8]
-            log.warning("%s has shape %s; warming adapters up on zeros", path, x.shape)
-        return np.zeros((1, channels, length), np.float32)
+        x = read_reference_inputs(self.bundle, self.manifest)
+        if x is None:
+            log.warning("%s: no usable %s; warming adapters up on zeros", self.bundle,
+                        REFERENCE_INPUTS)
+            channels, length = self.manifest.inputs[0].shape[1:3]
+            return np.zeros((1, channels, length), np.float32)
+        return x
 
     # -- what exists at start ---------------------------------------------------------------
     def _hold_bundle(self) -> None:
         for entry in self.manifest.adapters:
+            if (entry.name, entry.version) in self.revoked:
+                log.warning("bundle adapter %s v%d is revoked; not holding it", entry.name,
+                            entry.version)
+                continue
             path = self.bundle / entry.file
             if not path.is_file():
                 raise AdapterError(f"{path}: listed in the manifest but missing")
@@ -399,6 +382,9 @@ class AdapterStore:
         for line in problems:
             log.warning("%s", line)
         for entry, path, meta in found:
+            if (entry.name, entry.version) in self.revoked:
+                self._delete_files(entry.name, entry.version, path)  # revoked, then a crash
+                continue
             held = HeldAdapter(entry=self._shared(entry), path=path, size=path.stat().st_size,
                                source=str(meta.get("source", "mqtt")),
                                signer=str(meta.get("signer", "unsigned")),

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
@@ -29,6 +30,7 @@ MANIFEST = "manifest.json"
 BASE_FILE = "base.onnx"
 ADAPTER_DIR = "adapters"
 REFERENCE_INPUTS = "reference_inputs.npy"
+REFERENCE_ROWS = 8  # reference windows an adapter's expected outputs are recorded for
 SLOT_DEFAULTS = "slot_defaults.npz"  # bank bundles: each slot's no-adapter value
 INDEX_INPUT = "adapter_index"  # bank bundles: (N,) int64, the bank entry of each row
 SlotKind = Literal["lora", "bottleneck", "full"]
@@ -83,6 +85,12 @@ class AdapterEntry(_Strict):
     class_names: list[str]
     preprocessing: Preprocessing | None = None
     metrics: dict = Field(default_factory=dict)
+    reference_logits: list[list[float]] | None = Field(
+        None, description="logits (rows x classes) of the bundle's reference inputs with this "
+        "adapter, computed at export; a gateway refuses an adapter that does not reproduce "
+        "them within its precision's tolerance")
+    reference_sha256: str | None = Field(None, description="sha256 of those reference rows "
+                                         "(float32, C order): both sides used the same inputs")
 
 
 class BaseInfo(_Strict):
@@ -123,6 +131,27 @@ class Manifest(_Strict):
 
     def slot_table(self) -> dict[str, Slot]:
         return {s.name: s for s in self.slots}
+
+
+def read_reference_inputs(bundle: str | Path, manifest: Manifest) -> np.ndarray | None:
+    """The first REFERENCE_ROWS of BUNDLE/reference_inputs.npy (N, *input shape) float32,
+    or None when the file is missing or does not fit the model's input."""
+    path = Path(bundle) / REFERENCE_INPUTS
+    if not path.is_file():
+        return None
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    shape = tuple(manifest.inputs[0].shape[1:])
+    if x.ndim != len(shape) + 1 or x.shape[1:] != shape or not len(x):
+        return None
+    return np.ascontiguousarray(x[:REFERENCE_ROWS], dtype=np.float32)
+
+
+def rows_sha256(x: np.ndarray) -> str:
+    """What `AdapterEntry.reference_sha256` records: sha256 of float32 rows in C order."""
+    return hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes()).hexdigest()
 
 
 def sha256_file(path: str | Path) -> str:

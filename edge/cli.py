@@ -55,12 +55,16 @@ def main(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)["debug"] = debug
 
 
+CONFIG_OPTION = click.option("--config", "config", required=True,
+                             type=click.Path(dir_okay=False, path_type=Path),
+                             help="Firmware config (firmware_configs/<device>.toml).")
+BUNDLE_OPTION = click.option("--bundle", type=click.Path(file_okay=False, path_type=Path),
+                             default=None, help="Bundle directory; overrides device.bundle.")
+
+
 @main.command("run")
-@click.option("--config", "config", required=True,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="Firmware config (firmware_configs/<device>.toml).")
-@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Bundle directory; overrides device.bundle.")
+@CONFIG_OPTION
+@BUNDLE_OPTION
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
 def run_command(config: Path, bundle: Path | None, log_level: str) -> None:
     """Run the service until SIGTERM or SIGINT, then drain and exit 0."""
@@ -96,11 +100,8 @@ def check_config(*, file: str | Path) -> list[str]:
 
 
 @main.command("doctor")
-@click.option("--config", "config", required=True,
-              type=click.Path(dir_okay=False, path_type=Path),
-              help="Firmware config (firmware_configs/<device>.toml).")
-@click.option("--bundle", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Bundle directory; overrides device.bundle.")
+@CONFIG_OPTION
+@BUNDLE_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--atol", type=float, default=None,
               help="Max |logit difference| to the CPU; default by precision and provider.")

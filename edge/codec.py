@@ -384,7 +384,7 @@ def encode_result(
     finite = np.isfinite(probs)
     best = int(np.argmax(np.where(finite, probs, -np.inf))) if finite.any() else None
     doc = {
-        "id": id,
+        "id": clean_text(id, MAX_ID_CHARS),
         "ts": ts,
         "line": line,
         "adapter": adapter,
@@ -397,12 +397,23 @@ def encode_result(
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: object, limit: int) -> str:
+    """Sender-chosen text made safe to send on: lone surrogates (an id written as
+    "\\udc80" in JSON) become U+FFFD, which every strict JSON parser accepts, and the text
+    is cut to `limit` characters."""
+    return _SURROGATE.sub("\ufffd", str(text)[:limit])
+
+
 def encode_error(*, id: str | None, topic: str, reason: str) -> bytes:
-    """The errors-topic JSON: {"id", "topic", "reason", "ts"}; long fields are truncated."""
+    """The errors-topic JSON: {"id", "topic", "reason", "ts"}; long fields are truncated and
+    the reason is one line."""
     doc = {
-        "id": None if id is None else str(id)[:MAX_ID_CHARS],
-        "topic": str(topic)[:MAX_TOPIC_CHARS],
-        "reason": str(reason)[:MAX_REASON_CHARS],
+        "id": None if id is None else clean_text(id, MAX_ID_CHARS),
+        "topic": clean_text(topic, MAX_TOPIC_CHARS),
+        "reason": clean_text(" ".join(str(reason).split()), MAX_REASON_CHARS),
         "ts": time.time(),
     }
     return json.dumps(doc, separators=(",", ":")).encode()

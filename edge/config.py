@@ -33,6 +33,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, PydanticUndefined, to_jsonable_python
 
+from .contract import BASE, NAME_RULE, name_problem
 from .errors import ConfigError
 from .provider_options import OPTIONS, check_options, ort_option_value
 
@@ -71,6 +72,23 @@ def _scalar(value: Any) -> Any:
 
 
 def _topic_filter(topic: str) -> str:
+    """A subscription filter, or a shared one: `$share/<group>/<filter>` (MQTT v5 4.8.2)."""
+    if topic.startswith("$share/"):
+        _, group, rest = (topic.split("/", 2) + [""])[:3]
+        if not group or not rest or re.search(r"[+#{}]", group):
+            raise PydanticCustomError("topic_filter", "a shared subscription is "
+                                      "$share/<group>/<filter>: the group is one non-empty "
+                                      "level without '+', '#' or placeholders, then a filter")
+        _plain_filter(rest)
+    else:
+        _plain_filter(topic)
+    return topic
+
+
+def _plain_filter(topic: str) -> None:
+    if topic.startswith("$"):  # $SYS/...: the broker's own topics, never sensor windows
+        raise PydanticCustomError("topic_filter", "topics starting with '$' belong to the "
+                                  "broker; the only '$' form allowed is $share/<group>/<filter>")
     levels = re.sub(r"\{prefix\}", "p", topic).split("/")
     if re.search(r"[{}]", "".join(levels)):
         raise PydanticCustomError("topic_filter", "the only placeholder is {prefix}")
@@ -78,10 +96,21 @@ def _topic_filter(topic: str) -> str:
             or "#" in levels[:-1] or not topic:
         raise PydanticCustomError("topic_filter", "not an MQTT filter: '+' fills a whole "
                                   "level, '#' only the last one")
-    return topic
+
+
+def _named(what: str):
+    def check(value: str) -> str:
+        problem = None if what == "adapter" and value == BASE else name_problem(value, what)
+        if problem:
+            raise PydanticCustomError("name", "not a valid {what} name: {rule}",
+                                      {"what": what, "rule": NAME_RULE})
+        return value
+    return AfterValidator(check)
 
 
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+LineName = Annotated[str, _named("line")]
+AdapterName = Annotated[str, _named("adapter")]
 TopicFilter = Annotated[str, AfterValidator(_topic_filter)]
 Scalar = Annotated[Any, AfterValidator(_scalar)]
 
@@ -224,7 +253,7 @@ class Broker(_Section):
 class Route(_Section):
     """[topics.lines.<line>]: which adapter serves a production line."""
 
-    adapter: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="adapter name; "
+    adapter: AdapterName | None = Field(None, description="adapter name; "
                                 "omitted or \"base\" = the base model")
     version: int | None = Field(None, ge=1, description="adapter version; omitted = latest")
 
@@ -244,10 +273,11 @@ class Topics(_Section):
     inputs: list[TopicFilter] = Field(
         default_factory=lambda: ["{prefix}/+/sensors/+"], min_length=1,
         description="sensor subscription filters ('{prefix}' is replaced); the level after "
-        "the prefix is the line")
+        "the prefix is the line; '$share/<group>/<filter>' shares the messages among the "
+        "gateways of one group (each gets some)")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of subscriptions and results")
     stats_interval_s: float = Field(10, ge=0, description="seconds between stats; 0 = none")
-    lines: dict[Annotated[str, Field(pattern=_NAME)], Route] = Field(
+    lines: dict[LineName, Route] = Field(
         default_factory=dict, description="routing table; when it lists lines, a message on an "
         "unlisted line is answered with an error; when empty, every line gets the base model")
 

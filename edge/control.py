@@ -3,7 +3,10 @@
     <prefix>/<device>/adapters/put/<name>   in   an adapter envelope (docs/FORMATS.md)
     <prefix>/<device>/adapters/activate     in   {"line", "name", "version"?, "id"?}
     <prefix>/<device>/adapters/rollback     in   {"line", "id"?}
-    <prefix>/<device>/adapters/state        out  retained: lines, held adapters, last change
+    <prefix>/<device>/adapters/revoke       in   {"name", "version", "reason"?, "id"?,
+                                                  "key_id", "signature"}: signed like adapters
+    <prefix>/<device>/adapters/state        out  retained: lines, held and revoked adapters,
+                                                 the last change
 
 Handlers on paho's thread only check the size and queue the command; one control thread
 runs them in arrival order, so changes never race. A change is saved to disk first, then
@@ -16,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import queue
-import re
 import threading
 import time
 from collections import deque
@@ -24,7 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .envelope import MAX_HEADER, peek_id
+from .adapter_checks import MAX_VERSION
+from .contract import BASE, name_problem
+from .envelope import MAX_HEADER, REVOKE_CONTEXT, peek_id, verify
 from .errors import BadMessage, EdgeError
 from .inbox import FolderWatcher
 from .line_state import LineState
@@ -38,9 +42,10 @@ log = logging.getLogger(__name__)
 QUEUE_BOUND = 32  # commands waiting for the control thread
 DONE_IDS = 1024  # ids of applied commands remembered: a repeated id is not applied twice
 QUEUED_PUTS = 4  # envelope bytes waiting, in largest-envelope units: memory stays bounded
-MAX_COMMAND_BYTES = 4096  # activate / rollback JSON
-_LINE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_ADAPTER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_COMMAND_BYTES = 4096  # activate / rollback / revoke JSON
+# The fields each command takes; any other is refused, so a typo never goes unnoticed.
+FIELDS = {"activate": ("line", "name", "version", "id"), "rollback": ("line", "id"),
+          "revoke": ("name", "version", "reason", "id", "key_id", "signature")}
 
 
 @dataclass
@@ -70,6 +75,7 @@ class ControlPlane:
         svc.link.handle(cfg.adapters_topic("put/+"), self._on_put, qos=1)
         svc.link.handle(cfg.adapters_topic("activate"), self._on_command, qos=1)
         svc.link.handle(cfg.adapters_topic("rollback"), self._on_command, qos=1)
+        svc.link.handle(cfg.adapters_topic("revoke"), self._on_command, qos=1)
         watch = cfg.adapters.watch_dir
         self.watcher = None if watch is None else FolderWatcher(
             watch, self.submit_file, max_bytes=self.max_put,
@@ -100,6 +106,9 @@ class ControlPlane:
             return None
         if msg.retain:
             return self._refuse_retained(peek_id(msg.payload) or name, msg.topic)
+        problem = name_problem(name, "adapter")
+        if problem:  # the topic level names the adapter: it follows the one rule too
+            return self._refuse(peek_id(msg.payload), msg.topic, f"put/<name>: {problem}")
         if len(msg.payload) > self.max_put:
             return self._refuse(peek_id(msg.payload) or name, msg.topic,
                                 f"envelope of {len(msg.payload)} bytes exceeds "
@@ -188,15 +197,43 @@ class ControlPlane:
         if doc["id"] is not None and doc["id"] in self._done_ids:  # a QoS 1 redelivery
             self.publish_state()
             return doc["id"]
-        if cmd.kind == "rollback":
-            lines = self.lines.rollback(doc["line"])
+        if cmd.kind == "revoke":
+            self._revoke(doc, cmd)
         else:
-            lines = self.lines.activate(doc["line"], doc["name"], doc["version"])
-        self.last = {"action": cmd.kind, **doc, "result": "done"}
-        self._install(lines, cmd)
+            if cmd.kind == "rollback":
+                lines = self.lines.rollback(doc["line"])
+            else:
+                lines = self.lines.activate(doc["line"], doc["name"], doc["version"])
+            self.last = {"action": cmd.kind, **doc, "result": "done"}
+            self._install(lines, cmd)
         if doc["id"] is not None:
             self._done_ids.append(doc["id"])
         return doc["id"]
+
+    def _revoke(self, doc: dict, cmd: Command) -> None:
+        """Withdraw a version: its signature checked like an adapter's, the revocation saved,
+        then every line on it moves to the newest remaining version of the adapter (the
+        base model when none remains) and the new table is installed."""
+        store = self.svc.store
+        signer = verify(doc["signed"], store.trusted, store.require_signed,
+                        context=REVOKE_CONTEXT, what="revoke command")
+        name, version, reason = doc["name"], doc["version"], doc["reason"]
+        held = store.revoke(name, version, reason=reason, signer=signer)
+        before = {line: route.key for line, route in self.svc.routes.routes.items()}
+        remaining = store.holds_any(name)
+        lines = self.lines.off_version(name, version, remaining)
+        self.last = {"action": "revoke", "name": name, "version": version, "reason": reason,
+                     "id": doc["id"], "signer": signer, "was_held": held is not None,
+                     "result": "done"}
+        try:
+            self._install(lines, cmd)
+        except EdgeError as exc:  # never keep serving a revoked version: the base takes over
+            log.warning("revoke: %s; lines on %s go to the base model", exc, name)
+            self._install(self.lines.off_version(name, version, remaining=False), cmd)
+        self.last["lines"] = {line: route.describe()
+                              for line, route in self.svc.routes.routes.items()
+                              if before.get(line) != route.key}
+        self.publish_state()
 
     def _install(self, lines: LineState, cmd: Command) -> None:
         """Build the table (it may refuse), swap it in with one assignment, then save the
@@ -257,8 +294,8 @@ class ControlPlane:
         if table.default is not None:
             lines["*"] = table.default.describe()
         return {"device": self.svc.cfg.device.id, "ts": round(time.time(), 3), "lines": lines,
-                "held": self.svc.store.describe(), "bank": self.svc.manifest.bank,
-                "last": self.last}
+                "held": self.svc.store.describe(), "revoked": self.svc.store.revoked.describe(),
+                "bank": self.svc.manifest.bank, "last": self.last}
 
     def publish_state(self):
         payload = json.dumps(self.state_doc(), separators=(",", ":")).encode()
@@ -275,27 +312,54 @@ def _request_id(payload: bytes) -> str | None:
 
 
 def _parse_command(payload: bytes, kind: str) -> dict:
-    """{"line", "name", "version", "id"} from an activate or rollback; BadMessage says why."""
+    """The fields of an activate, rollback or revoke; BadMessage says what is wrong."""
     try:
         doc = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise BadMessage(f"{kind}: payload is not UTF-8 JSON") from None
     if not isinstance(doc, dict):
         raise BadMessage(f"{kind}: payload is not a JSON object")
-    line = doc.get("line")
-    if not isinstance(line, str) or not _LINE.fullmatch(line):
-        raise BadMessage(f"{kind}: 'line' must be a line name (letters, digits, '-', '_')")
-    out = {"line": line, "id": _request_id(payload)}
+    allowed = FIELDS.get(kind)
+    if allowed is None:
+        raise BadMessage(f"unknown adapter command {kind!r}")
+    unknown = sorted(k for k in doc if k not in allowed)
+    if unknown:
+        raise BadMessage(f"{kind}: unknown field {unknown[0][:64]!r}; the fields are "
+                         f"{', '.join(allowed)}")
+    out = {"id": _request_id(payload)}
+    if kind == "revoke":
+        return {**out, **_revoke_fields(doc)}
+    problem = name_problem(doc.get("line"), "line")
+    if problem:
+        raise BadMessage(f"{kind}: 'line': {problem}")
+    out["line"] = doc["line"]
     if kind == "rollback":
         return out
-    if kind != "activate":
-        raise BadMessage(f"unknown adapter command {kind!r}")
     name, version = doc.get("name"), doc.get("version")
-    if not isinstance(name, str) or not _ADAPTER.fullmatch(name):
-        raise BadMessage("activate: 'name' must be an adapter name, or \"base\"")
-    if version is not None and (type(version) is not int or version < 1):
-        raise BadMessage("activate: 'version' must be an integer >= 1, or left out for the "
-                         "newest held version")
-    if name == "base" and version is not None:
+    if name != BASE and name_problem(name, "adapter"):
+        raise BadMessage(f"activate: 'name': {name_problem(name, 'adapter')}, or \"base\"")
+    _check_version(kind, version, required=False)
+    if name == BASE and version is not None:
         raise BadMessage("activate: the base model has no version")
-    return {**out, "name": None if name == "base" else name, "version": version}
+    return {**out, "name": None if name == BASE else name, "version": version}
+
+
+def _revoke_fields(doc: dict) -> dict:
+    problem = name_problem(doc.get("name"), "adapter")
+    if problem:
+        raise BadMessage(f"revoke: 'name': {problem}")
+    _check_version("revoke", doc.get("version"), required=True)
+    reason = doc.get("reason", "")
+    if not isinstance(reason, str):
+        raise BadMessage("revoke: 'reason' must be a string")
+    return {"name": doc["name"], "version": doc["version"], "reason": reason[:500],
+            "signed": doc}
+
+
+def _check_version(kind: str, version: object, *, required: bool) -> None:
+    if version is None and not required:
+        return
+    if type(version) is not int or not 1 <= version <= MAX_VERSION:
+        left_out = ", or left out for the newest held version" if not required else ""
+        raise BadMessage(f"{kind}: 'version' must be an integer from 1 to {MAX_VERSION}"
+                         f"{left_out}")

@@ -27,16 +27,17 @@ from .errors import AdapterRejected, ConfigError
 
 MAGIC = b"EDGEADP1"
 SIGNING_CONTEXT = b"edge-adapter-signature-v1\n"
-MAX_HEADER = 64 * 1024
+REVOKE_CONTEXT = b"edge-adapter-revoke-v1\n"  # what a signed `revoke` command covers
+MAX_HEADER = 512 * 1024  # room for the expected logits of 8 rows x a few thousand classes
 REQUIRED = {"name": str, "version": int, "kind": str, "sha256": str, "size": int,
             "base_fingerprint": str}
 
 
-def canonical(header: dict) -> bytes:
-    """The bytes a signature covers: the header minus `signature`, keys sorted, compact."""
+def canonical(header: dict, context: bytes = SIGNING_CONTEXT) -> bytes:
+    """The bytes a signature covers: the header minus `signature`, keys sorted, compact,
+    after a context that keeps a signed adapter from passing for a signed command."""
     unsigned = {k: v for k, v in header.items() if k != "signature"}
-    return SIGNING_CONTEXT + json.dumps(unsigned, sort_keys=True,
-                                        separators=(",", ":")).encode()
+    return context + json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -90,22 +91,25 @@ def unpack(data: bytes, max_bytes: int) -> tuple[dict, bytes]:
     return header, body
 
 
-def verify(header: dict, trusted: dict[str, Ed25519PublicKey], require_signed: bool) -> str:
+def verify(header: dict, trusted: dict[str, Ed25519PublicKey], require_signed: bool, *,
+           context: bytes = SIGNING_CONTEXT, what: str = "adapter") -> str:
     """Check the signature against the trusted keys; returns the signer's key id, or
-    "unsigned" when signatures are not required and none is given."""
+    "unsigned" when signatures are not required and none is given. `what` names the
+    signed thing in a refusal ("adapter", "revoke command")."""
     signature = header.get("signature")
     if signature is None:
         if require_signed:
-            raise AdapterRejected("adapter is not signed and require_signed = true")
+            raise AdapterRejected(f"{what} is not signed and require_signed = true")
         return "unsigned"
     kid = header.get("key_id")
     if not isinstance(kid, str) or kid not in trusted:
-        raise AdapterRejected(f"adapter signed by key {str(kid)[:32]!r}, which is not among "
+        raise AdapterRejected(f"{what} signed by key {str(kid)[:32]!r}, which is not among "
                               "the trusted keys")
     try:
-        trusted[kid].verify(base64.b64decode(signature, validate=True), canonical(header))
+        trusted[kid].verify(base64.b64decode(signature, validate=True),
+                            canonical(header, context))
     except (InvalidSignature, ValueError, TypeError):
-        raise AdapterRejected("adapter signature is invalid") from None
+        raise AdapterRejected(f"{what} signature is invalid") from None
     return kid
 
 

@@ -109,6 +109,19 @@ class LineState:
         return replace(self, lines={**self.lines, line: new}, history=history,
                        since={**self.since, line: time.time()})
 
+    def off_version(self, name: str, version: int, remaining: bool) -> LineState:
+        """Every line on `name` v`version` (pinned, or following the newest) moved off it:
+        to the newest remaining version of `name`, or the base model when none remains.
+        Not an operator's change: the history is left as it was."""
+        moved = {line: Assignment(name, None) if remaining else Assignment(None)
+                 for line, a in self.lines.items()
+                 if a.adapter == name and (a.version == version or a.version is None)}
+        if not moved:
+            return self
+        now = time.time()
+        return replace(self, lines={**self.lines, **moved},
+                       since={**self.since, **dict.fromkeys(moved, now)})
+
     def rollback(self, line: str) -> LineState:
         earlier = self.history.get(line, ())
         if not earlier:

@@ -14,6 +14,10 @@ publishes that are not retained go through it (on disk until the broker acknowle
 and received messages are acknowledged by hand: right after their handler returns, unless
 the handler returns True, which means "answered later": the message's `link.token(msg)` is
 then acknowledged by `with link.batch(tokens):` once the answers are stored.
+
+A filter may be a shared subscription, `$share/<group>/factory/+/sensors/+` (MQTT v5 4.8.2):
+the broker gives each matching message to one member of the group. A message that no
+handler's filter matches is reported on the errors topic, then acknowledged.
 """
 
 from __future__ import annotations
@@ -53,6 +57,25 @@ MAX_QUEUED = 100_000  # publishes paho holds while disconnected; beyond this the
 # stored, a small window would stall the pipeline; the queue bound still applies.
 RECEIVE_MAXIMUM = 65535
 _MATCH_CACHE = 4096  # topic -> handler cache entries (topics are sender-chosen: bounded)
+_WARNED_TOPICS = 1024  # topics without a handler that were logged (sender-chosen: bounded)
+_SHOWN_TOPIC = 120  # characters of a sender's topic quoted in an error reason
+SHARE_PREFIX = "$share/"
+
+
+def match_filter(topic_filter: str) -> str:
+    """The filter that incoming topics are matched against. A shared subscription
+    `$share/<group>/<filter>` delivers topics that match `<filter>`: the prefix is not part of
+    the topic filter (MQTT v5 4.8.2), and paho's `topic_matches_sub` does not know it."""
+    if not topic_filter.startswith(SHARE_PREFIX):
+        return topic_filter
+    return topic_filter[len(SHARE_PREFIX):].partition("/")[2]  # "" when malformed: no match
+
+
+def _drop_not_connected(record: logging.LogRecord) -> bool:
+    """paho logs "Client is not connected" at ERROR each time its loop turns between two
+    connection attempts, and once after a clean stop; the failed attempt itself is already
+    logged with its reason (connect_failed), so this line only hides the real ones."""
+    return not str(record.msg).startswith("Client is not connected")
 
 
 def message_properties(msg: mqtt.MQTTMessage) -> tuple[str | None, dict[str, str]]:
@@ -94,8 +117,10 @@ class MqttLink:
         self._subscribe_mid: int | None = None
         self._handlers: list[tuple[str, int, Handler]] = []  # (filter, qos, handler)
         self._match: dict[str, Handler | None] = {}
+        self._warned: set[str] = set()  # topics without a handler, logged once each
         self._on_connect_hook = on_connect
         self._stopping = False
+        self.counters = counters
         self.client = self._make_client(will, manual_ack=outbox is not None)
         self.delivery = None if outbox is None else Delivery(
             self.client, outbox, connected=self.connected, errors_topic=self.errors_topic,
@@ -152,7 +177,9 @@ class MqttLink:
             # per-packet lines are DEBUG and stay filtered out unless that level is on).
             client.on_connect_fail = connect_failed
             if client.logger is None:
-                client.enable_logger(logging.getLogger("edge.mqtt.paho"))
+                paho_log = logging.getLogger("edge.mqtt.paho")
+                paho_log.addFilter(_drop_not_connected)
+                client.enable_logger(paho_log)
         elif username is not None or password is not None:
             log.warning("broker %s:%s: credentials go in plaintext; set broker.tls.enabled",
                         broker.host, broker.port)
@@ -286,7 +313,8 @@ class MqttLink:
             if len(self._match) >= _MATCH_CACHE:
                 self._match.clear()
             self._match[topic] = next((h for f, _, h in self._handlers
-                                       if mqtt.topic_matches_sub(f, topic)), None)
+                                       if mqtt.topic_matches_sub(match_filter(f), topic)),
+                                      None)
         return self._match[topic]
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
@@ -301,7 +329,7 @@ class MqttLink:
         """Run the handler; True when it took over the acknowledgement."""
         handler = self._handler_for(msg.topic)
         if handler is None:
-            log.debug("no handler for %s", msg.topic)
+            self._report_unmatched(msg)
             return False
         try:
             return handler(msg) is True
@@ -313,6 +341,38 @@ class MqttLink:
             except Exception:
                 log.exception("could not report the failure on %s", self.errors_topic)
             return False
+
+    def _report_unmatched(self, msg: mqtt.MQTTMessage) -> None:
+        """One error report for a message that none of our filters matches. The broker only
+        sends what a subscription covers, so the likely cause is a filter that a persistent
+        session kept from an earlier topics.inputs. The caller acknowledges the message
+        afterwards: unacknowledged, it would come back at every reconnect."""
+        topic = msg.topic
+        shown = topic if len(topic) <= _SHOWN_TOPIC else topic[:_SHOWN_TOPIC] + "..."
+        subscribed = ", ".join(f for f, _, _ in self._handlers) or "(none)"
+        reason = (f"no subscription of this gateway matches topic {shown} (subscribed: "
+                  f"{subscribed}); a filter kept by the broker's persistent session from an "
+                  "earlier topics.inputs? connect once with broker.clean_start = true")
+        self._warn_once(topic, reason)
+        if self.counters is not None:
+            self.counters.add(errors=1)
+        try:
+            self.report(best_effort_id(msg.payload, message_properties(msg)[1]), topic, reason)
+        except Exception:
+            log.exception("could not report the message on %s", self.errors_topic)
+
+    def _warn_once(self, topic: str, reason: str) -> None:
+        """A warning per topic, for the first _WARNED_TOPICS topics; then one saying that
+        the rest are only reported (a sender choosing topics must not grow our memory)."""
+        if topic in self._warned:
+            return
+        if len(self._warned) < _WARNED_TOPICS:
+            self._warned.add(topic)
+            log.warning("%s; reported on %s and acknowledged", reason, self.errors_topic)
+        elif len(self._warned) == _WARNED_TOPICS:
+            self._warned.add("")  # "" is no topic: marks this last warning as given
+            log.warning("more than %d topics without a handler; further ones are reported on "
+                        "%s only", _WARNED_TOPICS, self.errors_topic)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         if self.delivery is not None:

@@ -33,6 +33,7 @@ from .batching import LatencyStats, MicroBatcher, WorkItem, group_rows
 from .bundle import INDEX_INPUT, read_manifest, verify_base
 from .codec import InputSpec, best_effort_id, decode_sensor, encode_result, softmax
 from .config import Config, load_config
+from .contract import name_problem
 from .control import ControlPlane
 from .dedupe import Dedupe
 from .engine_config import check_bundle_matches, open_engine
@@ -48,6 +49,7 @@ from .mqtt import MqttLink, Token, message_properties
 from .outbox import Outbox
 from .providers import CPU
 from .routing import Route, RoutingTable, build_table, line_of
+from .state_lock import StateLock
 from .status import Counters, online_details, stats_payload, status_payload
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 CONNECT_WAIT_S = 10.0
 PUBLISH_WAIT_S = 5.0
 QUEUE_BYTES = 64 << 20  # raw payloads waiting for the worker, besides limits.queue_bound
+DEFERRED = object()  # a window that arrived while stopping: not acknowledged, not answered
 
 
 @dataclass
@@ -79,7 +82,18 @@ class Service:
 
     def __init__(self, config: Config | str | Path, bundle_dir: str | Path | None = None) -> None:
         self.cfg = config if isinstance(config, Config) else load_config(config)
-        self.outbox = Outbox.open(self.cfg)  # first: an unusable state_dir is a ConfigError
+        self.state_lock = StateLock.acquire(self.cfg.device.state_dir)  # one runtime per state
+        self.outbox: Outbox | None = None
+        try:
+            self._open(bundle_dir)
+        except BaseException:
+            if self.outbox is not None:
+                self.outbox.close()
+            self.state_lock.release()
+            raise
+
+    def _open(self, bundle_dir: str | Path | None) -> None:
+        self.outbox = Outbox.open(self.cfg)  # an unusable state_dir is a ConfigError
         self.dedupe = Dedupe.load(self.outbox)
         bundle = bundle_dir if bundle_dir is not None else self.cfg.device.bundle
         if bundle is None:
@@ -107,6 +121,9 @@ class Service:
         self._last_publish = None  # MQTTMessageInfo of the newest result
         self._topics: dict[str, str] = {}  # line -> inference topic
         self._stopped = False
+        broker = self.cfg.broker
+        # A window left unacknowledged in a persistent session reaches the next start.
+        self._redelivered = not broker.clean_start and broker.session_expiry > 0
         device = self.cfg.device.id
         self.link = MqttLink(self.cfg, will=status_payload(
             "offline", device, reason="connection lost", stamp=False), on_connect=self._announce,
@@ -201,6 +218,7 @@ class Service:
         self.outbox.close()
         for thread in self._threads[1:]:
             thread.join(1.0)
+        self.state_lock.release()
         log.info("stopped: %s", self.counters.totals)
 
     def run_forever(self) -> int:
@@ -272,23 +290,42 @@ class Service:
         topic, payload = msg.topic, msg.payload
         content_type, props = message_properties(msg)
         line = line_of(topic, self.cfg.topics.prefix)
-        if line is None or self.routes.lookup(line) is None:
-            known = ", ".join(sorted(self.routes.routes)) or "(any)"
-            return self._reject(payload, props, topic, f"unknown line {line!r}: no route in "
-                                f"topics.lines (known lines: {known})")
+        reason = self._line_problem(topic, line)
+        if reason is not None:
+            return self._reject(payload, props, topic, reason)
         if len(payload) > self.spec.max_payload_bytes:  # never queued, never parsed
             return self._reject(payload, props, topic, f"payload is {len(payload)} bytes, "
                                 f"larger than the limit of {self.spec.max_payload_bytes} bytes")
         reason = self._enqueue(Pending(line, topic, payload, content_type, props, received,
                                        self.link.token(msg)))
+        if reason is DEFERRED:
+            return True  # never acknowledged: the broker gives it to the next start
         if reason is not None:
             self._reject(payload, props, topic, reason)
         return reason is None
 
-    def _enqueue(self, item: Pending) -> str | None:
-        """Put `item` on the bounded queue; the reason when it cannot go there."""
+    def _line_problem(self, topic: str, line: str | None) -> str | None:
+        prefix = self.cfg.topics.prefix
+        if line is None:
+            return (f"topic has no line level after {prefix!r}: sensor topics are "
+                    f"{prefix}/<line>/sensors/<sensor>")
+        problem = name_problem(line, "line")
+        if problem:
+            return f"{problem} (the topic level after {prefix!r})"
+        if self.routes.lookup(line) is None:
+            known = ", ".join(sorted(self.routes.routes)) or "(any)"
+            return (f"unknown line {line!r}: no route in topics.lines (known lines: "
+                    f"{known})")
+        return None
+
+    def _enqueue(self, item: Pending) -> str | object | None:
+        """Put `item` on the bounded queue; the reason when it cannot go there, or DEFERRED
+        when the service is stopping and the broker will redeliver it."""
         with self._intake_lock:
             if self._intake_closed.is_set():
+                if self._redelivered:
+                    self.counters.add(deferred=1)
+                    return DEFERRED
                 return "the service is shutting down; this message was not processed"
             if self._queued_bytes + len(item.payload) <= QUEUE_BYTES:
                 try:
@@ -415,13 +452,17 @@ class Service:
             self.link.report(msg_id, item.topic, reason)
 
     def _fail_queued(self, reason: str) -> None:
+        """Windows still queued when the drain ran out of time: left unacknowledged for the
+        next start when the session is persistent, else each answered with `reason`."""
         left = []
         while True:
             try:
                 left.append(self.queue.get_nowait())
             except queue.Empty:
                 break
-        if left:
+        if left and self._redelivered:
+            self.counters.add(deferred=len(left))
+        elif left:
             with self.link.batch(p.ack for p in left):
                 self._fail_items(left, reason)
 

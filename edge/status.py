@@ -43,7 +43,7 @@ class Counters:
     """Counts shared by paho's network thread and the worker, reset at each stats report."""
 
     _FIELDS = ("received", "results", "errors", "queue_full", "batches", "rows", "max_batch",
-               "duplicates", "outbox_dropped", "outbox_full", "outbox_errors")
+               "duplicates", "outbox_dropped", "outbox_full", "outbox_errors", "deferred")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

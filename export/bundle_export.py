@@ -13,10 +13,12 @@ import onnxruntime as ort
 import torch
 
 from edge import __version__
+from edge.bank import AdapterBank
 from edge.bundle import (
     ADAPTER_DIR,
     BASE_FILE,
     INDEX_INPUT,
+    MANIFEST,
     REFERENCE_INPUTS,
     SLOT_DEFAULTS,
     AdapterEntry,
@@ -25,12 +27,16 @@ from edge.bundle import (
     Preprocessing,
     atomic_write,
     read_manifest,
+    read_reference_inputs,
+    rows_sha256,
     sha256_file,
     verify_base,
     write_manifest,
 )
+from edge.contract import name_problem
 from edge.engine import Engine, load_adapter_file, read_adapter_arrays
-from edge.errors import AdapterRejected, ExportError
+from edge.errors import AdapterRejected, EdgeError, ExportError, IncompatibleBundle
+from edge.providers import ort_message
 
 from .adapters.model import AdaptedModel
 from .models import load_base, sidecar_path, weights_fingerprint
@@ -46,6 +52,8 @@ from .onnx_export import (
     load_settings,
     real_samples,
     sample_inputs,
+    share_tree,
+    shared_mode,
     to_onnx,
 )
 from .peft_io import AdapterDir, read_adapter_dir
@@ -54,20 +62,73 @@ from .slots import build_slotted
 from .validate import compare, raise_on_failure
 
 
+def check_adapter_name(name: str) -> None:
+    """The gateway's one name rule (edge/contract.py), checked before anything is written:
+    a name it would refuse is an error naming the flag here."""
+    problem = name_problem(name, "adapter")
+    if problem:
+        raise ExportError(f"--name: {problem} (it becomes an MQTT topic level and a file name "
+                          "on the gateway)")
+
+
 def adapter_file_name(name: str, version: int) -> str:
     return f"{ADAPTER_DIR}/{name}.v{version}.onnx_adapter"
 
 
 def write_onnx_adapter(path: Path, tensors: dict[str, np.ndarray], version: int) -> None:
-    """onnxruntime's native adapter format, written via a temp file then renamed."""
+    """onnxruntime's native adapter format, written via a temp file then renamed; readable
+    as the umask allows (atomic_write's temp file is 0600)."""
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(version)
     fmt.set_model_version(1)
     fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in tensors.items()})
     tmp = path.with_name(f".{path.name}.tmp")
-    fmt.export_adapter(str(tmp))
-    atomic_write(path, tmp.read_bytes())
-    tmp.unlink()
+    try:
+        fmt.export_adapter(str(tmp))
+        atomic_write(path, tmp.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
+    path.chmod(shared_mode())
+
+
+def run_adapter(engine: Engine, bundle: Path, manifest: Manifest, file: Path,
+                x: np.ndarray) -> np.ndarray:
+    """Logits (N, num_classes) of x (N, C, L) with the adapter in `file`, run as the gateway
+    checks one: a LoraAdapter on a single-slot bundle, bank entry 0 (every row's
+    adapter_index 0) on a bank bundle."""
+    try:
+        if not manifest.bank:
+            return engine.run(x, load_adapter_file(file))
+        bank = AdapterBank.for_bundle(bundle, manifest)
+        bank.load(0, read_adapter_arrays(file))
+        return engine.run(x, feeds=bank.feeds(np.zeros(len(x), np.int64)))
+    except EdgeError:
+        raise
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise AdapterRejected("onnxruntime cannot run it on the bundle's reference inputs "
+                              f"({ort_message(exc)})") from None
+
+
+def reference_fields(bundle: Path, manifest: Manifest, file: Path, classes: int,
+                     engine: Engine | None = None) -> dict:
+    """AdapterEntry's reference_logits and reference_sha256 for the adapter in `file`: its
+    logits on the bundle's reference rows, run on the CPU as the gateway runs it; {} for a
+    model whose inputs are not (N, C, L) windows (the gateway reads no rows for it)."""
+    x = read_reference_inputs(bundle, manifest)
+    if x is None:
+        return {}
+    engine = engine or Engine(bundle / manifest.base.file)  # providers: the CPU alone
+    logits = run_adapter(engine, bundle, manifest, file, x)
+    if not np.isfinite(logits).all():
+        raise AdapterRejected("gives non-finite outputs on the bundle's reference inputs")
+    return expected_outputs(x, logits, classes)
+
+
+def expected_outputs(x: np.ndarray, logits: np.ndarray, classes: int) -> dict:
+    """The reference fields from logits (N, num_classes) of rows x (N, C, L): the adapter's
+    own `classes` columns (the rest pad to the widest head) as float32-exact floats."""
+    return {"reference_logits": logits[:, :classes].astype(np.float32).tolist(),
+            "reference_sha256": rows_sha256(x)}
 
 
 def check_fingerprint(adapter: AdapterDir, fingerprint: str) -> list[str]:
@@ -140,6 +201,8 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
     names = list(names or [d.path.resolve().name for d in dirs])
     if len(set(names)) != len(names) or len(names) != len(dirs):
         raise ExportError(f"adapter names must be unique, one per --adapter: {names} (--name)")
+    for name in names:
+        check_adapter_name(name)
     slots = plan_slots(model, dirs, settings.max_rank)
     shape = input_shape(model, input_shape_)
     x = sample_inputs(shape, settings, real_samples(data, dirs[0].meta, shape))
@@ -150,6 +213,8 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
         check = validate_bank if bank else validate_bundle
         parity = check(tmp, manifest, model, dirs, x, settings.tolerance)
         raise_on_failure(parity)
+        _record_references(tmp, manifest)
+        share_tree(tmp)  # mkdtemp's 0700 and mkstemp's 0600 -> what the umask allows
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -161,6 +226,15 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
     notes.append(f"{len(slots)} slots, max rank {settings.max_rank}, "
                  f"{len(manifest.adapters)} adapter(s)")
     return ExportReport(out, parity, sizes, notes)
+
+
+def _record_references(bundle: Path, manifest: Manifest) -> None:
+    """Each adapter's expected outputs into the manifest, once parity with torch passed."""
+    engine = Engine(bundle / BASE_FILE)
+    manifest.adapters = [a.model_copy(update=reference_fields(
+        bundle, manifest, bundle / a.file, len(a.class_names), engine))
+        for a in manifest.adapters]
+    write_manifest(bundle, manifest)
 
 
 def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: list[AdapterDir],
@@ -234,8 +308,6 @@ def validate_bank(bundle: Path, manifest: Manifest, model: torch.nn.Module,
     must equal torch with that row's adapter."""
     import copy
 
-    from edge.bank import AdapterBank
-
     bank = AdapterBank.for_bundle(bundle, manifest)
     for k, entry in enumerate(manifest.adapters):
         bank.load(k, read_adapter_arrays(bundle / entry.file))
@@ -274,10 +346,14 @@ def add_adapter(*, bundle: str | Path, adapter: str | Path, name: str,
                 version: int | None = None, base: str | None = None,
                 weights: str | Path | None = None, atol: float | None = None,
                 force: bool = False) -> ExportReport:
-    """Convert a new adapter for an existing bundle; base.onnx is read, never rewritten."""
+    """Convert a new adapter for an existing bundle (single-slot or bank); base.onnx is
+    read, never rewritten. The adapter is written to a staging file and renamed into place
+    only once every check passed: a refused replacement (--force) leaves the old file and
+    manifest.json untouched."""
+    check_adapter_name(name)
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    base_path = verify_base(bundle, manifest)
+    verify_base(bundle, manifest)
     source = read_adapter_dir(adapter)
     notes = check_fingerprint(source, manifest.base.weights_fingerprint)
     rank = adapter_rank(source)
@@ -291,35 +367,54 @@ def add_adapter(*, bundle: str | Path, adapter: str | Path, name: str,
         raise ExportError(f"adapter {name!r} version {version} exists in {bundle}; "
                           "pass another --version, or --force to replace it")
     file = adapter_file_name(name, version)
-    write_onnx_adapter(bundle / file, tensors, version)
+    staging = bundle / ADAPTER_DIR / f".{Path(file).name}.staging"  # beside, same filesystem
     try:
-        entry = adapter_entry(source, name, version, file, sha256_file(bundle / file),
+        write_onnx_adapter(staging, tensors, version)
+        entry = adapter_entry(source, name, version, file, sha256_file(staging),
                               manifest.base.weights_fingerprint, manifest.num_classes)
-        parity = _check_added(bundle, base_path, entry, source, base, weights, atol, manifest)
-    except BaseException:
-        (bundle / file).unlink(missing_ok=True)
-        raise
+        parity, entry = _check_added(bundle, manifest, staging, entry, source, base, weights,
+                                     atol)
+        atomic_write(bundle / file, staging.read_bytes())  # only now: every check passed
+        (bundle / file).chmod(shared_mode())
+    finally:
+        staging.unlink(missing_ok=True)
     manifest.adapters = [a for a in manifest.adapters
                          if (a.name, a.version) != (name, version)] + [entry]
     write_manifest(bundle, manifest)
+    (bundle / MANIFEST).chmod(shared_mode())  # atomic_write's temp file is 0600
     sizes = {file: (bundle / file).stat().st_size}
     return ExportReport(bundle / file, parity, sizes, notes)
 
 
-def _check_added(bundle: Path, base_path: Path, entry: AdapterEntry, source: AdapterDir,
-                 base: str | None, weights: str | Path | None, atol: float | None,
-                 manifest: Manifest) -> list:
-    """Run the new adapter on the bundle's reference inputs: finite, and equal to torch
-    when `--base/--weights` are given."""
-    x = np.load(bundle / REFERENCE_INPUTS)
-    got = Engine(base_path).run(x, load_adapter_file(bundle / entry.file))
+def _check_added(bundle: Path, manifest: Manifest, staging: Path, entry: AdapterEntry,
+                 source: AdapterDir, base: str | None, weights: str | Path | None,
+                 atol: float | None) -> tuple[list, AdapterEntry]:
+    """Run the staged adapter on the bundle's reference rows (bank entry 0 on a bank
+    bundle): finite, and equal to torch when `--base/--weights` are given. Returns the
+    parity results and the entry with these outputs recorded as its expected ones."""
+    rows = read_reference_inputs(bundle, manifest)  # the gateway's (8, C, L), or None
+    x = rows if rows is not None else _all_reference_inputs(bundle)
+    try:
+        got = run_adapter(Engine(bundle / manifest.base.file), bundle, manifest, staging, x)
+    except AdapterRejected as exc:
+        raise AdapterRejected(f"{source.path}: {exc}") from None
     if not np.isfinite(got).all():
         raise AdapterRejected(f"{source.path}: gives non-finite outputs on the bundle's "
                               "reference inputs")
-    if base is None:
-        return []
-    model = load_base(base, weights=weights).eval()
-    tol = ExportSettings(precision=manifest.base.precision, atol=atol).tolerance
-    results = [_parity_with(AdaptedModel(model).eval(), source, entry, x, got, tol)]
-    raise_on_failure(results)
-    return results
+    results = []
+    if base is not None:
+        model = load_base(base, weights=weights).eval()
+        tol = ExportSettings(precision=manifest.base.precision, atol=atol).tolerance
+        results = [_parity_with(AdaptedModel(model).eval(), source, entry, x, got, tol)]
+        raise_on_failure(results)
+    if rows is None:  # inputs other than (N, C, L) windows: nothing a gateway compares
+        return results, entry
+    return results, entry.model_copy(update=expected_outputs(x, got, len(entry.class_names)))
+
+
+def _all_reference_inputs(bundle: Path) -> np.ndarray:
+    path = bundle / REFERENCE_INPUTS
+    if not path.is_file():
+        raise IncompatibleBundle(f"{bundle}: no {REFERENCE_INPUTS}; re-export the bundle "
+                                 "with `edge-export attach`")
+    return np.load(path, allow_pickle=False)

@@ -237,7 +237,7 @@ def _render(info: dict[str, Any]) -> list[str]:
             continue
         if isinstance(value, dict):
             lines.append(f"{key}:")
-            lines += [f"  {k}: {json.dumps(v)}" for k, v in value.items()]
+            lines += [f"  {k}: {json.dumps(v, ensure_ascii=False)}" for k, v in value.items()]
         else:
             lines.append(f"{key}: {value}")
     lines.append(f"tensors ({len(info['tensors'])}):")
@@ -252,7 +252,8 @@ def inspect_command(path: Path, as_json: bool) -> None:
     """Show what PATH holds: kind, config, tensors and shapes, bytes, fingerprint, metadata."""
     info = _describer(path)(path)
     if as_json:
-        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        # UTF-8 as a person reads it: "…" and class names like "Ölpumpe", not \u escapes
+        click.echo(json.dumps(info, indent=2, sort_keys=True, ensure_ascii=False))
     else:
         click.echo("\n".join(_render(info)))
 

@@ -1,8 +1,9 @@
-"""`edge-export merge | attach | add-adapter | keygen | sign | push`: thin commands over
+"""`edge-export merge | attach | add-adapter | keygen | sign | push | revoke`: thin commands over
 export/onnx_export.py, export/bundle_export.py and export/signing.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,11 @@ def attach_command(input_shape: str | None, adapters: tuple[str, ...], names: tu
 @click.option("--base", help="With --weights: also check parity against torch.")
 @click.option("--weights", type=click.Path(dir_okay=False))
 @click.option("--atol", type=float)
-@click.option("--force", is_flag=True, help="Replace an existing --name/--version.")
+@click.option("--force", is_flag=True, help="Replace an existing --name/--version (the old "
+              "one stays when the new one fails a check).")
 def add_adapter_command(**options: Any) -> None:
-    """Convert a new adapter for an existing bundle; base.onnx stays byte for byte."""
+    """Convert a new adapter for an existing bundle (plain or --bank); base.onnx stays byte
+    for byte. Its outputs on the bundle's reference inputs go into the manifest."""
     from .bundle_export import add_adapter
 
     _echo_report(add_adapter(**options))
@@ -123,12 +126,36 @@ def sign_command(**options: Any) -> None:
     click.echo(f"wrote {out} ({Path(out).stat().st_size} bytes)")
 
 
+def gateway_options(command: Callable) -> Callable:
+    """The options that reach one gateway over MQTT (push, revoke): its id and prefix, the
+    broker, how long to wait, TLS and credentials."""
+    options = [
+        click.option("--device", required=True, help="The gateway's device.id."),
+        click.option("--broker", default="127.0.0.1", show_default=True, metavar="HOST[:PORT]",
+                     help="MQTT broker the gateway uses [port: 1883, 8883 with TLS]."),
+        click.option("--prefix", default="factory", show_default=True,
+                     help="The gateway's topics.prefix."),
+        click.option("--timeout", type=float, default=30.0, show_default=True,
+                     help="Seconds to wait for the gateway's answer, all steps together."),
+        click.option("--tls", is_flag=True, help="TLS with the system trust store (implied by "
+                     "--tls-ca/--tls-cert)."),
+        click.option("--tls-ca", type=click.Path(dir_okay=False),
+                     help="CA certificate of the broker."),
+        click.option("--tls-cert", type=click.Path(dir_okay=False), help="Client certificate."),
+        click.option("--tls-key", type=click.Path(dir_okay=False),
+                     help="Client certificate's key."),
+        click.option("--username-env", metavar="VAR",
+                     help="Environment variable with the user name."),
+        click.option("--password-env", metavar="VAR",
+                     help="Environment variable with the password."),
+        click.option("--client-id", help="MQTT client id [default: edge-export-push-<random>]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("push")
-@click.option("--device", required=True, help="The gateway's device.id.")
-@click.option("--broker", default="127.0.0.1", show_default=True, metavar="HOST[:PORT]",
-              help="MQTT broker the gateway uses [port: 1883, 8883 with TLS].")
-@click.option("--prefix", default="factory", show_default=True, help="The gateway's "
-              "topics.prefix.")
 @click.option("--envelope", type=click.Path(dir_okay=False),
               help="An envelope file from `edge-export sign` (instead of --bundle/--name).")
 @click.option("--bundle", type=click.Path(file_okay=False), help="Bundle holding the adapter.")
@@ -137,19 +164,25 @@ def sign_command(**options: Any) -> None:
 @click.option("--key", type=click.Path(dir_okay=False),
               help="OUT.key of keygen: signs the envelope built from --bundle.")
 @click.option("--activate", metavar="LINE", help="Then switch LINE to this version.")
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Seconds to wait for the gateway's answer, all steps together.")
-@click.option("--tls", is_flag=True, help="TLS with the system trust store (implied by "
-              "--tls-ca/--tls-cert).")
-@click.option("--tls-ca", type=click.Path(dir_okay=False), help="CA certificate of the broker.")
-@click.option("--tls-cert", type=click.Path(dir_okay=False), help="Client certificate.")
-@click.option("--tls-key", type=click.Path(dir_okay=False), help="Client certificate's key.")
-@click.option("--username-env", metavar="VAR", help="Environment variable with the user name.")
-@click.option("--password-env", metavar="VAR", help="Environment variable with the password.")
-@click.option("--client-id", help="MQTT client id [default: edge-export-push-<random>].")
+@gateway_options
 def push_command(**options: Any) -> None:
     """Publish an adapter to a gateway and wait for it to confirm (or say why it refused)."""
     from .push import push
 
     result = push(progress=lambda line: click.echo(line, err=True), **options)
+    click.echo(result.describe())
+
+
+@main.command("revoke")
+@click.option("--name", required=True, help="Adapter name.")
+@click.option("--version", required=True, type=int, help="The version to withdraw.")
+@click.option("--key", required=True, type=click.Path(dir_okay=False),
+              help="OUT.key of keygen (a key the gateway trusts).")
+@click.option("--reason", default="", help="Why; kept in the gateway's adapter state.")
+@gateway_options
+def revoke_command(**options: Any) -> None:
+    """Withdraw an adapter version from a gateway (signed); its lines fall back."""
+    from .revoke import revoke
+
+    result = revoke(progress=lambda line: click.echo(line, err=True), **options)
     click.echo(result.describe())

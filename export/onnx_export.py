@@ -211,8 +211,31 @@ def check_output(out: Path, force: bool) -> None:
     check_writable(out, force, ExportError)
 
 
+def umask() -> int:
+    """The process umask; os.umask can only read it by setting it, so set it back."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def shared_mode(*, directory: bool = False) -> int:
+    """What open() and mkdir() give under the umask (0666 / 0777 & ~umask). mkstemp and
+    mkdtemp give 0600 / 0700 whatever the umask: a gateway running as another user could
+    not read a copied bundle."""
+    return (0o777 if directory else 0o666) & ~umask()
+
+
+def share_tree(root: Path) -> None:
+    """chmod `root` and everything under it to the umask's modes."""
+    files, dirs = shared_mode(), shared_mode(directory=True)
+    root.chmod(dirs)
+    for path in root.rglob("*"):
+        path.chmod(dirs if path.is_dir() else files)
+
+
 class staging_file:
-    """Write to a temp file beside `out`, rename over it on success, remove it on failure."""
+    """Write to a temp file beside `out`, rename over it on success (with the umask's mode,
+    not mkstemp's 0600), remove it on failure."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
@@ -226,6 +249,7 @@ class staging_file:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            self.tmp.chmod(shared_mode())
             os.replace(self.tmp, self.out)
         else:
             self.tmp.unlink(missing_ok=True)

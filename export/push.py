@@ -37,6 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge.contract import name_problem
 from edge.envelope import unpack
 from edge.errors import AdapterError, AdapterRejected, ConfigError, EdgeError
 
@@ -45,10 +46,8 @@ from .signing import envelope_bytes
 T = TypeVar("T")
 Progress = Callable[[str], None]
 
-# The gateway's rules for names that become topic levels (edge/config.py, edge/adapters.py):
-# checking them here turns a typo into an error naming the flag instead of a refusal.
-_ADAPTER = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_LINE = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# The gateway's name rule (edge/contract.py) is checked here too: a typo becomes an error
+# naming the flag instead of a refusal from the device.
 _LEVEL = re.compile(r"^[^/+#\s]+$")
 _PREFIX = re.compile(r"^[^/+#\s]+(/[^/+#\s]+)*$")
 KEEPALIVE_S = 30
@@ -132,9 +131,9 @@ def load_envelope(*, bundle: str | Path | None = None, name: str | None = None,
         if want is not None and want != got:
             raise ConfigError(f"{flag} {want}: the envelope holds {header['name']} "
                               f"v{header['version']}")
-    if not _ADAPTER.fullmatch(header["name"]):
-        raise AdapterError(f"adapter name {header['name'][:80]!r} is not 1-64 letters, "
-                           "digits, '.', '-', '_': it cannot be a topic level")
+    problem = name_problem(header["name"], "adapter")
+    if problem:
+        raise AdapterError(f"the envelope's {problem}")
     return data, header
 
 
@@ -166,9 +165,9 @@ def _check_names(device: str, prefix: str, activate: str | None, timeout: float)
         raise ConfigError(f"--device {device!r}: one topic level, without '/', '+', '#'")
     if not _PREFIX.fullmatch(prefix):
         raise ConfigError(f"--prefix {prefix!r}: topic levels without '+', '#' or spaces")
-    if activate is not None and not _LINE.fullmatch(activate):
-        raise ConfigError(f"--activate {activate!r}: a line name is letters, digits, "
-                          "'-' and '_'")
+    problem = None if activate is None else name_problem(activate, "line")
+    if problem:
+        raise ConfigError(f"--activate: {problem}")
     if not timeout > 0:
         raise ConfigError(f"--timeout {timeout}: must be > 0 seconds")
 
@@ -449,14 +448,11 @@ def push(*, device: str, bundle: str | Path | None = None, name: str | None = No
     if not signed:
         say(f"warning: the envelope is unsigned{'' if envelope else ' (no --key)'}; a gateway "
             "with adapters.require_signed = true refuses it")
-    use_tls = tls or any(p is not None for p in (tls_ca, tls_cert, tls_key))
-    host, port = parse_broker(broker, use_tls)
-    link = _Link(host, port, deadline=time.monotonic() + timeout, timeout=timeout,
-                 client_id=client_id,
-                 tls=Tls(tls_ca, tls_cert, tls_key) if use_tls else None,
-                 username=_from_env("--username-env", username_env),
-                 password=_from_env("--password-env", password_env))
-    dev = _Device(link, device, prefix, say)
+    dev = device_link(device=device, prefix=prefix, broker=broker, timeout=timeout, tls=tls,
+                      tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+                      username_env=username_env, password_env=password_env,
+                      client_id=client_id, progress=say)
+    link = dev.link
     try:
         link.connect()
         link.subscribe(dev.topics())  # before the put: no answer can be missed
@@ -470,6 +466,22 @@ def push(*, device: str, bundle: str | Path | None = None, name: str | None = No
                       already_held=already, activated=activate,
                       elapsed_s=time.monotonic() - start,
                       device_state=(dev.status or {}).get("state"))
+
+
+def device_link(*, device: str, prefix: str, broker: str, timeout: float, tls: bool,
+                tls_ca: str | Path | None, tls_cert: str | Path | None,
+                tls_key: str | Path | None, username_env: str | None,
+                password_env: str | None, client_id: str | None,
+                progress: Progress) -> _Device:
+    """A not yet connected client for one gateway's topics (push and revoke share it)."""
+    use_tls = tls or any(p is not None for p in (tls_ca, tls_cert, tls_key))
+    host, port = parse_broker(broker, use_tls)
+    link = _Link(host, port, deadline=time.monotonic() + timeout, timeout=timeout,
+                 client_id=client_id,
+                 tls=Tls(tls_ca, tls_cert, tls_key) if use_tls else None,
+                 username=_from_env("--username-env", username_env),
+                 password=_from_env("--password-env", password_env))
+    return _Device(link, device, prefix, progress)
 
 
 def _put(dev: _Device, data: bytes, header: dict) -> bool:

@@ -59,14 +59,19 @@ def envelope_bytes(*, bundle: str | Path, name: str, version: int | None = None,
 
 def envelope_for(entry: AdapterEntry, body: bytes, *, key: str | Path | None = None) -> bytes:
     """The envelope of `.onnx_adapter` bytes described by a manifest entry (its name,
-    version, base fingerprint, classes...), signed with `key` when one is given."""
+    version, base fingerprint, classes, expected outputs...), signed with `key` when one is
+    given. Header keys are AdapterEntry's field names: the gateway validates them as one."""
     header = {"name": entry.name, "version": entry.version, "kind": entry.kind,
               "rank": entry.rank, "targets": entry.targets,
               "sha256": hashlib.sha256(body).hexdigest(),
               "size": len(body), "base_fingerprint": entry.base_fingerprint,
               "class_names": entry.class_names,
               "preprocessing": entry.preprocessing.model_dump() if entry.preprocessing else None,
-              "metrics": entry.metrics}
+              "metrics": entry.metrics,
+              # (rows x classes) logits of the bundle's reference rows: the signature covers
+              # them, so a gateway can tell tensors that do not compute what was exported
+              "reference_logits": entry.reference_logits,
+              "reference_sha256": entry.reference_sha256}
     if key is not None:
         private = load_private_key(key)
         header["key_id"] = key_id(private.public_key())

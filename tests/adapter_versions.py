@@ -1,10 +1,14 @@
 """New versions of a bundle's trained adapter, for swap tests and benchmarks.
 
 Version v is the real trained LoRA with its B factors scaled (what another lora_alpha
-gives): a valid adapter for the same base whose outputs differ from every other version.
-`Offline` computes what any version gives, from its file, with the engine alone.
+gives): a valid adapter for the same base whose outputs differ from every other version,
+and whose entry records the outputs it gives on the bundle's reference rows, as
+`edge-export add-adapter` would. `Offline` computes what any version gives, from its file,
+with the engine alone.
 
     entry, path = derive_version(bundle, "line-a", 7, scale=1.3, out_dir=tmp)
+    # a signed adapter whose tensors do not reproduce its recorded outputs:
+    derive_version(bundle, "line-a", 8, tmp, edit=huge, keep_original_reference=True)
     data = envelope(entry, path, key="signing.key")       # what gets pushed or dropped
     Offline(bundle).scores(path, entry, windows)           # (N, K) probabilities
 """
@@ -12,14 +16,16 @@ gives): a valid adapter for the same base whose outputs differ from every other 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from edge.bundle import AdapterEntry, read_manifest, sha256_file
+from edge.bundle import AdapterEntry, Manifest, read_manifest, sha256_file
 from edge.codec import Normalizer, softmax
 from edge.engine import Engine, load_adapter_file, read_adapter_arrays
-from export.bundle_export import write_onnx_adapter
+from edge.errors import AdapterError
+from export.bundle_export import reference_fields, write_onnx_adapter
 from export.signing import envelope_for
 
 
@@ -30,10 +36,14 @@ def scale_for(version: int) -> float:
 
 def derive_version(bundle: Path, name: str, version: int, out_dir: Path,
                    scale: float | None = None,
-                   edit: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None
-                   ) -> tuple[AdapterEntry, Path]:
-    """Write `<name>.v<version>.onnx_adapter` in out_dir; its manifest-style entry.
-    `edit` changes the tensors further (broken adapters for the rejection tests)."""
+                   edit: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+                   *, keep_original_reference: bool = False) -> tuple[AdapterEntry, Path]:
+    """Write `<name>.v<version>.onnx_adapter` in out_dir; its manifest-style entry, with the
+    reference logits its own tensors give (as a bank entry on a bank bundle).
+    `edit` changes the tensors further (broken adapters for the rejection tests).
+    `keep_original_reference`: keep version 1's recorded outputs instead, so the tensors do
+    not reproduce what the (signable) entry claims. Tensors that cannot run, or give NaN or
+    Inf, keep them too: no exporter would record outputs for those."""
     manifest = read_manifest(bundle)
     entry = manifest.adapter(name, 1)
     slots = manifest.slot_table()
@@ -46,8 +56,26 @@ def derive_version(bundle: Path, name: str, version: int, out_dir: Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.v{version}.onnx_adapter"
     write_onnx_adapter(path, scaled, version)
-    return entry.model_copy(update={"version": version, "file": path.name,
-                                    "sha256": sha256_file(path)}), path
+    update = {"version": version, "file": path.name, "sha256": sha256_file(path)}
+    if not keep_original_reference:
+        update.update(_own_reference(Path(bundle), manifest, path, len(entry.class_names)))
+    return entry.model_copy(update=update), path
+
+
+def _own_reference(bundle: Path, manifest: Manifest, path: Path, classes: int) -> dict:
+    """The reference fields the adapter at `path` computes; {} when it cannot (a wrong shape
+    onnxruntime refuses, non-finite outputs)."""
+    try:
+        engine = _engine(bundle / manifest.base.file, manifest.base.sha256)
+        return reference_fields(bundle, manifest, path, classes, engine)
+    except AdapterError:
+        return {}
+
+
+@lru_cache(maxsize=4)
+def _engine(base: Path, sha256: str) -> Engine:
+    """One CPU session per base file (and content): benchmarks derive hundreds of versions."""
+    return Engine(base)
 
 
 def envelope(entry: AdapterEntry, path: Path, key: Path | None = None) -> bytes:

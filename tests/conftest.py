@@ -68,3 +68,42 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def keys(tmp_path) -> tuple[Path, Path]:
+    """(private, public) Ed25519 signing key files."""
+    from export.signing import keygen
+
+    return keygen(out=tmp_path / "keys" / "signing")
+
+
+@pytest.fixture
+def swap_config(runtime_config, keys, tmp_path):
+    """A runtime config trusting `keys`, watching tmp_path/inbox; line-a follows the newest
+    line-a, line-b is the base, line-c is pinned to line-a v1."""
+    def make(**kwargs):
+        kwargs.setdefault("lines", {"line-a": {"adapter": "line-a"}, "line-b": {},
+                                    "line-c": {"adapter": "line-a", "version": 1}})
+        kwargs.setdefault("adapters", {"require_signed": True, "trusted_keys": [str(keys[1])],
+                                       "watch_dir": str(tmp_path / "inbox"),
+                                       "watch_interval_s": 0.05})
+        return runtime_config(**kwargs)
+    return make
+
+
+@pytest.fixture
+def started():
+    """`started(config, bundle=None)` -> a started Service; every one stopped at teardown."""
+    from edge.service import Service
+
+    services: list = []
+
+    def start(config, bundle=None):
+        svc = Service(config, bundle_dir=bundle)
+        services.append(svc)
+        assert svc.start()
+        return svc
+    yield start
+    for svc in services:
+        svc.stop()

@@ -196,7 +196,7 @@ def test_the_gateway_serves_its_line(plant):
 
 
 CONTROL = [f"factory/{DEVICE}/adapters/{suffix}" for suffix in ("activate", "rollback",
-                                                                "put/probe")]
+                                                                "revoke", "put/probe")]
 
 
 def test_only_the_adapter_publisher_reaches_the_control_topics(plant):
@@ -213,11 +213,11 @@ def test_only_the_adapter_publisher_reaches_the_control_topics(plant):
     # The intruders' commands were acknowledged (and dropped) by the broker before these
     # are sent, and the gateway answers commands in order: had one reached it, its answer
     # would come first.
-    for topic in CONTROL[:2]:
+    for topic in CONTROL[:3]:
         assert not publisher.publish(topic, json.dumps({"id": f"ok-{topic}"})).is_failure
-    assert not publisher.publish(CONTROL[2], b"not an envelope").is_failure
-    expected = [f"ok-{CONTROL[0]}", f"ok-{CONTROL[1]}", "probe"]
-    assert publisher.wait(lambda m: len(m) >= 3), publisher.messages
+    assert not publisher.publish(CONTROL[3], b"not an envelope").is_failure
+    expected = [f"ok-{topic}" for topic in CONTROL[:3]] + ["probe"]
+    assert publisher.wait(lambda m: len(m) >= 4), publisher.messages
     assert publisher.ids("/errors") == expected, publisher.messages
 
 

@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 from reference_bundle import sample_windows
 from test_runtime import WAIT_S, Collector, Publisher, wait_until
 
-from edge.adapters import MAX_VERSION
+from edge.adapter_checks import MAX_VERSION
 from edge.bundle import read_manifest, sha256_file
 from edge.config import load_config
 from edge.control import DONE_IDS, MAX_COMMAND_BYTES, Command, _parse_command, _request_id
@@ -69,8 +69,10 @@ LINES = {"line-a": {"adapter": "line-a"}, "line-b": {},
          "line-c": {"adapter": "line-a", "version": 1}}
 MAX_ADAPTER = 64 * 1024  # limits.max_adapter_bytes: oversize inputs stay cheap to build
 RSS_BOUND = 160 << 20  # generous: growth allowed over thousands of inputs
-LINE_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")  # docs: MQTT topics, adapters/activate
-ADAPTER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# docs: MQTT topics; one rule for line and adapter names (edge/contract.py)
+LINE_NAME = ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+COMMAND_FIELDS = {"activate": {"line", "name", "version", "id"}, "rollback": {"line", "id"}}
 EXPLORE = "fz-explore"  # the name of signed near-valid adapters, which may be accepted
 FAST = settings(max_examples=150, deadline=None, database=None, print_blob=True,
                 suppress_health_check=list(HealthCheck))
@@ -502,8 +504,10 @@ def good_commands(draw) -> bytes:
     """Well-formed commands on the configured lines, mostly for held adapters, their ids
     from a small pool: activations, rollbacks to them, and repeated ids get exercised."""
     doc = {"line": draw(st.sampled_from(["line-a", "line-b", "line-c"])),
-           "name": draw(st.sampled_from(["base", "line-a", "line-a", "nope"])),
            "id": draw(st.none() | st.sampled_from(["c1", "c2", "c3", 7]))}
+    if draw(st.integers(0, 3)) == 0:  # a rollback's fields only
+        return json.dumps(doc).encode()
+    doc["name"] = draw(st.sampled_from(["base", "line-a", "line-a", "nope"]))
     if doc["name"] != "base":
         doc["version"] = draw(st.sampled_from([None, 1, 2, 3]))
     return json.dumps(doc).encode()
@@ -535,7 +539,9 @@ def read_command(kind: str, payload: bytes) -> dict | None:
         doc = json.loads(payload.decode("utf-8"))
     except (ValueError, RecursionError):
         return None
-    line = doc.get("line") if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or set(doc) - COMMAND_FIELDS[kind]:
+        return None  # an unknown field is refused, never ignored
+    line = doc.get("line")
     if not isinstance(line, str) or not LINE_NAME.fullmatch(line):
         return None
     if kind == "rollback":
@@ -543,7 +549,7 @@ def read_command(kind: str, payload: bytes) -> dict | None:
     name, version = doc.get("name"), doc.get("version")
     if not isinstance(name, str) or not ADAPTER_NAME.fullmatch(name):
         return None
-    if version is not None and (type(version) is not int or version < 1):
+    if version is not None and (type(version) is not int or not 1 <= version <= MAX_VERSION):
         return None
     if name == "base" and version is not None:
         return None
@@ -1072,7 +1078,7 @@ def decided(gw: Gateway, names: list[str]) -> bool:
         moved, reasons = rejected_as(gw.inbox, name)
         if len(moved) != 1 or len(reasons) != 1 or not reasons[0].endswith("\n"):
             return False
-        if not topics[f"file:{name}"]:
+        if not topics[_SURROGATE.sub("\ufffd", f"file:{name}")]:  # reports are valid UTF-8
             return False
     return True
 
@@ -1107,7 +1113,7 @@ def folder_round(gw: Gateway, batches: int) -> None:
     assert wait_until(lambda: decided(gw, [last]))
     topics = error_topics(gw.collector)
     for entry in placed:
-        assert topics[f"file:{entry.name}"] == entry.taken, entry
+        assert topics[_SURROGATE.sub("\ufffd", f"file:{entry.name}")] == entry.taken, entry
         assert os.path.lexists(gw.inbox / entry.name) != entry.taken, entry
         gw.tally[f"folder {entry.label}: {'refused' if entry.taken else 'left alone'}"] += 1
     assert not os.listdir(gw.inbox / "accepted")

@@ -359,7 +359,7 @@ OPTION_ERRORS = [
     (["--envelope", "{env}", "--version", "3"], "--version 3: the envelope holds line-a v2"),
     (["--envelope", "{bundle}/manifest.json"], "not an adapter envelope"),
     (["--envelope", "{env}", "--broker", "gw:99999"], "--broker 'gw:99999': expected HOST"),
-    (["--envelope", "{env}", "--activate", "line/b"], "--activate 'line/b'"),
+    (["--envelope", "{env}", "--activate", "line/b"], "--activate: line name 'line/b' is not"),
     (["--envelope", "{env}", "--device", "gw/+"], "--device 'gw/+'"),
     (["--envelope", "{env}", "--prefix", "a/#"], "--prefix 'a/#'"),
     (["--envelope", "{env}", "--timeout", "0"], "--timeout 0.0: must be > 0"),

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from edge.bundle import AdapterEntry, read_manifest
 from edge.envelope import load_public_keys, pack, unpack, verify
 from edge.errors import AdapterRejected, ConfigError, ExportError
 from export.adapters import LoraConfig, inject
@@ -89,6 +90,27 @@ def test_signature_refusals(bundle, keys):
     header, _ = unpack(signed, 1 << 20)
     header["signature"] = base64.b64encode(b"short").decode()
     with pytest.raises(AdapterRejected, match="invalid"):
+        verify(header, trusted, require_signed=True)
+
+
+@pytest.mark.parametrize("field, forged", [
+    ("reference_logits", [[0.0, 0.0, 0.0]]),
+    ("reference_sha256", "0" * 64),
+])
+def test_expected_outputs_travel_signed(bundle, keys, field, forged):
+    """The adapter's expected outputs are in the signed header, under AdapterEntry's names:
+    the gateway rebuilds the entry from them, and a changed value breaks the signature."""
+    (private, public), _ = keys
+    entry = read_manifest(bundle).adapter("line7")
+    assert getattr(entry, field) is not None
+    signed = envelope_bytes(bundle=bundle, name="line7", key=private)
+    header, _ = unpack(signed, 1 << 20)
+    assert header[field] == getattr(entry, field)
+    fields = {k: header[k] for k in AdapterEntry.model_fields if header.get(k) is not None}
+    assert AdapterEntry.model_validate({**fields, "file": entry.file}) == entry
+    trusted = load_public_keys([public])
+    header, _ = unpack(_tamper(signed, **{field: forged}), 1 << 20)
+    with pytest.raises(AdapterRejected, match="signature is invalid"):
         verify(header, trusted, require_signed=True)
 
 

@@ -19,7 +19,6 @@ from test_runtime import WAIT_S, Collector, Publisher
 
 from edge.engine import DeviceSlots
 from edge.routing import build_table
-from edge.service import Service
 from export.signing import keygen
 
 DEVICE = "gw-test"
@@ -27,39 +26,6 @@ PUT = f"factory/{DEVICE}/adapters/put/line-a"
 ACTIVATE = f"factory/{DEVICE}/adapters/activate"
 ROLLBACK = f"factory/{DEVICE}/adapters/rollback"
 SWAPS = 50
-
-
-@pytest.fixture
-def keys(tmp_path) -> tuple[Path, Path]:
-    return keygen(out=tmp_path / "keys" / "signing")
-
-
-@pytest.fixture
-def swap_config(runtime_config, keys, tmp_path):
-    """A runtime config trusting `keys`, watching tmp_path/inbox; line-a follows the newest
-    line-a, line-b is the base, line-c is pinned to line-a v1."""
-    def make(**kwargs):
-        kwargs.setdefault("lines", {"line-a": {"adapter": "line-a"}, "line-b": {},
-                                    "line-c": {"adapter": "line-a", "version": 1}})
-        kwargs.setdefault("adapters", {"require_signed": True, "trusted_keys": [str(keys[1])],
-                                       "watch_dir": str(tmp_path / "inbox"),
-                                       "watch_interval_s": 0.05})
-        return runtime_config(**kwargs)
-    return make
-
-
-@pytest.fixture
-def started():
-    services: list[Service] = []
-
-    def start(config, bundle=None) -> Service:
-        svc = Service(config, bundle_dir=bundle)
-        services.append(svc)
-        assert svc.start()
-        return svc
-    yield start
-    for svc in services:
-        svc.stop()
 
 
 def state_of(collector: Collector) -> dict | None:
@@ -225,7 +191,7 @@ def check_values(results: list[dict], sent: dict, x: np.ndarray, versions: dict,
 
 def _bad_envelopes(bundle: Path, keys: tuple[Path, Path], tmp: Path) -> list[tuple]:
     """(what, envelope bytes, words the reason must contain) for each refusal."""
-    from edge.envelope import MAGIC, pack, unpack
+    from edge.envelope import MAGIC, MAX_HEADER, pack, unpack
     from export.signing import envelope_for
 
     out = tmp / "bad"
@@ -253,6 +219,15 @@ def _bad_envelopes(bundle: Path, keys: tuple[Path, Path], tmp: Path) -> list[tup
         value.flat[0] = np.nan
         return {**arrays, name: value}
 
+    def huge(arrays: dict) -> dict:  # finite, but the line answers one class for everything
+        name = next(k for k in arrays if k.endswith("lora_B"))
+        value = arrays[name].copy()
+        value.flat[np.argmax(np.abs(value))] = 1e30
+        return {**arrays, name: value}
+
+    def resigned(**changes) -> bytes:
+        return envelope_for(entry.model_copy(update=changes), path.read_bytes(), key=keys[0])
+
     return [
         ("corrupted", bytes(corrupt), "sha256"),
         ("not an adapter", envelope_for(entry.model_copy(update={"version": 3}), garbage,
@@ -266,8 +241,16 @@ def _bad_envelopes(bundle: Path, keys: tuple[Path, Path], tmp: Path) -> list[tup
         ("forged signature", pack({**header, "version": 6}, body), "signature is invalid"),
         ("oversize", envelope_for(entry, path.read_bytes() + b"\0" * 70_000, key=keys[0]),
          "exceeds limits.max_adapter_bytes"),
-        ("oversize envelope", good + b"\0" * 140_000, "exceeds the limit"),
+        ("oversize envelope", good + b"\0" * (65_536 + MAX_HEADER + 13), "exceeds the limit"),
         ("bad magic", b"EDGEADP0" + good[len(MAGIC):], "bad magic"),
+        ("huge weight", envelope(*derive_version(bundle, "line-a", 7, out, edit=huge,
+                                                 keep_original_reference=True), keys[0]),
+         "does not reproduce the outputs its exporter recorded: max |difference|"),
+        ("no expected outputs", resigned(reference_logits=None),
+         "records no expected outputs"),
+        ("other reference rows", resigned(reference_sha256="0" * 64),
+         "recorded for other reference inputs"),
+        ("name '..'", resigned(name=".."), "adapter name '..' is not 1-64 letters"),
     ]
 
 
@@ -287,8 +270,9 @@ def test_bad_adapters_are_refused_with_their_reason(swap_config, started, mosqui
             pub.raw(PUT, data)
         assert collector.wait(lambda c, n=i + 1: len(c.docs("/errors")) >= n), what
         reason = collector.docs("/errors")[i]["reason"]
-        print(f"{what:>16}: {reason}")
+        print(f"{what:>20}: {reason}")
         assert words in reason, (what, reason)
+        assert "\n" not in reason and "onnxruntime_src" not in reason, reason
     x, _, _ = sample_windows(1)
     pub.json("factory/line-a/sensors/s1", "after", x[0])
     pub.close()

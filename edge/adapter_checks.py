@@ -1,0 +1,120 @@
+"""The checks an adapter passes before a gateway holds it, as pure functions of the envelope
+header, the adapter's tensors, its warm-up outputs and the running bundle (edge/adapters.py
+runs them in order; the first failure is the reason sent back)."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import ValidationError
+
+from .bundle import AdapterEntry, Manifest, Slot, rows_sha256
+from .codec import Normalizer
+from .contract import name_problem
+from .errors import AdapterRejected, IncompatibleBundle
+
+MAX_VERSION = 2**31 - 1
+
+
+def file_stem(name: str, version: int) -> str:
+    return f"{name}.v{version}"
+
+
+def check_header(header: dict, manifest: Manifest, expect_name: str | None) -> AdapterEntry:
+    """The manifest-style entry an envelope header describes, checked against the running
+    bundle: name, version range, base fingerprint, fields, kind, rank, classes, preprocessing."""
+    name, version = header["name"], header["version"]
+    problem = name_problem(name, "adapter")
+    if problem:
+        raise AdapterRejected(problem)
+    if expect_name is not None and name != expect_name:
+        raise AdapterRejected(f"envelope names adapter {name!r}, the topic {expect_name!r}")
+    if not 1 <= version <= MAX_VERSION:
+        raise AdapterRejected(f"adapter version {str(version)[:24]} is not within "
+                              f"1..{MAX_VERSION}")
+    if header["base_fingerprint"] != manifest.base.weights_fingerprint:
+        raise AdapterRejected(
+            f"adapter was trained on base {header['base_fingerprint'][:12]}…; this "
+            f"gateway runs base {manifest.base.weights_fingerprint[:12]}…")
+    try:
+        entry = AdapterEntry.model_validate(
+            {k: header.get(k) for k in AdapterEntry.model_fields if header.get(k) is not None}
+            | {"file": f"{file_stem(name, version)}.onnx_adapter",
+               "targets": header.get("targets") or []})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise AdapterRejected(f"envelope header: {where}: {err['msg']}") from None
+    check_fit(entry, manifest)
+    return entry
+
+
+def check_fit(entry: AdapterEntry, manifest: Manifest) -> None:
+    kinds = {s.kind for s in manifest.slots} - {"full"}
+    if entry.kind not in kinds:
+        raise AdapterRejected(f"a {entry.kind} adapter does not fit this base (its slots "
+                              f"are {sorted(kinds) or 'none'})")
+    if not 1 <= entry.rank <= manifest.max_rank:
+        raise AdapterRejected(f"adapter rank {entry.rank} is not within 1.."
+                              f"{manifest.max_rank} (the bundle's slot rank R)")
+    if not 1 <= len(entry.class_names) <= manifest.num_classes:
+        raise AdapterRejected(f"adapter has {len(entry.class_names)} classes; the model "
+                              f"outputs 1..{manifest.num_classes}")
+    pre = entry.preprocessing
+    channels, length = manifest.inputs[0].shape[1:3]
+    if pre is not None and (len(pre.mean) != channels or len(pre.std) != channels
+                            or pre.length != length):
+        raise AdapterRejected(f"adapter preprocessing is for {len(pre.mean)} channels x "
+                              f"{pre.length} samples; the model takes {channels} x {length}")
+    try:
+        Normalizer.from_preprocessing(pre, channels)
+    except IncompatibleBundle as exc:
+        raise AdapterRejected(f"adapter preprocessing: {exc}") from None
+
+
+def check_tensors(entry: AdapterEntry, arrays: dict[str, np.ndarray],
+                  slots: dict[str, Slot]) -> None:
+    """Names, shapes and dtypes against the bundle's slots; all values finite."""
+    if not arrays:
+        raise AdapterRejected("adapter holds no tensors")
+    for name, value in arrays.items():
+        slot = slots.get(name)
+        if slot is None:
+            raise AdapterRejected(f"tensor {name[:120]!r} has no slot in this base")
+        if slot.kind not in ("full", entry.kind):
+            raise AdapterRejected(f"tensor {name} fills a {slot.kind} slot; the adapter "
+                                  f"is {entry.kind}")
+        if list(value.shape) != slot.shape:
+            raise AdapterRejected(f"tensor {name} has shape {list(value.shape)}; its slot "
+                                  f"holds {slot.shape}")
+        if value.dtype != np.dtype(slot.dtype):
+            raise AdapterRejected(f"tensor {name} is {value.dtype}; its slot is {slot.dtype}")
+        if not np.isfinite(value).all():
+            raise AdapterRejected(f"tensor {name} holds NaN or Inf values")
+
+
+def check_outputs(entry: AdapterEntry, out: np.ndarray, reference: np.ndarray,
+                  limit: float) -> None:
+    """The warm-up logits (N, K) against what the exporter recorded for the same rows:
+    catches an adapter that is finite but wrong (a huge weight that saturates a line, a
+    file built for another preprocessing or precision), however it was signed."""
+    want = entry.reference_logits
+    if want is None:
+        raise AdapterRejected("the envelope records no expected outputs "
+                              "(reference_logits): export the adapter again with "
+                              "`edge-export add-adapter` and sign it again")
+    if entry.reference_sha256 != rows_sha256(reference):
+        raise AdapterRejected("the expected outputs were recorded for other reference "
+                              "inputs than this bundle's: the adapter was exported "
+                              "against another bundle")
+    want = np.asarray(want, dtype=np.float64)  # (N, classes)
+    classes = len(entry.class_names)
+    if want.shape != (len(out), classes):
+        raise AdapterRejected(f"expected outputs are {list(want.shape)}; the reference "
+                              f"inputs give {[len(out), classes]}")
+    diff = float(np.max(np.abs(out[:, :classes] - want)))
+    if not diff <= limit:
+        raise AdapterRejected(
+            f"the adapter does not reproduce the outputs its exporter recorded: max "
+            f"|difference| {diff:.3g} > {limit:g} on the bundle's reference inputs (a "
+            "damaged or mismatched adapter, or one built for another preprocessing or "
+            "precision)")
