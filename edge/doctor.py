@@ -25,6 +25,7 @@ from .engine import DeviceSlots, Engine, read_adapter_arrays
 from .engine_config import check_bundle_matches, open_engine
 from .errors import EdgeError
 from .gpu_info import environment
+from .placement import describe as describe_placement
 from .providers import why_missing
 from .tolerance import logits_tolerance
 
@@ -135,7 +136,8 @@ def _provider_check(cfg: Config, bundle: Path, manifest: Manifest, name: str,
         return result
     start = time.perf_counter()
     try:
-        engine = open_engine(cfg, bundle / manifest.base.file, manifest, only=name)
+        engine = open_engine(cfg, bundle / manifest.base.file, manifest, only=name,
+                             placement=True)
         if engine.provider != name:
             result.update(status="missing", reason=why_missing(name))
             return result
@@ -144,6 +146,7 @@ def _provider_check(cfg: Config, bundle: Path, manifest: Manifest, name: str,
         result.update(status="failed", reason=str(exc).splitlines()[0])
         result["problems"].append(result["reason"])
         return result
+    result["placement"] = engine.placement()  # the warm-up run's nodes, per provider
     limit = atol if atol is not None else logits_tolerance(manifest.base.precision, name,
                                                            engine.fp16)
     result.update(status="ok", warm_up_s=round(time.perf_counter() - start, 3),
@@ -214,5 +217,5 @@ def _provider_line(p: dict) -> str:
     where = "device" if p["adapters_on_device"] else "host"
     return (f"  {p['provider']}: ok, warm-up {p['warm_up_s']} s, max|diff| to CPU "
             f"{worst:.1e} over {len(p['parity'])} model(s) (atol {p['atol']:.0e}), adapters on "
-            f"the {where}, latency {batches}")
+            f"the {where}, latency {batches}\n    nodes: {describe_placement(p['placement'])}")
 

@@ -15,6 +15,7 @@ A bundle exported with a fixed batch B (export.batch = B) takes exactly B rows p
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import onnxruntime as ort
 
 from .bundle import INDEX_INPUT
 from .errors import AdapterError, ConfigError, IncompatibleBundle, ProviderError
+from .placement import profiling_options, read_placement
 from .providers import (
     CPU,
     GPU_PROVIDERS,
@@ -77,12 +79,20 @@ class Engine:
 
     def __init__(self, model_path: str | Path, *,
                  providers: Iterable[ProviderRequest | tuple[str, dict]] | None = None,
-                 threads: int = 0, cpu_fallback: bool = True, bind: Bind = "auto") -> None:
+                 threads: int = 0, cpu_fallback: bool = True, bind: Bind = "auto",
+                 placement: bool = False) -> None:
         path = Path(model_path)
         if not path.is_file():
             raise IncompatibleBundle(f"model file {path} does not exist")
         requests = as_requests(providers)
-        self.session, failures = _open_session(path, requests, threads)
+        opts = session_options(threads)
+        self._profile = profiling_options(opts) if placement else None
+        try:
+            self.session, failures = _open_session(path, requests, opts)
+        except BaseException:
+            if self._profile is not None:
+                shutil.rmtree(self._profile, ignore_errors=True)
+            raise
         self.path = path
         self.providers = self.session.get_providers()
         self.warnings = check_started(requests, self.providers, cpu_fallback, failures)
@@ -105,6 +115,14 @@ class Engine:
         self.static_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.slot_names = {i.name for i in self.session.get_overridable_initializers()}
+
+    def placement(self) -> dict[str, dict[str, int]]:
+        """{provider: {op type: nodes}} over the runs so far, for an engine opened with
+        `placement=True`; profiling stops here (call it once, after the warm-up)."""
+        if self._profile is None:
+            return {}
+        folder, self._profile = self._profile, None
+        return read_placement(self.session, folder)
 
     @property
     def provider(self) -> str:
@@ -224,7 +242,7 @@ def _device_of(provider: str, requests: list[ProviderRequest]) -> tuple[str, int
 
 
 def _open_session(path: Path, requests: list[ProviderRequest],
-                  threads: int) -> tuple[ort.InferenceSession, dict[str, str]]:
+                  opts: ort.SessionOptions) -> tuple[ort.InferenceSession, dict[str, str]]:
     """The session, and why onnxruntime dropped providers it fell back from. A failure is
     blamed on the bundle only when the CPU alone cannot open it either."""
     available = set(ort.get_available_providers())
@@ -239,7 +257,7 @@ def _open_session(path: Path, requests: list[ProviderRequest],
         chosen.append(ProviderRequest(CPU))
     try:
         with capture_fallback() as failures:
-            session = ort.InferenceSession(str(path), session_options(threads),
+            session = ort.InferenceSession(str(path), opts,
                                            providers=[r.name for r in chosen],
                                            provider_options=[r.options for r in chosen])
         # A failing run must raise, not move the session to the CPU for good behind our back.
@@ -250,7 +268,7 @@ def _open_session(path: Path, requests: list[ProviderRequest],
         if all(r.name == CPU for r in chosen):
             raise IncompatibleBundle(f"{path}: onnxruntime cannot load it ({message})") from None
     try:
-        ort.InferenceSession(str(path), session_options(threads), providers=[CPU])
+        ort.InferenceSession(str(path), session_options(), providers=[CPU])
     except Exception:
         raise IncompatibleBundle(f"{path}: onnxruntime cannot load it ({message})") from None
     raise _provider_failure(chosen, message) from None

@@ -99,11 +99,13 @@ def check_bundle_matches(cfg: Config, manifest: Manifest, bundle: Path) -> None:
 
 
 def open_engine(cfg: Config, model_path: Path, manifest: Manifest, *,
-                only: str | None = None, bind: str | None = None) -> Engine:
-    """The service's engine for this config and bundle (or one provider alone, for doctor)."""
+                only: str | None = None, bind: str | None = None,
+                placement: bool = False) -> Engine:
+    """The service's engine for this config and bundle (or one provider alone, for doctor);
+    `placement`: profile the first runs to tell which provider runs which node."""
     requests = provider_requests(cfg, manifest, only)
     check_cache_writable(cfg, requests)
     return Engine(model_path, providers=requests, threads=cfg.device.threads,
                   cpu_fallback=cfg.device.cpu_fallback or only is not None,
-                  bind=bind or cfg.device.io_binding)
+                  bind=bind or cfg.device.io_binding, placement=placement)
 

@@ -47,6 +47,7 @@ from .errors import (
 from .line_state import LineState
 from .mqtt import MqttLink, Token, message_properties
 from .outbox import Outbox
+from .placement import describe as describe_placement
 from .providers import CPU
 from .routing import Route, RoutingTable, build_table, line_of
 from .state_lock import StateLock
@@ -103,7 +104,8 @@ class Service:
         self.manifest = read_manifest(self.bundle)
         check_bundle_matches(self.cfg, self.manifest, self.bundle)
         self.engine = open_engine(self.cfg, verify_base(self.bundle, self.manifest),
-                                  self.manifest)
+                                  self.manifest, placement=True)
+        self.placement: dict[str, dict[str, int]] = {}  # provider -> op -> nodes, at warm-up
         self.spec = self._input_spec()
         self.store = AdapterStore.open(self.cfg, self.bundle, self.manifest, self.engine)
         lines = self._line_state()
@@ -262,6 +264,10 @@ class Service:
         log.info("warm: %d model(s) on %s (providers %s, adapters %s)", len(seen),
                  self.engine.provider, self.engine.providers,
                  "bound on the device" if self.engine.bound else "run from host memory")
+        self.placement = self.engine.placement()
+        off = [p for p in self.placement if p != self.engine.provider]
+        level = logging.WARNING if off and self.engine.provider != CPU else logging.INFO
+        log.log(level, "node placement: %s", describe_placement(self.placement))
 
     # -- network thread ---------------------------------------------------------------------
     def _announce(self) -> None:
@@ -279,6 +285,7 @@ class Service:
         """Where every model of this gateway runs (one session serves all of them)."""
         engine = self.engine
         return {"provider": engine.provider, "providers": list(engine.providers),
+                "placement": {p: sum(ops.values()) for p, ops in self.placement.items()},
                 "adapters_on_device": engine.bound, "static_batch": engine.static_batch,
                 "precision": self.manifest.base.precision}
 

@@ -191,3 +191,15 @@ def test_tensorrt_profiles_cover_batches_up_to_max_batch():
                         "trt_profile_opt_shapes": "x:16x6x100,adapter_index:16",
                         "trt_profile_max_shapes": "x:16x6x100,adapter_index:16"}
     assert tensorrt_profiles({}, 8) == {}
+
+
+def test_placement_names_the_provider_of_every_node_run(bundles):
+    """The profile of the warm-up tells which provider ran which node (on a GPU: what fell
+    off TensorRT); profiling stops after it, and the profile file is gone."""
+    engine = Engine(bundles["dynamic"] / BASE_FILE, placement=True)
+    folder = engine._profile
+    engine.run(_x(2))
+    placement = engine.placement()
+    assert list(placement) == [CPU] and placement[CPU]["MatMul"] >= 4
+    assert not folder.exists() and engine.placement() == {}
+    engine.run(_x(2))  # still runs without profiling

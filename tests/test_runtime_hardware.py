@@ -92,6 +92,8 @@ def test_status_and_stats_name_the_provider_the_model_runs_on(runtime_config, mo
     assert online["provider"] == "CPUExecutionProvider"
     assert online["providers"] == ["CPUExecutionProvider"]
     assert online["adapters_on_device"] is False and online["precision"] == "fp32"
+    assert list(online["placement"]) == ["CPUExecutionProvider"]  # every node, counted
+    assert online["placement"]["CPUExecutionProvider"] > 10
     assert collector.docs("/stats")[0]["provider"] == "CPUExecutionProvider"
 
 
@@ -175,6 +177,8 @@ def test_doctor_checks_every_held_adapter_on_each_provider(runtime_config, basic
     assert set(cpu["parity"]) == {"base", f"{ADAPTER_NAME} v1"}
     assert max(cpu["parity"].values()) <= cpu["atol"]
     assert {"batch_1", "batch_16"} <= set(cpu["latency_ms"])
+    assert list(cpu["placement"]) == ["CPUExecutionProvider"]
+    assert {"MatMul", "Softmax"} <= set(cpu["placement"]["CPUExecutionProvider"])
     text = CliRunner().invoke(main, ["doctor", "--config", str(config)])
     assert text.exit_code == 0 and text.output.splitlines()[-1] == "ok"
     assert any(ln.startswith("  CPUExecutionProvider: ok, warm-up") for ln in
