@@ -112,8 +112,8 @@ def run_adapter(engine: Engine, bundle: Path, manifest: Manifest, file: Path,
 def reference_fields(bundle: Path, manifest: Manifest, file: Path, classes: int,
                      engine: Engine | None = None) -> dict:
     """AdapterEntry's reference_logits and reference_sha256 for the adapter in `file`: its
-    logits on the bundle's reference rows, run on the CPU as the gateway runs it; {} for a
-    model whose inputs are not (N, C, L) windows (the gateway reads no rows for it)."""
+    logits on the bundle's reference rows, run on the CPU as the gateway runs it; {} when
+    the bundle has no usable reference inputs (the gateway would read no rows either)."""
     x = read_reference_inputs(bundle, manifest)
     if x is None:
         return {}
@@ -392,7 +392,7 @@ def _check_added(bundle: Path, manifest: Manifest, staging: Path, entry: Adapter
     """Run the staged adapter on the bundle's reference rows (bank entry 0 on a bank
     bundle): finite, and equal to torch when `--base/--weights` are given. Returns the
     parity results and the entry with these outputs recorded as its expected ones."""
-    rows = read_reference_inputs(bundle, manifest)  # the gateway's (8, C, L), or None
+    rows = read_reference_inputs(bundle, manifest)  # the gateway's first 8 rows, or None
     x = rows if rows is not None else _all_reference_inputs(bundle)
     try:
         got = run_adapter(Engine(bundle / manifest.base.file), bundle, manifest, staging, x)
@@ -407,7 +407,7 @@ def _check_added(bundle: Path, manifest: Manifest, staging: Path, entry: Adapter
         tol = ExportSettings(precision=manifest.base.precision, atol=atol).tolerance
         results = [_parity_with(AdaptedModel(model).eval(), source, entry, x, got, tol)]
         raise_on_failure(results)
-    if rows is None:  # inputs other than (N, C, L) windows: nothing a gateway compares
+    if rows is None:  # no usable reference_inputs.npy: nothing a gateway compares
         return results, entry
     return results, entry.model_copy(update=expected_outputs(x, got, len(entry.class_names)))
 
