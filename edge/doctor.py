@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from .adapters import persisted_adapters
 from .bank import AdapterBank
-from .bundle import Manifest, read_manifest, read_reference_inputs, verify_base
+from .bundle import INDEX_INPUT, Manifest, read_manifest, read_reference_inputs, verify_base
 from .config import Config
 from .engine import DeviceSlots, Engine, read_adapter_arrays
 from .engine_config import check_bundle_matches, open_engine
@@ -122,7 +122,7 @@ def _prepare(engine: Engine, manifest: Manifest, bundle: Path, arrays: dict | No
 
 def _run(engine: Engine, manifest: Manifest, x: np.ndarray,
          prepared: dict | DeviceSlots | None) -> np.ndarray:
-    feeds = {"adapter_index": np.zeros(len(x), np.int64)} if manifest.bank else None
+    feeds = {INDEX_INPUT: np.zeros(len(x), np.int64)} if manifest.bank else None
     return engine.run(x, prepared, feeds=feeds)
 
 

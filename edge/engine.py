@@ -176,15 +176,14 @@ class Engine:
         if isinstance(adapter, Mapping):
             feeds.update(adapter)
             adapter = None
-        rows = {k: v for k, v in feeds.items() if k == INDEX_INPUT}
-        fixed = {k: v for k, v in feeds.items() if k != INDEX_INPUT}
         size = self.static_batch
         if size is None or len(x) == size:
-            return self._run_once(x, adapter, {**fixed, **rows})
+            return self._run_once(x, adapter, feeds)
         outs = []
-        for start in range(0, len(x), size):
-            part = {k: _padded(v[start:start + size], size) for k, v in rows.items()}
-            out = self._run_once(_padded(x[start:start + size], size), adapter, {**fixed, **part})
+        for start in range(0, len(x), size):  # the bank index is per row like x; slots are not
+            part = {k: _padded(v[start:start + size], size) if k == INDEX_INPUT else v
+                    for k, v in feeds.items()}
+            out = self._run_once(_padded(x[start:start + size], size), adapter, part)
             outs.append(out[: min(size, len(x) - start)])
         return np.concatenate(outs) if outs else self._empty()
 

@@ -54,9 +54,9 @@ def _pip_library_dirs() -> list[str]:
     return [d for root in roots for d in glob.glob(f"{root}/*/lib")]
 
 
-def _load(names: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | None]:
+def _load(names: tuple[str, ...], pip_dirs: list[str]) -> tuple[ctypes.CDLL | None, str | None]:
     for name in names:
-        for candidate in [name, *(f"{d}/{name}" for d in _pip_library_dirs())]:
+        for candidate in [name, *(f"{d}/{name}" for d in pip_dirs)]:
             try:
                 return ctypes.CDLL(candidate), candidate
             except OSError:
@@ -66,16 +66,16 @@ def _load(names: tuple[str, ...]) -> tuple[ctypes.CDLL | None, str | None]:
 
 def library_versions() -> dict[str, dict]:
     """{label: {"version", "path"}} for each library found; {"error"} where none loads."""
-    out = {}
+    out, pip_dirs = {}, _pip_library_dirs()
     for label, names, function, kind in _LIBRARIES:
-        lib, path = _load(names)
+        lib, path = _load(names, pip_dirs)
         if lib is None:
             out[label] = {"error": f"not found ({', '.join(names)})"}
             continue
         value = ctypes.c_int(0)
         try:
             fn = getattr(lib, function)
-            if kind in ("cuda",):
+            if kind == "cuda":
                 status = fn(ctypes.byref(value))
                 version = _format(kind, value.value) if status == 0 else None
             else:

@@ -312,6 +312,8 @@ class Service:
         return reason is None
 
     def _line_problem(self, topic: str, line: str | None) -> str | None:
+        if line in self.routes.routes:  # a configured line: a valid name by construction
+            return None
         prefix = self.cfg.topics.prefix
         if line is None:
             return (f"topic has no line level after {prefix!r}: sensor topics are "

@@ -52,10 +52,9 @@ from .onnx_export import (
     load_settings,
     real_samples,
     sample_inputs,
-    share_tree,
-    shared_mode,
     to_onnx,
 )
+from .outputs import share_tree, shared_mode
 from .peft_io import AdapterDir, read_adapter_dir
 from .slot_plan import adapter_rank, adapter_tensors, default_tensors, plan_slots
 from .slots import build_slotted

@@ -23,7 +23,7 @@ from edge.errors import ConfigError, ExportError
 
 from .adapters.model import AdaptedModel
 from .models import load_base, weights_fingerprint
-from .outputs import check_writable
+from .outputs import check_writable, shared_mode
 from .peft_io import load_adapter
 from .validate import ParityResult, compare, raise_on_failure
 
@@ -209,28 +209,6 @@ def real_samples(data: str | Path | None, meta: dict, shape: tuple[int, ...],
 
 def check_output(out: Path, force: bool) -> None:
     check_writable(out, force, ExportError)
-
-
-def umask() -> int:
-    """The process umask; os.umask can only read it by setting it, so set it back."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def shared_mode(*, directory: bool = False) -> int:
-    """What open() and mkdir() give under the umask (0666 / 0777 & ~umask). mkstemp and
-    mkdtemp give 0600 / 0700 whatever the umask: a gateway running as another user could
-    not read a copied bundle."""
-    return (0o777 if directory else 0o666) & ~umask()
-
-
-def share_tree(root: Path) -> None:
-    """chmod `root` and everything under it to the umask's modes."""
-    files, dirs = shared_mode(), shared_mode(directory=True)
-    root.chmod(dirs)
-    for path in root.rglob("*"):
-        path.chmod(dirs if path.is_dir() else files)
 
 
 class staging_file:

@@ -25,7 +25,7 @@ from edge.errors import AdapterError
 
 from .adapters import BottleneckConfig, LoraConfig
 from .adapters.model import AdaptedModel
-from .outputs import check_writable
+from .outputs import check_writable, shared_mode
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -136,7 +136,7 @@ def save_adapter(model: AdaptedModel, out: str | Path, *, name: str | None = Non
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.adapter_state_dict(name).items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700: readable by its owner only
+        tmp.chmod(shared_mode(directory=True))  # mkdtemp makes it 0700: owner only
         (tmp / CONFIG_FILE).write_text(json.dumps(config_dict, indent=2, sort_keys=True))
         save_file(tensors, str(tmp / WEIGHTS_FILE))
         full_meta = {"format": META_FORMAT, "name": name, "kind": config.kind, **(meta or {})}
@@ -148,12 +148,6 @@ def save_adapter(model: AdaptedModel, out: str | Path, *, name: str | None = Non
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _check_target(out: Path, force: bool) -> None:

@@ -116,6 +116,7 @@ def test_a_provider_that_cannot_run_stops_the_start_in_one_line(runtime_config, 
 def test_cpu_fallback_allowed_starts_and_says_so(runtime_config, mosquitto, caplog):
     svc = Service(runtime_config(device={"providers": [{"name": CUDA}],
                                          "cpu_fallback": True}))
+    svc.stop(2)  # never started: releases the state lock and the outbox
     assert svc.engine.provider == "CPUExecutionProvider"
     assert "CUDAExecutionProvider is not used: this onnxruntime build does not have it" in \
         caplog.text
