@@ -144,7 +144,7 @@ def check_started(requests: list[ProviderRequest], started: list[str], cpu_fallb
     wanted = [r for r in requests if r.name != CPU]
     if wanted and not any(r.name in started for r in wanted) and not cpu_fallback:
         first = wanted[0]
-        raise ProviderError(f"{first.key}: {first.name} {why_missing(first.name, failures)}; "
+        raise ProviderError(f"{first.key}: {first.name}: {why_missing(first.name, failures)}; "
                             "refusing to run on the CPU instead (set device.cpu_fallback = true "
                             "to allow it)")
     return [f"{r.key}: {r.name} is not used: {why_missing(r.name, failures)}" for r in missing

@@ -146,7 +146,7 @@ def test_bound_bank_equals_host_bank(bundles):
                     reason="this onnxruntime build has CUDA")
 @pytest.mark.parametrize("requests, fallback, error", [
     ([ProviderRequest(CUDA, index=0), ProviderRequest(CPU, index=1)], False,
-     r"device.providers\[0\]: CUDAExecutionProvider this onnxruntime build does not have it.*"
+     r"device.providers\[0\]: CUDAExecutionProvider: this onnxruntime build does not have it.*"
      r"refusing to run on the CPU instead \(set device.cpu_fallback = true"),
     ([ProviderRequest(TENSORRT, required=True, index=0), ProviderRequest(CUDA, index=1)], True,
      r"device.providers\[0\]: TensorrtExecutionProvider is required \(required = true\) but "
