@@ -25,7 +25,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
 from benchmarks.report import machine_line, write_section  # noqa: E402
-from export import demo  # noqa: E402
+from export.demo import run as demo  # noqa: E402
 from export.train import train  # noqa: E402
 
 TITLE = "Adaptation (benchmarks/adaptation.py)"

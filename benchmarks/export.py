@@ -27,10 +27,10 @@ from benchmarks.report import machine_line, write_section  # noqa: E402
 from edge.bundle import BASE_FILE, read_manifest  # noqa: E402
 from edge.engine import Engine, load_adapter_file, read_adapter_arrays, session_options  # noqa: E402
 from export.adapters import LoraConfig, inject  # noqa: E402
-from export.bundle_export import export_attach  # noqa: E402
-from export.demo import BASE_CONFIG  # noqa: E402
+from export.demo.run import BASE_CONFIG  # noqa: E402
 from export.models import SensorTransformer, save_base, weights_fingerprint  # noqa: E402
-from export.onnx_export import export_merged  # noqa: E402
+from export.onnx.attach import export_attach  # noqa: E402
+from export.onnx.merge import export_merged  # noqa: E402
 from export.peft_io import save_adapter  # noqa: E402
 
 # The adapter the demo trains and ships (train()'s defaults for the reference model).

@@ -5,7 +5,7 @@ process with the CPU and with the merged model.
     python benchmarks/gpu.py --cpu-dry-run  # anywhere: the same code with the CPU provider
                                             # standing in for the GPU; prints, writes nothing
 
-At the demo's model size (export/demo.py BASE_CONFIG, 1 x 256 input): parity against the CPU
+At the demo's model size (export/demo/run.py BASE_CONFIG, 1 x 256 input): parity against the CPU
 (merged, each adapter kind, a bank; fp32 and fp16), attached (bound) vs merged latency, the
 swap (a rebind) against a new session and a TensorRT engine build, rows/s at max_batch, and
 device memory of one base + 100 adapters against 10 merged sessions. Without a CUDA session
@@ -56,7 +56,7 @@ from edge.bundle import BASE_FILE  # noqa: E402
 from edge.engine import DeviceSlots, Engine, load_adapter_file  # noqa: E402
 from edge.gpu_info import environment  # noqa: E402
 from edge.providers import CUDA, TENSORRT, ort_message  # noqa: E402
-from export.demo import BASE_CONFIG  # noqa: E402
+from export.demo.run import BASE_CONFIG  # noqa: E402
 
 TITLE = "GPU (benchmarks/gpu.py)"
 ATOL = {"fp32": 1e-3, "fp16": 1e-2}

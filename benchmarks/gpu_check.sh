@@ -191,7 +191,7 @@ import sys
 from pathlib import Path
 sys.path.insert(0, "tests")
 from adapter_factory import reference_adapters
-from export.bundle_export import export_attach
+from export.onnx.attach import export_attach
 work = Path(sys.argv[1])
 ref = reference_adapters(work)
 export_attach(base="reference", weights=ref["weights"], out=work / "bundle",

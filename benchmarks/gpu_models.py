@@ -36,10 +36,10 @@ from edge.providers import (
     why_missing,
 )
 from export.adapters import BottleneckConfig, LoraConfig
-from export.bundle_export import export_attach
-from export.demo import BASE_CONFIG
+from export.demo.run import BASE_CONFIG
 from export.models import SensorTransformer, save_base
-from export.onnx_export import export_merged
+from export.onnx.attach import export_attach
+from export.onnx.merge import export_merged
 
 SHAPE = (1, 256)  # (C, L) of the demo's model
 MAX_BATCH = 64  # batching.max_batch of firmware_configs/x86-cuda.toml; TensorRT's profile

@@ -42,7 +42,7 @@ from edge.bundle import read_manifest  # noqa: E402
 from edge.codec import Normalizer  # noqa: E402
 from edge.engine import Engine, load_adapter_file  # noqa: E402
 from edge.mqtt import MAX_INFLIGHT, publish_properties  # noqa: E402
-from export.local_broker import start_broker, subscriber, write_runtime_config  # noqa: E402
+from export.demo.local_broker import start_broker, subscriber, write_runtime_config  # noqa: E402
 
 TITLE = "Pipeline (benchmarks/pipeline.py)"
 DEVICE = "gw-bench"

@@ -42,7 +42,7 @@ from pipeline import DEVICE, Payloads, RunningService  # noqa: E402
 from reference_bundle import build_bundle  # noqa: E402
 from report import machine_line, write_section  # noqa: E402
 
-from export.local_broker import start_broker, write_runtime_config  # noqa: E402
+from export.demo.local_broker import start_broker, write_runtime_config  # noqa: E402
 from export.signing import keygen  # noqa: E402
 
 LINES = ("press-a", "press-b")  # follows the newest "line-a" version / the base model

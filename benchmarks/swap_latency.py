@@ -19,7 +19,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from swap_workspace import ADAPTERS, NAME, envelope_bytes, pct, verdict, windows  # noqa: E402
 
 from edge.engine import Engine, load_adapter_file, session_options  # noqa: E402
-from export.local_broker import start_broker, subscriber, write_runtime_config  # noqa: E402
+from export.demo.local_broker import start_broker, subscriber, write_runtime_config  # noqa: E402
 
 LINE = "line-a"
 DEVICE = "gw-swap"

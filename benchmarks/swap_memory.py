@@ -38,7 +38,7 @@ from edge.adapters import AdapterStore  # noqa: E402
 from edge.bundle import read_manifest  # noqa: E402
 from edge.config import load_config  # noqa: E402
 from edge.engine import Engine  # noqa: E402
-from export.local_broker import write_runtime_config  # noqa: E402
+from export.demo.local_broker import write_runtime_config  # noqa: E402
 
 TARGET = 1.2  # RSS growth with 100 adapters <= 1.2x their files
 

@@ -20,7 +20,7 @@ from edge.config import load_config  # noqa: E402
 from edge.engine import Engine, load_adapter_file  # noqa: E402
 from edge.line_state import LineState  # noqa: E402
 from edge.routing import build_table  # noqa: E402
-from export.local_broker import write_runtime_config  # noqa: E402
+from export.demo.local_broker import write_runtime_config  # noqa: E402
 
 
 def bank_store(work: Path, ws: dict) -> tuple[Engine, AdapterStore, LineState]:

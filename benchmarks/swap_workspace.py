@@ -25,7 +25,7 @@ from edge.engine import Engine, load_adapter_file  # noqa: E402
 NAME = "line-a"  # the reference bundle's adapter; versions 2.. are derived from it
 BANK = 8
 ADAPTERS = {"require_signed": False, "memory_budget_mb": 1024}  # every version stays loaded
-# The demo's base size (export/demo.py BASE_CONFIG) on BasicMotions' 100-sample windows.
+# The demo's base size (export/demo/run.py BASE_CONFIG) on BasicMotions' 100-sample windows.
 REAL_MODEL = dict(length=100, d_model=128, depth=2, heads=4, mlp_ratio=2, patch=10,
                   dropout=0.0)
 MODELS = {"tiny": "train", "real": "real"}  # model size -> its folder under <work>
@@ -80,7 +80,7 @@ def merge_version(work: Path, size: str, version: int) -> Path:
     from adapter_versions import scale_for
     from safetensors.numpy import load_file, save_file
 
-    from export.onnx_export import export_merged
+    from export.onnx.merge import export_merged
 
     train = work / MODELS[size]
     peft = work / f"peft-{size}" / f"{NAME}.v{version}"

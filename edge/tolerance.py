@@ -2,7 +2,7 @@
 
 Used wherever the gateway compares logits: an adapter's recorded reference outputs at intake
 (edge/adapters.py) and each provider against the CPU (edge/doctor.py). The export side's
-parity tolerance against torch follows the same precisions (export/onnx_export.py).
+parity tolerance against torch follows the same precisions (export/onnx/merge.py).
 """
 
 from __future__ import annotations

@@ -22,10 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from edge.errors import AdapterError
-
-from .adapters import BottleneckConfig, LoraConfig
-from .adapters.model import AdaptedModel
-from .outputs import check_writable, shared_mode
+from export.adapters import BottleneckConfig, LoraConfig
+from export.adapters.model import AdaptedModel
+from export.outputs import check_writable, shared_mode
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

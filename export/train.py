@@ -34,12 +34,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edge.errors import ConfigError, DataError
-
-from .adapters import AdaptedModel, BottleneckConfig, LoraConfig
-from .data import ChannelStats, SensorDataset, load_dataset, train_val_split
-from .models import load_base, save_base, weights_fingerprint
-from .outputs import check_writable
-from .peft_io import WEIGHTS_FILE, save_adapter
+from export.adapters import AdaptedModel, BottleneckConfig, LoraConfig
+from export.data import ChannelStats, SensorDataset, load_dataset, train_val_split
+from export.models import load_base, save_base, weights_fingerprint
+from export.outputs import check_writable
+from export.peft_io import WEIGHTS_FILE, save_adapter
 
 __all__ = ["METHODS", "REFERENCE_TARGETS", "TrainResult", "evaluate", "parse_targets", "train"]
 
@@ -356,7 +355,7 @@ def _build(method: str, model: nn.Module, num_classes: int, targets: Any, rank: 
 
 
 def _default_targets(model: nn.Module, method: str, head_path: str) -> list[str]:
-    from .models import SensorTransformer
+    from export.models import SensorTransformer
 
     if isinstance(model, SensorTransformer):
         return list(REFERENCE_TARGETS[method])
@@ -365,7 +364,7 @@ def _default_targets(model: nn.Module, method: str, head_path: str) -> list[str]
 
 
 def _target_paths(model: nn.Module) -> list[str]:
-    from .adapters.base import AdapterLayer
+    from export.adapters.base import AdapterLayer
 
     inner = model.base_model if isinstance(model, AdaptedModel) else model
     return [p for p, m in inner.named_modules() if isinstance(m, AdapterLayer)]

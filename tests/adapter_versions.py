@@ -25,7 +25,7 @@ from edge.bundle import AdapterEntry, Manifest, read_manifest, sha256_file
 from edge.codec import Normalizer, softmax
 from edge.engine import Engine, load_adapter_file, read_adapter_arrays
 from edge.errors import AdapterError
-from export.bundle_export import reference_fields, write_onnx_adapter
+from export.onnx.attach import reference_fields, write_onnx_adapter
 from export.signing import envelope_for
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from export.local_broker import BrokerMissing, start_broker, write_runtime_config
+from export.demo.local_broker import BrokerMissing, start_broker, write_runtime_config
 
 
 @pytest.fixture

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from export.adapters import LoraConfig, inject
-from export.bundle_export import export_attach
 from export.data import ChannelStats, load_dataset
 from export.models import SensorTransformer, save_base, weights_fingerprint
+from export.onnx.attach import export_attach
 from export.peft_io import save_adapter
 
 DATASET = "BasicMotions"

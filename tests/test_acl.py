@@ -24,7 +24,7 @@ from test_runtime import WAIT_S
 from test_tls import make_passwd, run_mosquitto
 
 from edge.service import Service
-from export.local_broker import BrokerMissing, write_runtime_config
+from export.demo.local_broker import BrokerMissing, write_runtime_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "gw-1"

@@ -15,7 +15,7 @@ from reference_bundle import sample_windows
 from test_runtime import Collector, Publisher, mosquitto_pub
 
 from export.cli import main as export_main
-from export.revoke import signed_revoke
+from export.fleet.revoke import signed_revoke
 from export.signing import keygen
 
 DEVICE = "gw-test"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from export.local_broker import MOSQUITTO
+from export.demo.local_broker import MOSQUITTO
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -57,8 +57,8 @@ from edge.envelope import MAGIC, MAX_HEADER, canonical, key_id, pack, peek_id, u
 from edge.errors import AdapterRejected, BadMessage
 from edge.line_state import STATE_FILE, Assignment, LineState
 from edge.service import Service
-from export.bundle_export import write_onnx_adapter
-from export.local_broker import write_runtime_config
+from export.demo.local_broker import write_runtime_config
+from export.onnx.attach import write_onnx_adapter
 from export.signing import keygen, load_private_key
 
 DEVICE = "gw-test"

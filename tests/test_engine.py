@@ -15,7 +15,7 @@ from edge.bundle import BASE_FILE, INDEX_INPUT, read_manifest
 from edge.engine import DeviceSlots, Engine, load_adapter_file, read_adapter_arrays
 from edge.errors import IncompatibleBundle, ProviderError
 from edge.providers import CPU, CUDA, TENSORRT, ProviderRequest, ort_message, tensorrt_profiles
-from export.bundle_export import export_attach
+from export.onnx.attach import export_attach
 
 KINDS = ("lora_head", "lora_qv", "bottleneck")  # LoRA on Linear + conv + a head; bottleneck
 

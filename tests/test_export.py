@@ -16,9 +16,9 @@ from edge.bundle import BASE_FILE, read_manifest, sha256_file
 from edge.engine import Engine, load_adapter_file
 from edge.errors import AdapterError, AdapterRejected, ExportError
 from export.adapters import AdaptedModel, BottleneckConfig, LoraConfig
-from export.bundle_export import add_adapter, export_attach
 from export.models import weights_fingerprint
-from export.onnx_export import export_merged
+from export.onnx.attach import add_adapter, export_attach
+from export.onnx.merge import export_merged
 from export.peft_io import load_adapter
 
 

@@ -31,9 +31,9 @@ from edge.bundle import (
 )
 from edge.errors import AdapterRejected, ExportError
 from export.adapters import AdaptedModel, LoraConfig
-from export.bundle_export import add_adapter, export_attach
 from export.cli import main
-from export.onnx_export import export_merged
+from export.onnx.attach import add_adapter, export_attach
+from export.onnx.merge import export_merged
 from export.peft_io import META_FILE, WEIGHTS_FILE, load_adapter
 
 

@@ -34,7 +34,7 @@ from test_runtime import _spawn, wait_until
 
 from edge.errors import ConfigError
 from edge.service import Service
-from export.local_broker import BrokerMissing, start_broker, write_runtime_config
+from export.demo.local_broker import BrokerMissing, start_broker, write_runtime_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "gw-test"

@@ -41,8 +41,8 @@ from edge.providers import (
     tensorrt_profiles,
     why_missing,
 )
-from export.bundle_export import export_attach
-from export.onnx_export import export_merged
+from export.onnx.attach import export_attach
+from export.onnx.merge import export_merged
 
 KINDS = ("lora_head", "lora_qv", "bottleneck")  # LoRA on Linear + conv + a head; q,v; bottleneck
 SHAPE = (2, 64)  # (C, L) of the reference model in tests/adapter_factory.py

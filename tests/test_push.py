@@ -27,7 +27,7 @@ from edge.bundle import read_manifest, write_manifest
 from edge.errors import AdapterRejected, ConfigError, EdgeError
 from edge.service import Service
 from export.cli import main
-from export.local_broker import (
+from export.demo.local_broker import (
     MOSQUITTO,
     Broker,
     BrokerMissing,
@@ -36,7 +36,7 @@ from export.local_broker import (
     start_broker,
     write_runtime_config,
 )
-from export.push import push
+from export.fleet.push import push
 from export.signing import keygen
 
 ROOT = Path(__file__).resolve().parents[1]

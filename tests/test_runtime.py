@@ -32,7 +32,7 @@ from edge.engine import Engine, load_adapter_file
 from edge.errors import IncompatibleBundle
 from edge.mqtt import publish_properties
 from edge.service import Service
-from export.local_broker import subscriber
+from export.demo.local_broker import subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = "gw-test"

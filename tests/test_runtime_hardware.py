@@ -21,7 +21,7 @@ from edge.engine_config import check_cache_writable, engine_cache_dir, provider_
 from edge.errors import ConfigError
 from edge.providers import CUDA, TENSORRT, ProviderRequest
 from edge.service import Service
-from export.bundle_export import export_attach
+from export.onnx.attach import export_attach
 
 GPU_MISSING = CUDA not in ort.get_available_providers()
 CUDA_REQUIRED = [{"name": CUDA, "required": True, "options": {"device_id": 0}},

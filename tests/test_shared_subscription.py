@@ -25,7 +25,7 @@ from edge.config import check_config, load_config
 from edge.mqtt import match_filter
 from edge.outbox import Outbox
 from edge.service import Service
-from export.local_broker import write_runtime_config
+from export.demo.local_broker import write_runtime_config
 
 SHARED = "$share/lineA/factory/+/sensors/+"
 LINES = {"line-a": {"adapter": "line-a"}, "line-b": {}}

@@ -12,8 +12,8 @@ from edge.bundle import AdapterEntry, read_manifest
 from edge.envelope import load_public_keys, pack, unpack, verify
 from edge.errors import AdapterRejected, ConfigError, ExportError
 from export.adapters import LoraConfig, inject
-from export.bundle_export import export_attach
 from export.models import SensorTransformer, save_base, weights_fingerprint
+from export.onnx.attach import export_attach
 from export.peft_io import save_adapter
 from export.signing import envelope_bytes, keygen, sign
 

@@ -28,7 +28,7 @@ from reference_bundle import sample_windows
 from test_runtime import WAIT_S, Collector, Publisher, _spawn, exactly_once, wait_until
 
 from edge.service import Service
-from export.local_broker import (
+from export.demo.local_broker import (
     MOSQUITTO,
     Broker,
     BrokerMissing,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .bottleneck import BottleneckConfig, BottleneckLayer
-from .lora import LoraConfig, LoraLayer
-from .model import AdaptedModel, AdapterSummary, inject
+from export.adapters.bottleneck import BottleneckConfig, BottleneckLayer
+from export.adapters.lora import LoraConfig, LoraLayer
+from export.adapters.model import AdaptedModel, AdapterSummary, inject
 
 AdapterConfig = LoraConfig | BottleneckConfig
 

@@ -16,10 +16,9 @@ from torch import nn
 
 from edge.bundle import Slot
 from edge.errors import AdapterRejected, ExportError
-
-from .adapters.model import PEFT_PREFIX
-from .peft_io import AdapterDir
-from .slots import slot_name
+from export.adapters.model import PEFT_PREFIX
+from export.onnx.slots import slot_name
+from export.peft_io import AdapterDir
 
 LORA_PARTS = {"lora_A": "lora_A", "lora_B": "lora_B"}
 BOTTLENECK_PARTS = {"adapter_down.weight": "down_w", "adapter_down.bias": "down_b",

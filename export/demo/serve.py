@@ -20,13 +20,12 @@ import paho.mqtt.client as mqtt
 
 from edge.bundle import BASE_FILE, sha256_file
 from edge.errors import AdapterRejected
-
-from .bundle_export import add_adapter, export_attach
-from .data import load_dataset
-from .local_broker import start_broker, subscriber, write_runtime_config
-from .onnx_export import ExportReport
-from .push import push
-from .signing import keygen
+from export.data import load_dataset
+from export.demo.local_broker import start_broker, subscriber, write_runtime_config
+from export.fleet.push import push
+from export.onnx.attach import add_adapter, export_attach
+from export.onnx.merge import ExportReport
+from export.signing import keygen
 
 ADAPTER = "acsf1"
 DEVICE = "demo-gw"

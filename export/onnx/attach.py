@@ -37,10 +37,9 @@ from edge.contract import name_problem
 from edge.engine import Engine, load_adapter_file, read_adapter_arrays
 from edge.errors import AdapterRejected, EdgeError, ExportError, IncompatibleBundle
 from edge.providers import ort_message
-
-from .adapters.model import AdaptedModel
-from .models import load_base, sidecar_path, weights_fingerprint
-from .onnx_export import (
+from export.adapters.model import AdaptedModel
+from export.models import load_base, sidecar_path, weights_fingerprint
+from export.onnx.merge import (
     INPUT,
     OUTPUT,
     ExportReport,
@@ -54,11 +53,11 @@ from .onnx_export import (
     sample_inputs,
     to_onnx,
 )
-from .outputs import share_tree, shared_mode
-from .peft_io import AdapterDir, read_adapter_dir
-from .slot_plan import adapter_rank, adapter_tensors, default_tensors, plan_slots
-from .slots import build_slotted
-from .validate import compare, raise_on_failure
+from export.onnx.parity import compare, raise_on_failure
+from export.onnx.slot_plan import adapter_rank, adapter_tensors, default_tensors, plan_slots
+from export.onnx.slots import build_slotted
+from export.outputs import share_tree, shared_mode
+from export.peft_io import AdapterDir, read_adapter_dir
 
 
 def check_adapter_name(name: str) -> None:

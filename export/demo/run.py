@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .train import MODEL_FILE, TrainResult, train
+from export.train import MODEL_FILE, TrainResult, train
 
 # The recipe, shared with benchmarks/adaptation.py.
 PRETRAIN_DATA = "ucr:PLAID:train"
@@ -117,7 +117,7 @@ def step_report(state: DemoState) -> None:
 
 
 def step_bundle(state: DemoState) -> None:
-    from .demo_serve import build_bundles, make_key
+    from export.demo.serve import build_bundles, make_key
 
     print(f"[4] edge-export attach: the gateway's bundle, the pilot as acsf1 v1 "
           f"({state.out / 'bundle'})")
@@ -127,7 +127,7 @@ def step_bundle(state: DemoState) -> None:
 
 
 def step_serve(state: DemoState) -> None:
-    from .demo_serve import serve_and_push
+    from export.demo.serve import serve_and_push
 
     print("[5] edge-runtime on a private Mosquitto: real test windows on two lines, "
           "acsf1 v2 pushed live")

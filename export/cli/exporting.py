@@ -1,5 +1,5 @@
 """`edge-export merge | attach | add-adapter | keygen | sign | push | revoke`: thin commands over
-export/onnx_export.py, export/bundle_export.py and export/signing.py."""
+export/onnx/merge.py, export/onnx/attach.py and export/signing.py."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from typing import Any
 import click
 
 from edge.errors import ConfigError
-
-from .cli import main
+from export.cli.group import main
 
 
 def _shape(value: str | None) -> tuple[int, ...] | None:
@@ -56,7 +55,7 @@ def base_options(fn):
 def merge_command(input_shape: str | None, **options: Any) -> None:
     """Fold a LoRA adapter into the base and export one ONNX file (a bottleneck adapter
     stays in the static graph)."""
-    from .onnx_export import export_merged
+    from export.onnx.merge import export_merged
 
     _echo_report(export_merged(input_shape_=_shape(input_shape), **options))
 
@@ -74,7 +73,7 @@ def merge_command(input_shape: str | None, **options: Any) -> None:
 def attach_command(input_shape: str | None, adapters: tuple[str, ...], names: tuple[str, ...],
                    **options: Any) -> None:
     """Export a bundle: base.onnx with adapter slots, adapters as .onnx_adapter files."""
-    from .bundle_export import export_attach
+    from export.onnx.attach import export_attach
 
     _echo_report(export_attach(input_shape_=_shape(input_shape), adapters=list(adapters),
                                names=list(names) or None, **options))
@@ -93,7 +92,7 @@ def attach_command(input_shape: str | None, adapters: tuple[str, ...], names: tu
 def add_adapter_command(**options: Any) -> None:
     """Convert a new adapter for an existing bundle (plain or --bank); base.onnx stays byte
     for byte. Its outputs on the bundle's reference inputs go into the manifest."""
-    from .bundle_export import add_adapter
+    from export.onnx.attach import add_adapter
 
     _echo_report(add_adapter(**options))
 
@@ -104,7 +103,7 @@ def add_adapter_command(**options: Any) -> None:
 @click.option("--force", is_flag=True)
 def keygen_command(**options: Any) -> None:
     """Create an Ed25519 signing key pair for adapters."""
-    from .signing import keygen
+    from export.signing import keygen
 
     private, public = keygen(**options)
     click.echo(f"wrote {private} (keep secret) and {public} (list it in adapters.trusted_keys)")
@@ -120,7 +119,7 @@ def keygen_command(**options: Any) -> None:
 @click.option("--force", is_flag=True)
 def sign_command(**options: Any) -> None:
     """Write a signed adapter envelope."""
-    from .signing import sign
+    from export.signing import sign
 
     out = sign(**options)
     click.echo(f"wrote {out} ({Path(out).stat().st_size} bytes)")
@@ -167,7 +166,7 @@ def gateway_options(command: Callable) -> Callable:
 @gateway_options
 def push_command(**options: Any) -> None:
     """Publish an adapter to a gateway and wait for it to confirm (or say why it refused)."""
-    from .push import push
+    from export.fleet.push import push
 
     result = push(progress=lambda line: click.echo(line, err=True), **options)
     click.echo(result.describe())
@@ -182,7 +181,7 @@ def push_command(**options: Any) -> None:
 @gateway_options
 def revoke_command(**options: Any) -> None:
     """Withdraw an adapter version from a gateway (signed); its lines fall back."""
-    from .revoke import revoke
+    from export.fleet.revoke import revoke
 
     result = revoke(progress=lambda line: click.echo(line, err=True), **options)
     click.echo(result.describe())

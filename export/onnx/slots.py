@@ -13,8 +13,7 @@ from torch import nn
 
 from edge.bundle import INDEX_INPUT, Slot
 from edge.errors import ExportError
-
-from .adapters.base import use_module_calls
+from export.adapters.base import use_module_calls
 
 _ACT = {"relu": F.relu, "gelu": F.gelu, "tanh": torch.tanh, "silu": F.silu}
 
@@ -98,7 +97,7 @@ class SlottedModel(nn.Module):
     def forward(self, x: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         self.tensors.clear()
         if self.bank:
-            from .bank_slots import INDEX
+            from export.onnx.bank_slots import INDEX
 
             self.tensors[INDEX], inputs = inputs[0], inputs[1:]
         self.tensors.update(zip(self.slot_order, inputs, strict=True))
@@ -114,7 +113,7 @@ def build_slotted(base: nn.Module, slots: list[Slot], bank: int = 0) -> SlottedM
     K > 0 every slot holds K adapters and rows pick theirs through `adapter_index`."""
     import copy
 
-    from . import bank_slots
+    from export.onnx import bank_slots as bank_slots
 
     model = copy.deepcopy(base).eval()
     use_module_calls(model, [s.module for s in slots])

@@ -20,12 +20,11 @@ from edge import __version__
 from edge.bundle import TensorSpec
 from edge.engine import Engine
 from edge.errors import ConfigError, ExportError
-
-from .adapters.model import AdaptedModel
-from .models import load_base, weights_fingerprint
-from .outputs import check_writable, shared_mode
-from .peft_io import load_adapter
-from .validate import ParityResult, compare, raise_on_failure
+from export.adapters.model import AdaptedModel
+from export.models import load_base, weights_fingerprint
+from export.onnx.parity import ParityResult, compare, raise_on_failure
+from export.outputs import check_writable, shared_mode
+from export.peft_io import load_adapter
 
 OUTPUT = "logits"
 INPUT = "x"
@@ -199,7 +198,7 @@ def real_samples(data: str | Path | None, meta: dict, shape: tuple[int, ...],
     """A few real windows from `--data`, normalised as the adapter was trained."""
     if data is None:
         return None
-    from .data import ChannelStats, load_dataset
+    from export.data import ChannelStats, load_dataset
 
     ds = load_dataset(data, length=shape[-1])
     stats = (meta.get("preprocessing") or {}).get("channel_stats")

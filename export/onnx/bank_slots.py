@@ -10,8 +10,7 @@ from torch import nn
 
 from edge.bundle import INDEX_INPUT as INDEX
 from edge.errors import ExportError
-
-from .slots import _ACT, BottleneckSlot, _Bound
+from export.onnx.slots import _ACT, BottleneckSlot, _Bound
 
 
 def _per_row(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -40,8 +40,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge.contract import name_problem
 from edge.envelope import unpack
 from edge.errors import AdapterError, AdapterRejected, ConfigError, EdgeError
-
-from .signing import envelope_bytes
+from export.signing import envelope_bytes
 
 T = TypeVar("T")
 Progress = Callable[[str], None]

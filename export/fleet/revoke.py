@@ -27,9 +27,8 @@ from pathlib import Path
 from edge.contract import name_problem
 from edge.envelope import REVOKE_CONTEXT, canonical, key_id
 from edge.errors import AdapterRejected, ConfigError
-
-from .push import Progress, _check_names, _Device, _Message, device_link
-from .signing import load_private_key
+from export.fleet.push import Progress, _check_names, _Device, _Message, device_link
+from export.signing import load_private_key
 
 
 @dataclass(frozen=True)

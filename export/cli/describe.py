@@ -1,0 +1,132 @@
+"""What `edge-export inspect` reports for each kind of file: adapter directories, weights
+files, bundles, `.onnx_adapter` files and ONNX models, as plain dicts."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge.errors import ConfigError
+
+# --------------------------------------------------------------------------------------------
+# inspect: one describe function per kind of path
+# --------------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def describe_adapter_dir(path: Path) -> dict[str, Any]:
+    """A PEFT adapter directory: config, tensors, sizes, fingerprints, our metadata."""
+    from export.peft_io import CONFIG_FILE, WEIGHTS_FILE, read_adapter_dir
+
+    adapter = read_adapter_dir(path)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    meta = dict(adapter.meta)
+    return {
+        "path": str(path),
+        "kind": adapter.kind,
+        "config": config,
+        "tensors": {k: [str(v.dtype).removeprefix("torch."), list(v.shape)]
+                    for k, v in sorted(adapter.tensors.items())},
+        "params": sum(v.numel() for v in adapter.tensors.values()),
+        "tensor_bytes": adapter.nbytes,
+        "file_bytes": (path / WEIGHTS_FILE).stat().st_size,
+        "sha256": _sha256(path / WEIGHTS_FILE),
+        "base_fingerprint": meta.pop("base_fingerprint", None),
+        "metadata": meta,
+    }
+
+
+def describe_model_file(path: Path) -> dict[str, Any]:
+    """Base or fully trained weights (.safetensors) with its `<path>.json` sidecar."""
+    from safetensors import safe_open
+
+    from export.models import sidecar_path
+
+    tensors = {}
+    with safe_open(str(path), framework="pt") as f:
+        for key in sorted(f.keys()):
+            t = f.get_slice(key)
+            tensors[key] = [t.get_dtype().lower(), list(t.get_shape())]
+    sidecar = sidecar_path(path)
+    return {
+        "path": str(path),
+        "kind": "weights",
+        "config": json.loads(sidecar.read_text()) if sidecar.is_file() else None,
+        "tensors": tensors,
+        "file_bytes": path.stat().st_size,
+        "sha256": _sha256(path),
+    }
+
+
+def describe_bundle(path: Path) -> dict[str, Any]:
+    """A bundle from `edge-export attach`: base hash check, slots, adapters."""
+    from edge.bundle import read_manifest, verify_base
+
+    manifest = read_manifest(path)
+    verify_base(path, manifest)
+    return {
+        "path": str(path), "kind": "bundle" + (f" (bank of {manifest.bank})" if manifest.bank
+                                               else ""),
+        "base": {"sha256": manifest.base.sha256, "weights_fingerprint":
+                 manifest.base.weights_fingerprint, "opset": manifest.base.opset,
+                 "precision": manifest.base.precision, "target": manifest.target,
+                 "max_rank": manifest.max_rank, "classes": manifest.num_classes},
+        "adapters": {f"{a.name} v{a.version}": f"{a.kind} r{a.rank}, {a.file}, "
+                     f"sha256 {a.sha256[:12]}…" for a in manifest.adapters},
+        "tensors": {s.name: [s.dtype, s.shape] for s in manifest.slots},
+    }
+
+
+def describe_onnx_adapter(path: Path) -> dict[str, Any]:
+    """An `.onnx_adapter`: its tensors; with a bundle beside it, whether they fit its slots."""
+    from edge.engine import read_adapter_arrays
+
+    arrays = read_adapter_arrays(path)
+    return {"path": str(path), "kind": "onnx_adapter", "file_bytes": path.stat().st_size,
+            "sha256": _sha256(path),
+            "tensors": {k: [str(v.dtype), list(v.shape)] for k, v in sorted(arrays.items())}}
+
+
+def describe_onnx(path: Path) -> dict[str, Any]:
+    """An ONNX model: inputs, outputs, overridable slot inputs, metadata_props."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    def dims(v) -> list:
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+    return {"path": str(path), "kind": "onnx", "file_bytes": path.stat().st_size,
+            "sha256": _sha256(path), "opset": model.opset_import[0].version,
+            "metadata": {p.key: p.value for p in model.metadata_props},
+            "outputs": {o.name: dims(o) for o in model.graph.output},
+            "tensors": {i.name: ["input" + (" (slot)" if i.name in inits else ""), dims(i)]
+                        for i in model.graph.input}}
+
+
+def describer(path: Path) -> Callable[[Path], dict[str, Any]]:
+    """Which describe function handles `path`. New kinds (ONNX, bundles) add a line here."""
+    from export.peft_io import CONFIG_FILE
+    from export.train import MODEL_FILE
+
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        return describe_adapter_dir
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return describe_bundle
+    if path.is_file() and path.suffix == ".onnx_adapter":
+        return describe_onnx_adapter
+    if path.is_file() and path.suffix == ".onnx":
+        return describe_onnx
+    if path.is_dir() and (path / MODEL_FILE).is_file():  # a `train --method full|head` output
+        return lambda p: describe_model_file(p / MODEL_FILE)
+    if path.is_file() and path.suffix == ".safetensors":
+        return describe_model_file
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file or directory")
+    raise ConfigError(f"{path}: not something inspect knows (a PEFT adapter directory, a "
+                      "bundle, an .onnx, an .onnx_adapter or a .safetensors weights file)")

@@ -1,0 +1,74 @@
+"""`edge-export train`: thin command over export/train.py."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from edge.errors import ConfigError
+from export.cli.group import main
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+
+
+def _model_config(pairs: tuple[str, ...]) -> dict[str, Any] | None:
+    """`--model-config d_model=128` (repeatable) -> {"d_model": 128}; values parse as JSON."""
+    config: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--model-config {pair!r}: expected KEY=VALUE, like d_model=128")
+        try:
+            config[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key.strip()] = value
+    return config or None
+
+
+@main.command("train")
+@click.option("--base", default="reference", show_default=True,
+              help="'reference' (the bundled SensorTransformer) or 'package.module:callable'.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Base weights (.safetensors).")
+@click.option("--data", required=True, help="Training data: .npz, .ts or ucr:NAME:train.")
+@click.option("--test-data", help="Test data (same forms); without it 20% of --data is held out.")
+@click.option("--method", type=click.Choice(["lora", "bottleneck", "head", "full"]),
+              default="lora", show_default=True,
+              help="lora/bottleneck: an adapter directory; head: linear probe; full: every "
+              "weight (also how a base is pretrained).")
+@click.option("--rank", type=int, default=8, show_default=True,
+              help="LoRA rank, or the bottleneck width.")
+@click.option("--alpha", type=float, help="LoRA alpha  [default: 2 * rank]")
+@click.option("--targets", help="Modules to adapt: comma list of name suffixes (q,v) or a regex.")
+@click.option("--train-head/--freeze-head", default=True, show_default=True,
+              help="Train the head with the adapter (always, when the class count changes).")
+@click.option("--train-norms/--freeze-norms", default=True, show_default=True,
+              help="Train the LayerNorms with the adapter.")
+@click.option("--modules-to-save", help="Other modules to train in full with the adapter "
+              "(comma list), stored in it.")
+@click.option("--epochs", type=int, default=100, show_default=True)
+@click.option("--lr", type=float, help="Learning rate  [default: per method]")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--length", type=int, help="Resample windows to this length [default: the base's].")
+@click.option("--model-config", multiple=True, metavar="KEY=VALUE",
+              help="Reference model argument for a new base (d_model=128); repeatable.")
+@click.option("--out", required=True, type=click.Path(), help="Output directory.")
+@click.option("--force", is_flag=True, help="Overwrite --out.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def train_command(model_config: tuple[str, ...], **options: Any) -> None:
+    """Train an adapter (lora, bottleneck), a head, or the whole model (full)."""
+    from export.train import train
+
+    result = train(model_config=_model_config(model_config), **options)
+    m = result.metrics
+    click.echo(f"wrote {result.out}")
+    click.echo(f"  {m['eval_split']} accuracy {100 * m['accuracy']:.1f}% "
+               f"({m['n_eval']} windows), train {m['train_seconds']:.1f} s")
+    click.echo(f"  trainable {m['trainable_params']:,} params ({m['trainable_pct']:.2f}% of "
+               f"the base), {m['adapter_bytes'] / 1024:.1f} KiB ({m['adapter_base_pct']:.2f}% "
+               f"of the base's {m['base_bytes'] / 1024:.1f} KiB)")

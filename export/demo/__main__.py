@@ -1,0 +1,3 @@
+from export.demo.run import main
+
+main()

@@ -1,0 +1,1 @@
+"""Talking to gateways over MQTT: push an adapter, revoke a version."""

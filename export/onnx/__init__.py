@@ -1,0 +1,1 @@
+"""torch -> ONNX: merged models, bundles with adapter slots, and the parity check."""
