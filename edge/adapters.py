@@ -6,6 +6,9 @@
     store.loaded(held)                                 # what the engine runs (LoraAdapter or
                                                        # DeviceSlots), arrays in bank mode
 
+Routing tables are built from it through a narrow view (`edge.routing.AdapterSource`:
+resolve, loaded, normalizer, bank, prepare_bank); the store itself knows nothing of routes.
+
 The check chain, in order; the first failure is the reason sent back, and nothing changes:
 size limit, framing and sha256 of the body (envelope.unpack); Ed25519 signature against the
 trusted keys (envelope.verify); name, base fingerprint, kind, rank <= R, classes and
@@ -27,6 +30,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +50,7 @@ from .bundle import (
 )
 from .codec import Normalizer
 from .config import Config
-from .engine import Engine, read_adapter_arrays
+from .engine import DeviceSlots, Engine, read_adapter_arrays
 from .envelope import MAX_HEADER, load_public_keys, unpack, verify
 from .errors import (
     AdapterError,
@@ -56,7 +60,6 @@ from .errors import (
     StorageError,
 )
 from .revocation import Revocations
-from .routing import Route, base_route
 from .tolerance import logits_tolerance
 
 log = logging.getLogger(__name__)
@@ -104,7 +107,6 @@ class AdapterStore:
         self._lock = threading.Lock()  # guards `held` against concurrent readers
         self._slots = manifest.slot_table()
         self._normalizers: dict[Key, Normalizer] = {}
-        self._base_route: Route | None = None
         self._reference = self._reference_inputs()
         self.revoked = Revocations.load(state_dir)
         try:
@@ -160,10 +162,10 @@ class AdapterStore:
             found = self._normalizers[held.key] = Normalizer.from_preprocessing(pre, channels)
         return found
 
-    def base_route(self, channels: int) -> Route:
-        if self._base_route is None:
-            self._base_route = base_route(self.manifest, channels)
-        return self._base_route
+    def prepare_bank(self, tensors: Mapping[str, np.ndarray]
+                     ) -> Mapping[str, np.ndarray] | DeviceSlots:
+        """A routing table's bank tensors (K, ...) in the form the engine runs."""
+        return self.engine.prepare_bank(tensors)
 
     def pin(self, keys: set[Key]) -> None:
         """Adapters that routes use: never dropped from memory."""

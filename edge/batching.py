@@ -111,9 +111,9 @@ def group_rows(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[int]]:
 
 
 class LatencyStats:
-    """Thread-safe counters for the stats topic; percentiles over the last `window` latencies.
-
-    Memory is bounded: latencies go into a ring of `window` floats.
+    """Thread-safe latency percentiles for the stats topic, over the last `window` latencies
+    recorded since the previous snapshot. (Message, error and batch counts come from
+    `status.Counters`.) Memory is bounded: latencies go into a ring of `window` floats.
     """
 
     def __init__(self, window: int = 4096) -> None:
@@ -121,16 +121,12 @@ class LatencyStats:
             raise ConfigError(f"latency window must be positive, got {window}")
         self._lock = threading.Lock()
         self._ring = np.zeros(window, dtype=np.float64)  # (window,) latencies in ms
-        self._reset(time.monotonic())
+        self._reset()
 
-    def _reset(self, now: float) -> None:
+    def _reset(self) -> None:
         self._next = 0  # ring write position
         self._filled = 0  # valid entries in the ring
         self._messages = 0
-        self._errors = 0
-        self._batches = 0
-        self._batched_rows = 0
-        self._since = now
 
     def record(self, ms: float) -> None:
         """One message answered, `ms` after it arrived."""
@@ -140,37 +136,17 @@ class LatencyStats:
             self._filled = min(self._filled + 1, self._ring.size)
             self._messages += 1
 
-    def record_error(self, count: int = 1) -> None:
-        """Messages answered on the errors topic instead (bad payload, inference failure)."""
-        with self._lock:
-            self._errors += count
-
-    def record_batch(self, size: int) -> None:
-        """One batch of `size` rows went through inference."""
-        with self._lock:
-            self._batches += 1
-            self._batched_rows += size
-
     def snapshot_and_reset(self) -> dict:
-        """Counters since the last snapshot, then start a new window.
-
-        {"messages", "messages_per_s", "p50_ms", "p99_ms", "errors", "batches", "mean_batch"};
-        the percentiles and mean_batch are None when nothing was recorded.
-        """
-        now = time.monotonic()
+        """{"messages", "p50_ms", "p99_ms"} since the last snapshot, then a new window:
+        `messages` recorded in all, the percentiles over the last `window` of them (None
+        when nothing was recorded)."""
         with self._lock:
             window = self._ring[: self._filled].copy()
-            elapsed = now - self._since
-            counts = (self._messages, self._errors, self._batches, self._batched_rows)
-            self._reset(now)
-        messages, errors, batches, rows = counts
+            messages = self._messages
+            self._reset()
         p50, p99 = np.percentile(window, [50, 99]) if window.size else (None, None)
         return {
             "messages": messages,
-            "messages_per_s": round(messages / elapsed, 3) if elapsed > 0 else 0.0,
             "p50_ms": None if p50 is None else round(float(p50), 3),
             "p99_ms": None if p99 is None else round(float(p99), 3),
-            "errors": errors,
-            "batches": batches,
-            "mean_batch": round(rows / batches, 3) if batches else None,
         }

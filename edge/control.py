@@ -9,9 +9,16 @@
                                                  the last change
 
 Handlers on paho's thread only check the size and queue the command; one control thread
-runs them in arrival order, so changes never race. A change is saved to disk first, then
-the new routing table replaces the old one in one assignment: the worker picks it up at
-its next batch. A refused command changes nothing and is answered on the errors topic.
+runs them in arrival order, so changes never race. A change builds the new routing table,
+installs it in the route holder in one assignment (the worker picks it up at its next
+batch), then saves the assignments; a failed save puts the previous table back. A refused
+command changes nothing and is answered on the errors topic.
+
+The control plane gets what it uses as arguments (edge/service.py wires them):
+
+    ControlPlane(settings=ControlSettings.from_config(cfg, manifest.bank), lines=lines,
+                 routing=RouteHolder(table), build=TableBuilder(...).build, store=store,
+                 link=link, counters=counters)
 """
 
 from __future__ import annotations
@@ -24,18 +31,19 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any, Protocol
 
 from .adapter_checks import MAX_VERSION
+from .adapters import AdapterStore
+from .config import Config
 from .contract import BASE, name_problem
 from .envelope import MAX_HEADER, REVOKE_CONTEXT, peek_id, verify
 from .errors import BadMessage, EdgeError
 from .inbox import FolderWatcher
 from .line_state import LineState
-from .routing import RoutingTable, build_table
-
-if TYPE_CHECKING:
-    from .service import Service
+from .routing import RouteHolder, RoutingTable
+from .status import Counters
 
 log = logging.getLogger(__name__)
 
@@ -59,27 +67,60 @@ class Command:
     done: Callable[[str | None], None] | None = None  # told the rejection reason, or None
 
 
-class ControlPlane:
-    """Owns the line assignments and installs routing tables into `svc.routes`."""
+class ControlLink(Protocol):
+    """What the control plane uses of the MQTT link (edge/mqtt.py's MqttLink)."""
 
-    def __init__(self, svc: Service, lines: LineState) -> None:
-        self.svc = svc
-        self.lines = lines
+    def handle(self, topic_filter: str, handler: Callable[[Any], Any],
+               qos: int | None = None) -> None: ...
+
+    def publish(self, topic: str, payload: bytes, *, qos: int | None = None,
+                retain: bool = False) -> Any: ...
+
+    def report(self, msg_id: str | None, topic: str, reason: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class ControlSettings:
+    """The pieces of the config (and the bundle) that the control plane reads."""
+
+    device: str  # device.id, named in the state document
+    topic: Callable[[str], str]  # "activate" -> <prefix>/<device>/adapters/activate
+    max_put: int  # largest envelope taken: limits.max_adapter_bytes + header + framing
+    keep_versions: int  # adapters.keep_versions
+    bank: int  # the bundle's bank size K (0: not a bank bundle), shown in the state
+    watch_dir: Path | None = None  # adapters.watch_dir; None: MQTT only
+    watch_interval_s: float = 0.5  # adapters.watch_interval_s
+
+    @classmethod
+    def from_config(cls, cfg: Config, bank: int) -> ControlSettings:
+        adapters = cfg.adapters
+        return cls(device=cfg.device.id, topic=cfg.adapters_topic,
+                   max_put=cfg.limits.max_adapter_bytes + MAX_HEADER + 12,
+                   keep_versions=adapters.keep_versions, bank=bank,
+                   watch_dir=adapters.watch_dir, watch_interval_s=adapters.watch_interval_s)
+
+
+class ControlPlane:
+    """Owns the line assignments and installs routing tables into the route holder."""
+
+    def __init__(self, *, settings: ControlSettings, lines: LineState, routing: RouteHolder,
+                 build: Callable[[LineState], RoutingTable], store: AdapterStore,
+                 link: ControlLink, counters: Counters) -> None:
+        self.settings, self.lines, self.routing, self.build = settings, lines, routing, build
+        self.store, self.link, self.counters = store, link, counters
         self.queue: queue.Queue[Command | None] = queue.Queue(QUEUE_BOUND)
         self.last: dict = {}
         self._active: dict[str, tuple] = {}  # line -> (model key, since): when it took over
-        cfg = svc.cfg
-        self.max_put = cfg.limits.max_adapter_bytes + MAX_HEADER + 12
-        self.state_topic = cfg.adapters_topic("state")
-        self._put_prefix = cfg.adapters_topic("put/")
-        svc.link.handle(cfg.adapters_topic("put/+"), self._on_put, qos=1)
-        svc.link.handle(cfg.adapters_topic("activate"), self._on_command, qos=1)
-        svc.link.handle(cfg.adapters_topic("rollback"), self._on_command, qos=1)
-        svc.link.handle(cfg.adapters_topic("revoke"), self._on_command, qos=1)
-        watch = cfg.adapters.watch_dir
+        self.max_put = settings.max_put
+        self.state_topic = settings.topic("state")
+        self._put_prefix = settings.topic("put/")
+        link.handle(settings.topic("put/+"), self._on_put, qos=1)
+        for kind in ("activate", "rollback", "revoke"):
+            link.handle(settings.topic(kind), self._on_command, qos=1)
+        watch = settings.watch_dir
         self.watcher = None if watch is None else FolderWatcher(
             watch, self.submit_file, max_bytes=self.max_put,
-            interval=cfg.adapters.watch_interval_s,
+            interval=settings.watch_interval_s,
             report=lambda name, reason: self._refuse(None, f"file:{name}", reason))
         self._thread: threading.Thread | None = None
         self._queued_bytes = 0
@@ -99,6 +140,10 @@ class ControlPlane:
             self.queue.put(None)
             self._thread.join(10.0)
 
+    def alive(self) -> bool:
+        """True while the control thread runs (a bug in a command must never end it)."""
+        return self._thread is not None and self._thread.is_alive()
+
     # -- intake (paho's thread, the watcher's thread) ---------------------------------------
     def _on_put(self, msg) -> None:
         name = msg.topic[len(self._put_prefix):]
@@ -113,7 +158,7 @@ class ControlPlane:
             return self._refuse(peek_id(msg.payload) or name, msg.topic,
                                 f"envelope of {len(msg.payload)} bytes exceeds "
                                 f"the limit of {self.max_put} bytes (limits.max_adapter_bytes)")
-        self._submit(Command("put", msg.payload, msg.topic, "mqtt", time.monotonic(), name))
+        self.submit(Command("put", msg.payload, msg.topic, "mqtt", time.monotonic(), name))
 
     def _on_command(self, msg) -> None:
         kind = msg.topic.rsplit("/", 1)[-1]
@@ -124,13 +169,15 @@ class ControlPlane:
         if len(msg.payload) > MAX_COMMAND_BYTES:
             return self._refuse(None, msg.topic, f"{kind} command of {len(msg.payload)} bytes "
                                 f"exceeds {MAX_COMMAND_BYTES} bytes")
-        self._submit(Command(kind, msg.payload, msg.topic, "mqtt", time.monotonic()))
+        self.submit(Command(kind, msg.payload, msg.topic, "mqtt", time.monotonic()))
 
     def submit_file(self, data: bytes, source: str, done: Callable[[str | None], None]) -> None:
         name = source.partition(":")[2]
-        self._submit(Command("put", data, f"file:{name}", source, time.monotonic(), None, done))
+        self.submit(Command("put", data, f"file:{name}", source, time.monotonic(), None, done))
 
-    def _submit(self, cmd: Command) -> None:
+    def submit(self, cmd: Command) -> None:
+        """Queue `cmd` for the control thread; refused (and reported) when the queue holds
+        too many commands or bytes."""
         with self._bytes_lock:
             room = self._queued_bytes + len(cmd.payload) <= QUEUED_PUTS * self.max_put
             if room:
@@ -153,8 +200,8 @@ class ControlPlane:
 
     def _refuse(self, msg_id: str | None, topic: str, reason: str) -> None:
         log.warning("refused %s: %s", topic, reason)
-        self.svc.counters.add(errors=1)
-        self.svc.link.report(msg_id, topic, reason)
+        self.counters.add(errors=1)
+        self.link.report(msg_id, topic, reason)
 
     # -- the control thread -----------------------------------------------------------------
     def _loop(self) -> None:
@@ -183,7 +230,7 @@ class ControlPlane:
     def _execute(self, cmd: Command) -> str | None:
         """Run one command; returns the id its answer names."""
         if cmd.kind == "put":
-            held, new = self.svc.store.accept(cmd.payload, cmd.source, cmd.name)
+            held, new = self.store.accept(cmd.payload, cmd.source, cmd.name)
             self.last = {"action": "put", "name": held.entry.name,
                          "version": held.entry.version, "sha256": held.entry.sha256,
                          "result": "accepted" if new else "already held"}
@@ -214,12 +261,12 @@ class ControlPlane:
         """Withdraw a version: its signature checked like an adapter's, the revocation saved,
         then every line on it moves to the newest remaining version of the adapter (the
         base model when none remains) and the new table is installed."""
-        store = self.svc.store
+        store = self.store
         signer = verify(doc["signed"], store.trusted, store.require_signed,
                         context=REVOKE_CONTEXT, what="revoke command")
         name, version, reason = doc["name"], doc["version"], doc["reason"]
         held = store.revoke(name, version, reason=reason, signer=signer)
-        before = {line: route.key for line, route in self.svc.routes.routes.items()}
+        before = {line: route.key for line, route in self.routing.current().routes.items()}
         remaining = store.holds_any(name)
         lines = self.lines.off_version(name, version, remaining)
         self.last = {"action": "revoke", "name": name, "version": version, "reason": reason,
@@ -231,28 +278,28 @@ class ControlPlane:
             log.warning("revoke: %s; lines on %s go to the base model", exc, name)
             self._install(self.lines.off_version(name, version, remaining=False), cmd)
         self.last["lines"] = {line: route.describe()
-                              for line, route in self.svc.routes.routes.items()
+                              for line, route in self.routing.current().routes.items()
                               if before.get(line) != route.key}
         self.publish_state()
 
     def _install(self, lines: LineState, cmd: Command) -> None:
-        """Build the table (it may refuse), swap it in with one assignment, then save the
+        """Build the table (it may refuse), install it with one assignment, then save the
         assignments (fsync: milliseconds, kept out of the switch); a failed save puts the
         previous table back. The state, which is the answer, goes out only after the save."""
         start = time.perf_counter()
-        table = build_table(lines, self.svc.store, self.svc.spec.channels)
-        previous, self.svc.routes = self.svc.routes, table
+        table = self.build(lines)
+        previous = self.routing.install(table)
         switch_ms = (time.perf_counter() - start) * 1000.0
         installed_ms = (time.monotonic() - cmd.received) * 1000.0
         if lines is not self.lines:
             try:
                 lines.save()
             except EdgeError:
-                self.svc.routes = previous
+                self.routing.install(previous)
                 raise
         self.lines = lines
         self._note_active(table)
-        self.svc.store.pin(table.adapter_keys())
+        self.store.pin(table.adapter_keys())
         self.last.update(switch_ms=round(switch_ms, 3), ts=round(time.time(), 3),
                          save_ms=round((time.perf_counter() - start) * 1000.0 - switch_ms, 3),
                          installed_ms=round(installed_ms, 3),  # received -> serving it
@@ -263,11 +310,11 @@ class ControlPlane:
     def _prune(self, name: str) -> None:
         """Old versions go once `adapters.keep_versions` newer ones are held; a version a
         line uses or may roll back to stays."""
-        store, in_use = self.svc.store, set(self.svc.routes.adapter_keys())
+        store, in_use = self.store, set(self.routing.current().adapter_keys())
         for assignment in (a for h in self.lines.history.values() for a in h):
             if assignment.adapter == name and assignment.version is not None:
                 in_use.add((name, assignment.version))
-        gone = store.prune(name, self.svc.cfg.adapters.keep_versions, in_use)
+        gone = store.prune(name, self.settings.keep_versions, in_use)
         if gone:
             log.info("deleted old versions %s of %s", [v for _, v in gone], name)
             self.publish_state()
@@ -280,7 +327,7 @@ class ControlPlane:
                         for key, since in [self._active.get(line, (None, now))]}
 
     def state_doc(self) -> dict:
-        table: RoutingTable = self.svc.routes
+        table = self.routing.current()
         if not self._active:
             self._note_active(table)
         lines = {}
@@ -293,13 +340,13 @@ class ControlPlane:
                            "since": round(self._active.get(line, (None, 0.0))[1], 3)}
         if table.default is not None:
             lines["*"] = table.default.describe()
-        return {"device": self.svc.cfg.device.id, "ts": round(time.time(), 3), "lines": lines,
-                "held": self.svc.store.describe(), "revoked": self.svc.store.revoked.describe(),
-                "bank": self.svc.manifest.bank, "last": self.last}
+        return {"device": self.settings.device, "ts": round(time.time(), 3), "lines": lines,
+                "held": self.store.describe(), "revoked": self.store.revoked.describe(),
+                "bank": self.settings.bank, "last": self.last}
 
     def publish_state(self):
         payload = json.dumps(self.state_doc(), separators=(",", ":")).encode()
-        return self.svc.link.publish(self.state_topic, payload, qos=1, retain=True)
+        return self.link.publish(self.state_topic, payload, qos=1, retain=True)
 
 
 def _request_id(payload: bytes) -> str | None:

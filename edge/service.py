@@ -9,8 +9,8 @@ Threads:
                           (every unusable message, on either thread: one error report)
     stats                 every topics.stats_interval_s: counters, latency, queue depth
     control               adapter put / activate / rollback and watch-folder drops, one at
-                          a time: checks, then a new routing table replaces `routes`
-                          between batches (edge/control.py, docs/ADAPTERS.md)
+                          a time: checks, then a new routing table is installed in the
+                          route holder between batches (edge/control.py, docs/ADAPTERS.md)
 
     svc = Service(load_config("firmware_configs/cpu.toml"), bundle_dir="bundle")
     svc.start(); ...; svc.stop()          # or svc.run_forever() until SIGTERM / SIGINT
@@ -34,7 +34,7 @@ from .bundle import INDEX_INPUT, read_manifest, verify_base
 from .codec import InputSpec, best_effort_id, decode_sensor, encode_result, softmax
 from .config import Config, load_config
 from .contract import name_problem
-from .control import ControlPlane
+from .control import ControlPlane, ControlSettings
 from .dedupe import Dedupe
 from .engine_config import check_bundle_matches, open_engine
 from .errors import (
@@ -49,7 +49,7 @@ from .mqtt import MqttLink, Token, message_properties
 from .outbox import Outbox
 from .placement import describe as describe_placement
 from .providers import CPU
-from .routing import Route, RoutingTable, build_table, line_of
+from .routing import Route, RouteHolder, RoutingTable, TableBuilder, line_of
 from .state_lock import StateLock
 from .status import Counters, online_details, stats_payload, status_payload
 
@@ -78,7 +78,8 @@ class Service:
     """The gateway runtime for one config and bundle (`bundle_dir` overrides device.bundle).
 
     Loads and checks the bundle, the engine and every routed adapter on construction, so a
-    bad bundle fails before any MQTT traffic. `routes` is replaced as a whole, never edited.
+    bad bundle fails before any MQTT traffic. `routes` is the table in force: the control
+    plane replaces it as a whole in `routing` (a RouteHolder), never edits it.
     """
 
     def __init__(self, config: Config | str | Path, bundle_dir: str | Path | None = None) -> None:
@@ -108,8 +109,9 @@ class Service:
         self.placement: dict[str, dict[str, int]] = {}  # provider -> op -> nodes, at warm-up
         self.spec = self._input_spec()
         self.store = AdapterStore.open(self.cfg, self.bundle, self.manifest, self.engine)
+        self.tables = TableBuilder(self.store, self.manifest, self.spec.channels)
         lines = self._line_state()
-        self.routes: RoutingTable = build_table(lines, self.store, self.spec.channels)
+        self.routing = RouteHolder(self.tables.build(lines))
         self.store.pin(self.routes.adapter_keys())
         self.queue: queue.Queue[Pending] = queue.Queue(maxsize=self.cfg.limits.queue_bound)
         self._queued_bytes = 0  # payload bytes in self.queue (guarded by _intake_lock)
@@ -130,7 +132,10 @@ class Service:
         self.link = MqttLink(self.cfg, will=status_payload(
             "offline", device, reason="connection lost", stamp=False), on_connect=self._announce,
             outbox=self.outbox, dedupe=self.dedupe, counters=self.counters)
-        self.control = ControlPlane(self, lines)  # its topics match before the sensors'
+        self.control = ControlPlane(  # its topics match before the sensors'
+            settings=ControlSettings.from_config(self.cfg, self.manifest.bank), lines=lines,
+            routing=self.routing, build=self.tables.build, store=self.store, link=self.link,
+            counters=self.counters)
         for topic_filter in self.cfg.topics.inputs:
             self.link.handle(topic_filter, self._on_sensor)
 
@@ -140,7 +145,7 @@ class Service:
         held is an error at start-up, not a surprise at the first message."""
         lines = LineState.load(self.cfg)
         try:
-            build_table(lines, self.store, self.spec.channels)
+            self.tables.build(lines)
             return lines
         except AdapterRejected as exc:
             fresh = LineState.from_config(self.cfg, lines.path)
@@ -151,10 +156,15 @@ class Service:
 
     def _checked(self, lines: LineState) -> LineState:
         try:
-            build_table(lines, self.store, self.spec.channels)
+            self.tables.build(lines)
         except AdapterRejected as exc:
             raise IncompatibleBundle(f"topics.lines: {exc}") from None
         return lines
+
+    @property
+    def routes(self) -> RoutingTable:
+        """The routing table in force (read once per batch: a swap lands between batches)."""
+        return self.routing.current()
 
     def _input_spec(self) -> InputSpec:
         shape = self.manifest.inputs[0].shape  # ["batch", C, L]
@@ -392,7 +402,7 @@ class Service:
 
     def _run_batch(self, batch: list[Pending]) -> None:
         items = self._decode(batch)
-        table = self.routes  # read once: a swapped table takes effect at the next batch
+        table = self.routing.current()  # read once: a new table takes effect next batch
         routes = {}
         for item in items:
             routes.setdefault(item.line, table.lookup(item.line))

@@ -633,7 +633,7 @@ class Gateway(Short):
     def command(self, kind: str, payload: bytes) -> str | None:
         """An activate / rollback through the control thread, as paho's handler queues it."""
         answer = Answer()
-        self.svc.control._submit(Command(kind, payload, f"{ADAPTERS}/{kind}", "fuzz",
+        self.svc.control.submit(Command(kind, payload, f"{ADAPTERS}/{kind}", "fuzz",
                                          time.monotonic(), None, answer))
         return answer.wait()
 
@@ -669,7 +669,7 @@ def gateway(runtime_config, basicmotions_bundle, mosquitto, tmp_path):
 
 def still_serves(gw: Gateway) -> None:
     """The control thread is alive, takes the valid line-a v3, and routes real windows."""
-    assert gw.svc.control._thread.is_alive(), "the control thread died"
+    assert gw.svc.control.alive(), "the control thread died"
     assert gw.put(gw.kit.fresh) is None, "the valid signed line-a v3 was refused"
     for line, name in (("line-a", "line-a"), ("line-b", "base")):
         doc = {"line": line, "name": name, "version": 3 if name == "line-a" else None}

@@ -18,7 +18,6 @@ from reference_bundle import build_bank_bundle, sample_windows
 from test_runtime import WAIT_S, Collector, Publisher
 
 from edge.engine import DeviceSlots
-from edge.routing import build_table
 from export.signing import keygen
 
 DEVICE = "gw-test"
@@ -366,8 +365,7 @@ def test_memory_budget_drops_idle_adapters_and_reloads_them(swap_config, started
     assert svc.store.cache.evictions >= 3
     loaded = [h["version"] for h in svc.store.describe() if h["loaded"]]
     assert 1 in loaded  # line-c is pinned to v1: never dropped
-    svc.control.lines = svc.control.lines.activate("line-b", "line-a", 2)
-    table = build_table(svc.control.lines, svc.store, svc.spec.channels)
+    table = svc.tables.build(svc.control.lines.activate("line-b", "line-a", 2))
     assert table.routes["line-b"].session_adapter is not None
     assert svc.store.cache.holds(("line-a", 2))
 
