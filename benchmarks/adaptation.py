@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="adaptation-") as tmp:
         work = Path(tmp)
         root = args.base_dir or work  # root/data: the recipe's data, root/base: the base
-        data = demo.recipe_data(root)
+        data = demo.recipe_data()
         print(f"pretraining the base on {demo.PRETRAIN_DATA}...", file=sys.stderr)
         weights, base = demo.pretrain_base(root / "base", data=data,
                                            epochs=args.pretrain_epochs, progress=args.progress)

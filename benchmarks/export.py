@@ -43,14 +43,14 @@ def build(root: Path, rank: int) -> tuple[Path, Path, str]:
     torch.manual_seed(0)
     base = SensorTransformer(in_channels=1, num_classes=10, length=256, **BASE_CONFIG).eval()
     weights = save_base(base, root / "base.safetensors")
+    fingerprint = weights_fingerprint(base)  # before injection wraps its modules
     adapted = inject(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS,
                                       modules_to_save=SAVED))
     with torch.no_grad():
         for p in adapted.parameters():
             if p.requires_grad:
                 p.normal_(0, 0.02)
-    save_adapter(adapted, root / "line7", meta={"base_fingerprint": weights_fingerprint(
-        adapted.unwrapped_base())})
+    save_adapter(adapted, root / "line7", meta={"base_fingerprint": fingerprint})
     export_merged(base="reference", weights=weights, adapter=root / "line7",
                   out=root / "merged.onnx")
     export_attach(base="reference", weights=weights, adapters=[root / "line7"],

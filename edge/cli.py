@@ -5,7 +5,7 @@
     edge-runtime doctor --config firmware_configs/jetson-orin-nano.toml [--bundle DIR] [--json]
 
 An EdgeError becomes one `error: ...` line on stderr and its exit code; `--debug` keeps the
-traceback.
+traceback (edge/cli_errors.py, shared with `edge-export`).
 """
 
 from __future__ import annotations
@@ -17,29 +17,9 @@ from pathlib import Path
 
 import click
 
-from .errors import NO_ONNXRUNTIME, EdgeError
+from .cli_errors import ErrorLineGroup, debug_option
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-class _EdgeGroup(click.Group):
-    """Turns EdgeError into one line and an exit code, in one place for every command."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except ModuleNotFoundError as exc:
-            if exc.name != "onnxruntime":
-                raise
-            click.echo(f"error: {NO_ONNXRUNTIME}", err=True)
-            ctx.exit(2)
-        except EdgeError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
-                raise
-            lines = str(exc).splitlines() or [type(exc).__name__]
-            for line in lines:
-                click.echo(f"error: {line}", err=True)
-            ctx.exit(exc.exit_code)
 
 
 def _setup_logging(level: str) -> None:
@@ -47,12 +27,10 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-@click.group(cls=_EdgeGroup)
-@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.pass_context
-def main(ctx: click.Context, debug: bool) -> None:
+@click.group(cls=ErrorLineGroup)
+@debug_option
+def main() -> None:
     """Serve adapter bundles over MQTT on a factory gateway."""
-    ctx.ensure_object(dict)["debug"] = debug
 
 
 CONFIG_OPTION = click.option("--config", "config", required=True,

@@ -1,6 +1,6 @@
 """Adapter directories in Hugging Face PEFT's layout, read and written with safetensors only.
 
-    <dir>/adapter_config.json        PEFT's LoraConfig dict, or our bottleneck config
+    <dir>/adapter_config.json        the kind's config (PEFT's LoraConfig dict, our bottleneck's)
     <dir>/adapter_model.safetensors  keys `base_model.model.<module>.lora_A.weight`, ...
     <dir>/edge_adapter.json          ours, optional: base fingerprint, preprocessing, labels,
                                      metrics (PEFT ignores files it does not know)
@@ -22,8 +22,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from edge.errors import AdapterError
-from export.adapters import BottleneckConfig, LoraConfig
 from export.adapters.model import AdaptedModel
+from export.adapters.registry import AdapterConfig, file_tags, kind_of_file
 from export.outputs import check_writable, shared_mode
 
 CONFIG_FILE = "adapter_config.json"
@@ -37,7 +37,7 @@ class AdapterDir:
     """What an adapter directory holds, read and checked but not yet applied to a model."""
 
     path: Path
-    config: LoraConfig | BottleneckConfig
+    config: AdapterConfig
     tensors: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)
 
@@ -50,7 +50,7 @@ class AdapterDir:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
-def read_config(path: Path) -> LoraConfig | BottleneckConfig:
+def read_config(path: Path) -> AdapterConfig:
     file = path / CONFIG_FILE
     if not file.is_file():
         raise AdapterError(f"{path}: no {CONFIG_FILE}; is this an adapter directory?")
@@ -60,13 +60,12 @@ def read_config(path: Path) -> LoraConfig | BottleneckConfig:
         raise AdapterError(f"{file}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise AdapterError(f"{file}: expected a JSON object")
-    if data.get("adapter_type") != "bottleneck" and data.get("peft_type", "LORA") != "LORA":
+    kind = kind_of_file(data)
+    if kind is None:
         raise AdapterError(f"{file}: peft_type {data.get('peft_type')!r} is not supported "
-                           "(LORA, or adapter_type 'bottleneck')")
+                           f"({file_tags()})")
     try:
-        if data.get("adapter_type") == "bottleneck":
-            return BottleneckConfig.from_dict(data, source=str(file))
-        return LoraConfig.from_peft_dict(data, source=str(file))
+        return kind.config_cls.from_file_dict(data, source=str(file))
     except TypeError as exc:  # a value of the wrong type (r: "8")
         raise AdapterError(f"{file}: {exc}") from None
 
@@ -131,7 +130,7 @@ def save_adapter(model: AdaptedModel, out: str | Path, *, name: str | None = Non
     config = model.configs[name]
     out = Path(out)
     _check_target(out, force)
-    config_dict = config.to_peft_dict() if config.kind == "lora" else config.to_dict()
+    config_dict = config.to_file_dict()
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.adapter_state_dict(name).items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

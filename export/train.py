@@ -3,6 +3,7 @@
 Methods:
     lora        LoRA on `--targets` (frozen base); writes a PEFT adapter directory at OUT
     bottleneck  residual bottleneck adapters after `--targets` (`--rank` is their width)
+                (every adapter kind of export/adapters/registry.py is a method like these)
     head        linear probe: only the classification head trains; writes OUT/model.safetensors
     full        every weight trains (also how a base is pretrained); writes OUT/model.safetensors
 
@@ -34,7 +35,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from edge.errors import ConfigError, DataError
-from export.adapters import AdaptedModel, BottleneckConfig, LoraConfig
+from export.adapters.model import AdaptedModel
+from export.adapters.registry import ADAPTER_KINDS, adapter_kind
 from export.data import ChannelStats, SensorDataset, load_dataset, train_val_split
 from export.models import load_base, save_base, weights_fingerprint
 from export.outputs import check_writable
@@ -42,19 +44,19 @@ from export.peft_io import WEIGHTS_FILE, save_adapter
 
 __all__ = ["METHODS", "REFERENCE_TARGETS", "TrainResult", "evaluate", "parse_targets", "train"]
 
-METHODS = ("lora", "bottleneck", "head", "full")
+ADAPTER_METHODS = tuple(ADAPTER_KINDS)  # ("lora", "bottleneck"): an adapter directory
+METHODS = (*ADAPTER_METHODS, "head", "full")
 # Adapters start from zero and move few parameters: they take a larger step than a full
 # fine-tune, which would wreck the pretrained weights at that rate (ACSF1 from a PLAID base,
 # benchmarks/adaptation.py: LoRA at 1e-2 beat 3e-3 by ~7 points; full FT is best near 1e-3).
-DEFAULT_LR = {"lora": 1e-2, "bottleneck": 1e-2, "head": 1e-2, "full": 1e-3}
+DEFAULT_LR = {**dict.fromkeys(ADAPTER_METHODS, 1e-2), "head": 1e-2, "full": 1e-3}
 # Default targets for the reference SensorTransformer (module-path suffixes, PEFT semantics).
-# Both adapt the conv stem: its first conv sees the raw signal and its patch conv (a third of
-# the base's weights) turns local shapes into tokens; both differ most between sensor lines.
-# LoRA on the stem's (D, C, 7) and (D, D, 8) kernels costs (7C + D) and 9D per rank. On
+# Every kind adapts the conv stem: its first conv sees the raw signal and its patch conv (a
+# third of the base's weights) turns local shapes into tokens; both differ most between sensor
+# lines. LoRA on the stem's (D, C, 7) and (D, D, 8) kernels costs (7C + D) and 9D per rank. On
 # ACSF1 (validation split) LoRA here beat LoRA on attention q, v, o by ~10 points at equal size.
 REFERENCE_TARGETS: dict[str, list[str]] = {
-    "lora": ["stem.conv1", "stem.conv2", "mlp.fc2"],
-    "bottleneck": ["stem.conv1", "stem.conv2", "mlp.fc2"],
+    kind: ["stem.conv1", "stem.conv2", "mlp.fc2"] for kind in ADAPTER_METHODS
 }
 MODEL_FILE = "model.safetensors"
 MODEL_META_FILE = "edge_model.json"
@@ -165,7 +167,7 @@ def train(
     }  # fmt: skip
     metrics.update(_size_metrics(model, method, base_params, base_bytes))
     if isinstance(model, AdaptedModel):
-        metrics.update(rank=rank, alpha=alpha if method == "lora" else None,
+        metrics.update(**model.configs[model.active_adapter].train_options(),
                        targets=_target_paths(model),
                        modules_to_save=model.configs[model.active_adapter].modules_to_save)
     meta = _meta(base, weights, base_config, fingerprint, splits, metrics)
@@ -193,8 +195,9 @@ def _check_options(method: str, rank: int, alpha: float, epochs: int, lr: float,
     if weight_decay < 0:
         raise ConfigError(f"--weight-decay must be >= 0, got {weight_decay!r}")
     for flag, value in (("--targets", targets), ("--modules-to-save", modules_to_save)):
-        if value and method not in ("lora", "bottleneck"):
-            raise ConfigError(f"{flag} applies to lora and bottleneck, not --method {method}")
+        if value and method not in ADAPTER_METHODS:
+            kinds = ", ".join(ADAPTER_METHODS[:-1]) + f" and {ADAPTER_METHODS[-1]}"
+            raise ConfigError(f"{flag} applies to {kinds}, not --method {method}")
 
 
 def parse_targets(text: str | list[str] | None) -> str | list[str] | None:
@@ -342,11 +345,8 @@ def _build(method: str, model: nn.Module, num_classes: int, targets: Any, rank: 
         save += [p for p, m in model.named_modules() if isinstance(m, nn.LayerNorm)]
     save += _comma_list(modules_to_save)
     targets = parse_targets(targets) or _default_targets(model, method, head_path)
-    if method == "lora":
-        config: LoraConfig | BottleneckConfig = LoraConfig(
-            r=rank, lora_alpha=alpha, target_modules=targets, modules_to_save=save or None)
-    else:
-        config = BottleneckConfig(size=rank, target_modules=targets, modules_to_save=save or None)
+    config = adapter_kind(method).config_cls.from_train_options(
+        rank=rank, alpha=alpha, target_modules=targets, modules_to_save=save or None)
     adapted = AdaptedModel(model)
     adapted.add_adapter(name, config)
     if new_head:

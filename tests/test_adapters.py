@@ -453,7 +453,6 @@ def test_set_adapter_switches_outputs():
         assert (out_a - base_out).abs().max() > 1e-3 and (out_b - base_out).abs().max() > 1e-3
         torch.testing.assert_close(out_a, adapted.merged_model("a")(x), atol=1e-10, rtol=0)
         torch.testing.assert_close(out_b, adapted.merged_model("b")(x), atol=1e-10, rtol=0)
-        torch.testing.assert_close(adapted.unwrapped_base()(x), base_out, atol=0, rtol=0)
     assert all(".a." in n for n in trainable(adapted)) and len(trainable(adapted)) == 4
     adapted.set_adapter("b")
     assert all(".b." in n for n in trainable(adapted)) and len(trainable(adapted)) == 4
@@ -515,7 +514,6 @@ def test_bottleneck_cannot_be_merged():
     adapted = inject(model, BottleneckConfig(target_modules=["fc1"], size=4), name="bn")
     with pytest.raises(AdapterError, match="'bn' is a bottleneck adapter.*cannot be folded"):
         adapted.merged_model("bn")
-    assert isinstance(adapted.unwrapped_base().fc1, nn.Linear)
 
 
 @pytest.mark.parametrize("cls, targets", BOTTLENECK_CASES)

@@ -1,4 +1,5 @@
-"""edge-export through click's runner: train, inspect, one-line errors and exit codes."""
+"""edge-export through click's runner: train, inspect, one-line errors and exit codes (the
+same as edge-runtime's)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ torch = pytest.importorskip("torch")
 
 from click.testing import CliRunner  # noqa: E402
 
-from edge.errors import DataError  # noqa: E402
+from edge import cli as edge_cli  # noqa: E402
+from edge.errors import NO_ONNXRUNTIME, ConfigError, DataError  # noqa: E402
+from export.adapters import ADAPTER_KINDS  # noqa: E402
 from export.cli import main  # noqa: E402
+from export.cli.training import train_command  # noqa: E402
 from export.data import load_dataset  # noqa: E402
 
 TINY = ["--model-config", "d_model=16", "--model-config", "depth=1",
@@ -126,3 +130,65 @@ def test_debug_shows_the_traceback(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code != 0 and isinstance(result.exception, DataError)
     assert "error: " not in result.stderr
+
+
+def test_the_cli_and_the_kind_registry_load_without_torch():
+    """`edge-export --help` and the `--method` choices never wait for torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, export.cli, export.adapters\n"
+            "print(sorted(export.adapters.ADAPTER_KINDS), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split("]")[-1].strip() == "False", out.stdout
+
+
+def test_method_choices_are_train_methods():
+    from export.train import METHODS
+
+    choice = next(p for p in train_command.params if p.name == "method").type
+    assert tuple(choice.choices) == METHODS and set(ADAPTER_KINDS) <= set(METHODS)
+
+
+# -- both CLIs end errors alike (edge/cli_errors.py) -----------------------------------------
+
+
+def _both(tmp_path: Path, config: Path, *, debug: bool = False) -> list:
+    """`edge-runtime run --config F` and `edge-export merge --target F`: both load F first."""
+    flag = ["--debug"] if debug else []
+    runner = CliRunner()
+    return [runner.invoke(edge_cli.main, [*flag, "run", "--config", str(config)]),
+            runner.invoke(main, [*flag, "merge", "--target", str(config), "--adapter",
+                                 str(tmp_path / "adapter"), "--out", str(tmp_path / "m.onnx")])]
+
+
+def test_both_clis_print_the_same_error_lines_and_exit_code(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[device]\nid = "gw 1"\n[broker]\nport = 70000\n')
+    runtime, export = _both(tmp_path, bad)
+    assert runtime.exit_code == export.exit_code == ConfigError.exit_code
+    assert runtime.stderr == export.stderr and runtime.stdout == export.stdout == ""
+    lines = runtime.stderr.splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"error: {bad}: ") for line in lines)
+    single = tmp_path / "missing.toml"  # one problem: one line
+    runtime, export = _both(tmp_path, single)
+    assert runtime.exit_code == export.exit_code == ConfigError.exit_code
+    assert runtime.stderr == export.stderr and len(runtime.stderr.splitlines()) == 1
+
+
+def test_both_clis_keep_the_traceback_with_debug(tmp_path):
+    for result in _both(tmp_path, tmp_path / "missing.toml", debug=True):
+        assert isinstance(result.exception, ConfigError) and "error: " not in result.stderr
+
+
+def test_both_clis_name_a_missing_onnxruntime_alike(tmp_path, monkeypatch):
+    def no_ort(**kwargs):
+        raise ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")
+
+    monkeypatch.setattr(edge_cli, "run", no_ort)
+    monkeypatch.setattr("export.onnx.merge.export_merged", no_ort)
+    for debug in (False, True):
+        results = _both(tmp_path, tmp_path / "missing.toml", debug=debug)
+        assert [r.exit_code for r in results] == [2, 2]
+        assert [r.stderr for r in results] == [f"error: {NO_ONNXRUNTIME}\n"] * 2

@@ -18,7 +18,9 @@ from torch import nn
 
 from edge.errors import AdapterError
 from export import peft_io
-from export.adapters import AdaptedModel, BottleneckConfig, LoraConfig, inject
+from export.adapters import ADAPTER_KINDS, AdaptedModel, BottleneckConfig, LoraConfig, inject
+from export.adapters.base import AdapterLayer
+from export.adapters.registry import adapter_kind, kind_of_file
 from export.peft_io import (
     CONFIG_FILE,
     META_FILE,
@@ -253,6 +255,36 @@ def test_unsupported_config_values(tmp_path, changes, message):
         warnings.simplefilter("ignore")
         with pytest.raises(AdapterError, match=message):
             read_adapter_dir(tmp_path / "a")
+
+
+# -- the adapter kind registry --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(ADAPTER_KINDS))
+def test_each_registered_kind_reads_and_writes_itself(tmp_path, name):
+    """A kind's registration agrees with its own classes: the config names it, its file tag
+    finds it, and its key parts split exactly the file keys its layer writes."""
+    kind = adapter_kind(name)
+    assert kind.config_cls.kind == name
+    assert issubclass(kind.layer_cls, AdapterLayer) and kind.layer_cls.supported
+    code = kind.slot_code()
+    assert all(hasattr(code, a) for a in ("SLOT", "BANK_SLOT", "to_slot", "slot_shape",
+                                          "slot_activation"))
+    config = kind.config_cls.from_train_options(rank=2, alpha=4.0, target_modules=["fc1"],
+                                                modules_to_save=None)
+    assert config.train_options()["rank"] == 2
+    save_adapter(inject(build(Mlp)[0], config, name="a"), tmp_path / "a")
+    adapter = read_adapter_dir(tmp_path / "a")
+    assert kind_of_file(config.to_file_dict()) is kind and adapter.kind == name
+    assert adapter.config == config
+    split = [kind.split_key(k.removeprefix("base_model.model.")) for k in adapter.tensors]
+    assert sorted(split) == sorted(("fc1", part) for part in kind.key_parts.values())
+    assert kind.rank_part in kind.key_parts.values()
+
+
+def test_unknown_kind_names_the_known_ones():
+    with pytest.raises(AdapterError, match="unknown adapter kind 'ia3'; known: lora, bottleneck"):
+        adapter_kind("ia3")
 
 
 # -- bottleneck and our metadata ------------------------------------------------------------

@@ -17,12 +17,10 @@ from torch import nn
 from edge.errors import AdapterError
 
 from .base import AdapterLayer, use_module_calls
+from .registry import AdapterConfig, adapter_kind
 from .targets import matches, select_modules
 
 PEFT_PREFIX = "base_model.model."
-# Child names that belong to the wrappers, never to the user's model.
-_INTERNAL = {"base_layer", "lora_A", "lora_B", "lora_dropout", "adapter_down", "adapter_up",
-             "adapter_act", "adapter_dropout", "original_module", "modules_to_save"}
 
 
 class ModulesToSave(nn.Module):
@@ -70,7 +68,7 @@ class AdaptedModel(nn.Module):
     def __init__(self, base_model: nn.Module) -> None:
         super().__init__()
         self.base_model = base_model.requires_grad_(False)
-        self.configs: dict = {}
+        self.configs: dict[str, AdapterConfig] = {}
         self.active_adapter: str | None = None
         self.base_params = sum(p.numel() for p in base_model.parameters())
         self.base_bytes = sum(t.numel() * t.element_size()
@@ -80,12 +78,13 @@ class AdaptedModel(nn.Module):
         return self.base_model(*args, **kwargs)
 
     # -- building ---------------------------------------------------------------------------
-    def add_adapter(self, name: str, config, *, option: str = "--targets") -> None:
+    def add_adapter(self, name: str, config: AdapterConfig, *, option: str = "--targets") -> None:
         """Inject adapter `name` as `config` says, and make it the active, trainable one."""
         if name in self.configs:
             raise AdapterError(f"an adapter named {name!r} exists already")
+        layer_cls = adapter_kind(config.kind).layer_cls
         named = self.user_modules()
-        chosen = select_modules(named, config.target_modules, config.supported, option=option)
+        chosen = select_modules(named, config.target_modules, layer_cls.supported, option=option)
         saved = self._saved_paths(config.modules_to_save or [], named)
         for path in [p for p, _ in chosen] + saved:
             parent = self.base_model.get_submodule(path.rpartition(".")[0])
@@ -95,12 +94,12 @@ class AdaptedModel(nn.Module):
         for path, _ in chosen:
             current = self.base_model.get_submodule(path)
             if isinstance(current, AdapterLayer):
-                if not isinstance(current, config.layer_cls):
+                if not isinstance(current, layer_cls):
                     raise AdapterError(f"module {path} already carries a "
                                        f"{type(current).__name__}; one adapter kind per module")
                 layer = current
             else:
-                layer = config.layer_cls(current)
+                layer = layer_cls(current)
                 self.base_model.set_submodule(path, layer)
             config.add_to(layer, name, path)
         for path in saved:
@@ -114,14 +113,18 @@ class AdaptedModel(nn.Module):
         self.set_adapter(name)
 
     def user_modules(self) -> list[tuple[str, nn.Module]]:
-        """(path, module) of the user's model, wrappers seen through to what they wrap."""
-        out = []
+        """(path, module) of the user's model, wrappers seen through to what they wrap; what
+        lies inside a wrapper (its base layer, adapter tensors, saved copies) is not listed."""
+        out: list[tuple[str, nn.Module]] = []
+        wrapper_paths: list[str] = []  # named_modules() yields a wrapper before its children
         for path, module in self.base_model.named_modules():
-            if not path or _INTERNAL.intersection(path.split(".")):
+            if not path or any(path.startswith(w + ".") for w in wrapper_paths):
                 continue
             if isinstance(module, AdapterLayer):
+                wrapper_paths.append(path)
                 module = module.base_layer
             elif isinstance(module, ModulesToSave):
+                wrapper_paths.append(path)
                 module = module.original_module
             out.append((path, module))
         return out
@@ -266,13 +269,6 @@ class AdaptedModel(nn.Module):
         fold and raise AdapterError."""
         if name not in self.configs:
             raise AdapterError(f"no adapter named {name!r}; adapters: {sorted(self.configs)}")
-        return self._plain_copy(name)
-
-    def unwrapped_base(self) -> nn.Module:
-        """A plain copy of the base model with every adapter removed."""
-        return self._plain_copy(None)
-
-    def _plain_copy(self, name: str | None) -> nn.Module:
         model = copy.deepcopy(self.base_model)
         wrapped = [(p, m) for p, m in model.named_modules()
                    if isinstance(m, (AdapterLayer, ModulesToSave))]
@@ -281,7 +277,7 @@ class AdaptedModel(nn.Module):
             if isinstance(module, ModulesToSave):
                 plain = module.modules_to_save[name] if name in module.modules_to_save \
                     else module.original_module
-            elif name is not None and name in module.adapter_names():
+            elif name in module.adapter_names():
                 plain = module.merged_copy(name)
             else:
                 plain = module.base_layer
@@ -289,7 +285,7 @@ class AdaptedModel(nn.Module):
         return model.requires_grad_(False)
 
 
-def inject(model: nn.Module, config, name: str = "default") -> AdaptedModel:
+def inject(model: nn.Module, config: AdapterConfig, name: str = "default") -> AdaptedModel:
     """Freeze `model` and add one adapter; the Python twin of `edge-export train`'s injection."""
     adapted = AdaptedModel(model)
     adapted.add_adapter(name, config)

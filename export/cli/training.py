@@ -8,7 +8,11 @@ from typing import Any
 import click
 
 from edge.errors import ConfigError
+from export.adapters.registry import ADAPTER_KINDS  # no torch: names only
 from export.cli.group import main
+
+# train()'s METHODS (export/train.py imports torch, which `--help` should not wait for)
+METHODS = (*ADAPTER_KINDS, "head", "full")
 
 # --------------------------------------------------------------------------------------------
 # train
@@ -35,10 +39,9 @@ def _model_config(pairs: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option("--weights", type=click.Path(dir_okay=False), help="Base weights (.safetensors).")
 @click.option("--data", required=True, help="Training data: .npz, .ts or ucr:NAME:train.")
 @click.option("--test-data", help="Test data (same forms); without it 20% of --data is held out.")
-@click.option("--method", type=click.Choice(["lora", "bottleneck", "head", "full"]),
-              default="lora", show_default=True,
-              help="lora/bottleneck: an adapter directory; head: linear probe; full: every "
-              "weight (also how a base is pretrained).")
+@click.option("--method", type=click.Choice(METHODS), default="lora", show_default=True,
+              help=f"{'/'.join(ADAPTER_KINDS)}: an adapter directory; head: linear probe; "
+              "full: every weight (also how a base is pretrained).")
 @click.option("--rank", type=int, default=8, show_default=True,
               help="LoRA rank, or the bottleneck width.")
 @click.option("--alpha", type=float, help="LoRA alpha  [default: 2 * rank]")

@@ -46,7 +46,7 @@ LORA: dict[str, Any] = {"method": "lora", "rank": 4}
 BOTTLENECK: dict[str, Any] = {"method": "bottleneck", "rank": 8}
 
 
-def recipe_data(work: Path) -> dict[str, dict[str, str | Path]]:
+def recipe_data() -> dict[str, dict[str, str | Path]]:
     """{"pretrain"|"adapt": {"train"|"test": spec}} for train()'s data options."""
     specs = {"pretrain": (PRETRAIN_DATA, PRETRAIN_TEST), "adapt": (ADAPT_DATA, ADAPT_TEST)}
     return {k: {"train": tr, "test": te} for k, (tr, te) in specs.items()}
@@ -89,7 +89,7 @@ def step_pretrain(state: DemoState) -> None:
     cached = (state.out / "base" / MODEL_FILE).is_file()
     print(f"[1] base model on {PRETRAIN_DATA} "
           f"({'cached in' if cached else 'pretraining into'} {state.out / 'base'})")
-    state.data = recipe_data(state.out)
+    state.data = recipe_data()
     state.base_weights, state.base_metrics = pretrain_base(state.out / "base", data=state.data,
                                                            progress=state.progress)
     print(f"    PLAID test accuracy {100 * state.base_metrics['accuracy']:.1f}%")

@@ -1,15 +1,15 @@
 """Adapter directories -> bundle slots and slot tensors (what `.onnx_adapter` files hold).
 
-Slot layouts, with R the bundle's max rank, chosen so the graph needs no transposes:
-    lora Linear  lora_A  A^T (in, R)          lora_B  (scale B)^T (R, out)
-    lora ConvNd  lora_A  A (R, in*k...)       lora_B  scale B (out, R)
-    bottleneck   down_w  W_down^T (F, R)  down_b (R,)  up_w  W_up^T (R, F)  up_b (F,)
-    full         a modules_to_save module's own parameters; a Linear's rows padded to the
-                 widest head so adapters may carry more classes than the base
-Zero padding to R is exact: the padded rows and columns add nothing.
+Each adapter kind's slot layouts are in its subpackage (`export/adapters/<kind>/slots.py`),
+found through the registry; with R the bundle's max rank, zero padding to R is exact: the
+padded rows and columns add nothing. modules_to_save become "full" slots here: a module's own
+parameters, a Linear's rows padded to the widest head so adapters may carry more classes than
+the base.
 """
 
 from __future__ import annotations
+
+from types import ModuleType
 
 import numpy as np
 from torch import nn
@@ -17,12 +17,10 @@ from torch import nn
 from edge.bundle import Slot
 from edge.errors import AdapterRejected, ExportError
 from export.adapters.model import PEFT_PREFIX
-from export.onnx.slots import slot_name
+from export.adapters.registry import ADAPTER_KINDS, adapter_kind
+from export.onnx.slots import FULL, slot_name
 from export.peft_io import AdapterDir
 
-LORA_PARTS = {"lora_A": "lora_A", "lora_B": "lora_B"}
-BOTTLENECK_PARTS = {"adapter_down.weight": "down_w", "adapter_down.bias": "down_b",
-                    "adapter_up.weight": "up_w", "adapter_up.bias": "up_b"}
 FULL_TYPES = (nn.Linear, nn.LayerNorm)
 
 
@@ -38,29 +36,31 @@ def module_groups(adapter: AdapterDir) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _split_key(rest: str) -> tuple[str, str]:
-    for marker, part in LORA_PARTS.items():
-        if f".{marker}." in rest:
-            return rest.split(f".{marker}.")[0], part
-    for marker, part in BOTTLENECK_PARTS.items():
-        if rest.endswith("." + marker):
-            return rest[: -len(marker) - 1], part
-    path, _, param = rest.rpartition(".")
+    for kind in ADAPTER_KINDS.values():
+        found = kind.split_key(rest)
+        if found:
+            return found
+    path, _, param = rest.rpartition(".")  # a modules_to_save parameter
     return path, param
 
 
 def adapter_rank(adapter: AdapterDir) -> int:
     groups = module_groups(adapter)
-    ranks = [g["lora_A"].shape[0] for g in groups.values() if "lora_A" in g]
-    ranks += [g["down_w"].shape[0] for g in groups.values() if "down_w" in g]
+    ranks = [g[kind.rank_part].shape[0] for kind in ADAPTER_KINDS.values()
+             for g in groups.values() if kind.rank_part in g]
     return max(ranks, default=0)
 
 
 def slot_kind(parts: dict) -> str:
-    if "lora_A" in parts:
-        return "lora"
-    if "down_w" in parts:
-        return "bottleneck"
-    return "full"
+    for kind in ADAPTER_KINDS.values():
+        if kind.rank_part in parts:
+            return kind.name
+    return FULL
+
+
+def _code(kind: str) -> ModuleType | None:
+    """The slot code of an adapter kind; None for full slots."""
+    return None if kind == FULL else adapter_kind(kind).slot_code()
 
 
 def plan_slots(base: nn.Module, adapters: list[AdapterDir], max_rank: int) -> list[Slot]:
@@ -70,23 +70,24 @@ def plan_slots(base: nn.Module, adapters: list[AdapterDir], max_rank: int) -> li
         if adapter_rank(adapter) > max_rank:
             raise ExportError(f"{adapter.path}: rank {adapter_rank(adapter)} exceeds "
                               f"--max-rank {max_rank}; raise --max-rank")
-        act = getattr(adapter.config, "activation", None)
         for path, parts in module_groups(adapter).items():
             kind = slot_kind(parts)
+            code = _code(kind)
+            act = code.slot_activation(adapter.config) if code else None
             module = _module(base, path, adapter)
             for part, array in parts.items():
-                array = slot_layout(kind, part, array)
-                shape = _slot_shape(kind, part, array.shape, module, max_rank)
-                if kind == "full":  # never narrower than the base's own head
-                    own = tuple(getattr(module, part).shape)
-                    shape = [max(a, b) for a, b in zip(shape, own, strict=True)]
+                if code:
+                    array = code.to_slot(adapter.config, path, part, array)
+                    shape = code.slot_shape(part, array.shape, module, max_rank)
+                else:  # never narrower than the base's own head
+                    shape = _full_shape(part, array.shape, module)
                 old = shapes.get((path, part))
                 if old and old[1] != kind:
                     raise ExportError(f"module {path} gets a {kind} adapter from {adapter.path} "
                                       f"and a {old[1]} adapter from another; one kind per module")
                 if old:  # a wider head than seen so far widens the slot
                     shape = [max(a, b) for a, b in zip(old[0], shape, strict=True)]
-                shapes[(path, part)] = (shape, kind, act if kind == "bottleneck" else None)
+                shapes[(path, part)] = (shape, kind, act)
     return [Slot(name=slot_name(path, part), module=path, kind=kind, part=part, shape=shape,
                  activation=act)
             for (path, part), (shape, kind, act) in sorted(shapes.items())]
@@ -100,29 +101,13 @@ def _module(base: nn.Module, path: str, adapter: AdapterDir) -> nn.Module:
                               "does not have; it was trained for another model") from None
 
 
-def slot_layout(kind: str, part: str, array: np.ndarray) -> np.ndarray:
-    """A file tensor (PEFT layout) in its slot layout, before padding."""
-    if kind == "lora" and array.ndim > 2:  # conv: A (R, in, k...) flat; B (out, R, 1...)
-        return array.reshape(array.shape[0], -1) if part == "lora_A" else \
-            array.reshape(array.shape[0], array.shape[1])
-    if (kind == "lora" and array.ndim == 2) or part in ("down_w", "up_w"):
-        return array.T
-    return array
-
-
-def _slot_shape(kind: str, part: str, shape: tuple, module: nn.Module, rank: int) -> list[int]:
-    shape = list(shape)
-    if kind == "lora":
-        rank_axis = 0 if (part == "lora_A") == isinstance(module, (nn.Conv1d, nn.Conv2d)) else 1
-        shape[rank_axis] = rank
-    elif kind == "bottleneck":
-        if part != "up_b":
-            shape[1 if part == "down_w" else 0] = rank
-    elif not isinstance(module, FULL_TYPES):
+def _full_shape(part: str, shape: tuple, module: nn.Module) -> list[int]:
+    if not isinstance(module, FULL_TYPES):
         names = ", ".join(t.__name__ for t in FULL_TYPES)
         raise ExportError(f"modules_to_save {type(module).__name__} cannot become a slot; "
                           f"slottable module types: {names}")
-    return shape
+    own = tuple(getattr(module, part).shape)
+    return [max(a, b) for a, b in zip(shape, own, strict=True)]
 
 
 def default_tensors(base: nn.Module, slots: list[Slot]) -> dict[str, np.ndarray]:
@@ -131,7 +116,7 @@ def default_tensors(base: nn.Module, slots: list[Slot]) -> dict[str, np.ndarray]
     out = {}
     for slot in slots:
         value = np.zeros(slot.shape, dtype=np.float32)
-        if slot.kind == "full":
+        if slot.kind == FULL:
             own = getattr(base.get_submodule(slot.module), slot.part).detach().float().numpy()
             value[tuple(slice(0, n) for n in own.shape)] = own
         out[slot.name] = value
@@ -142,32 +127,37 @@ def adapter_tensors(adapter: AdapterDir, slots: list[Slot]) -> dict[str, np.ndar
     """The adapter's tensors padded into the bundle's slots; refuses what does not fit."""
     table = {(s.module, s.part): s for s in slots}
     module_kind = {s.module: s.kind for s in slots}
-    config = adapter.config
     out: dict[str, np.ndarray] = {}
     for path, parts in module_groups(adapter).items():
         kind = slot_kind(parts)
         if path in module_kind and module_kind[path] != kind:
             raise AdapterRejected(f"{adapter.path}: {path} is a {kind} adapter but the "
                                   f"bundle's slot there is {module_kind[path]}")
+        code = _code(kind)
         for part, array in parts.items():
             slot = table.get((path, part))
             if slot is None:
                 raise AdapterRejected(f"{adapter.path}: the bundle has no slot for {path} "
                                       f"({kind} {part}); re-export with `edge-export attach` "
                                       "including an adapter on that module")
-            if kind == "bottleneck" and slot.activation != config.activation:
-                raise AdapterRejected(f"{adapter.path}: activation {config.activation} differs "
-                                      f"from the bundle's {slot.activation} at {path}")
-            if kind == "lora" and part == "lora_B":
-                array = array * config.scale_for(path)
-            out[slot.name] = _pad(slot_layout(kind, part, array), slot, adapter)
+            if code:
+                _check_activation(adapter, code, slot, path)
+                array = code.to_slot(adapter.config, path, part, array)
+            out[slot.name] = _pad(array, slot, adapter)
     return out
+
+
+def _check_activation(adapter: AdapterDir, code: ModuleType, slot: Slot, path: str) -> None:
+    act = code.slot_activation(adapter.config)
+    if slot.activation != act:
+        raise AdapterRejected(f"{adapter.path}: activation {act} differs "
+                              f"from the bundle's {slot.activation} at {path}")
 
 
 def _pad(array: np.ndarray, slot: Slot, adapter: AdapterDir) -> np.ndarray:
     if array.ndim != len(slot.shape) or any(a > s for a, s in zip(array.shape, slot.shape,
                                                                     strict=True)):
-        hint = " (raise --max-rank and re-attach)" if slot.kind != "full" else ""
+        hint = " (raise --max-rank and re-attach)" if slot.kind != FULL else ""
         raise AdapterRejected(f"{adapter.path}: tensor for {slot.name} has shape "
                               f"{list(array.shape)}, the slot holds {slot.shape}{hint}")
     out = np.zeros(slot.shape, dtype=np.float32)

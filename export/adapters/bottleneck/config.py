@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from edge.errors import AdapterError
 
 from ..targets import TargetSpec
-from .layer import SUPPORTED, BottleneckLayer
+from .layer import BottleneckLayer
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 
@@ -32,8 +32,6 @@ class BottleneckConfig:
     modules_to_save: list[str] | None = None
 
     kind = "bottleneck"
-    layer_cls = BottleneckLayer
-    supported = SUPPORTED
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, (set, tuple)):
@@ -54,11 +52,20 @@ class BottleneckConfig:
     def add_to(self, layer: BottleneckLayer, name: str, path: str) -> None:
         layer.add_adapter(name, self.size_for(layer.features), self.activation, self.dropout)
 
-    def to_dict(self) -> dict:
+    @classmethod
+    def from_train_options(cls, *, rank: int, alpha: float, target_modules: TargetSpec,
+                           modules_to_save: list[str] | None) -> BottleneckConfig:
+        """`--rank` is the bottleneck's width; it has no alpha."""
+        return cls(size=rank, target_modules=target_modules, modules_to_save=modules_to_save)
+
+    def train_options(self) -> dict:
+        return {"rank": self.size, "alpha": None}
+
+    def to_file_dict(self) -> dict:
         return {"adapter_type": self.kind, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict, *, source: str = "adapter_config.json") -> BottleneckConfig:
+    def from_file_dict(cls, data: dict, *, source: str = "adapter_config.json") -> BottleneckConfig:
         known = {f.name for f in fields(cls)}
         ignored = sorted(set(data) - known - {"adapter_type"})
         if ignored:

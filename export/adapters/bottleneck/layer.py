@@ -44,6 +44,7 @@ def _output_layout(module: nn.Module) -> tuple[int, bool]:
 class BottleneckLayer(AdapterLayer):
     """A frozen module followed by named residual bottlenecks on its output features."""
 
+    supported = SUPPORTED  # module types it wraps
     adapter_parts = ("adapter_down", "adapter_up")
 
     def __init__(self, base_layer: nn.Module) -> None:

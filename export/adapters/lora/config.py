@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field, fields
 from edge.errors import AdapterError
 
 from ..targets import TargetSpec, pattern_value
-from .layer import SUPPORTED, LoraLayer
+from .layer import LoraLayer
 
 
 @dataclass
@@ -30,8 +30,6 @@ class LoraConfig:
 
     kind = "lora"
     peft_type = "LORA"
-    layer_cls = LoraLayer
-    supported = SUPPORTED
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, (set, tuple)):
@@ -57,7 +55,16 @@ class LoraConfig:
         layer.add_adapter(name, self.rank_for(path), self.scale_for(path), self.lora_dropout,
                           self.init_lora_weights)
 
-    def to_peft_dict(self) -> dict:
+    @classmethod
+    def from_train_options(cls, *, rank: int, alpha: float, target_modules: TargetSpec,
+                           modules_to_save: list[str] | None) -> LoraConfig:
+        return cls(r=rank, lora_alpha=alpha, target_modules=target_modules,
+                   modules_to_save=modules_to_save)
+
+    def train_options(self) -> dict:
+        return {"rank": self.r, "alpha": self.lora_alpha}
+
+    def to_file_dict(self) -> dict:
         """The dict PEFT's `LoraConfig.from_pretrained` reads."""
         d = asdict(self)
         d.update(
@@ -73,7 +80,7 @@ class LoraConfig:
         return d
 
     @classmethod
-    def from_peft_dict(cls, data: dict, *, source: str = "adapter_config.json") -> LoraConfig:
+    def from_file_dict(cls, data: dict, *, source: str = "adapter_config.json") -> LoraConfig:
         """Read PEFT's config dict; keys from newer PEFT versions are ignored with a warning."""
         known = {f.name for f in fields(cls)}
         ours = {k: v for k, v in data.items() if k in known}

@@ -23,6 +23,7 @@ class LoraLayer(AdapterLayer):
     zero, so a fresh adapter leaves the output unchanged.
     """
 
+    supported = SUPPORTED  # module types it wraps
     adapter_parts = ("lora_A", "lora_B")
 
     def __init__(self, base_layer: nn.Module) -> None:
