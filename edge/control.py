@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .adapter_checks import MAX_VERSION
-from .contract import BASE, name_problem
+from .contract import ADAPTER_COMMANDS, ANY, BASE, name_problem
 from .envelope import MAX_HEADER, REVOKE_CONTEXT, peek_id, verify
 from .errors import BadMessage, EdgeError
 from .inbox import FolderWatcher
@@ -70,12 +70,11 @@ class ControlPlane:
         self._active: dict[str, tuple] = {}  # line -> (model key, since): when it took over
         cfg = svc.cfg
         self.max_put = cfg.limits.max_adapter_bytes + MAX_HEADER + 12
-        self.state_topic = cfg.adapters_topic("state")
-        self._put_prefix = cfg.adapters_topic("put/")
-        svc.link.handle(cfg.adapters_topic("put/+"), self._on_put, qos=1)
-        svc.link.handle(cfg.adapters_topic("activate"), self._on_command, qos=1)
-        svc.link.handle(cfg.adapters_topic("rollback"), self._on_command, qos=1)
-        svc.link.handle(cfg.adapters_topic("revoke"), self._on_command, qos=1)
+        self.topics = cfg.topic_layout
+        self.state_topic = self.topics.state
+        svc.link.handle(self.topics.put(ANY), self._on_put, qos=1)
+        for kind in ADAPTER_COMMANDS:
+            svc.link.handle(self.topics.command(kind), self._on_command, qos=1)
         watch = cfg.adapters.watch_dir
         self.watcher = None if watch is None else FolderWatcher(
             watch, self.submit_file, max_bytes=self.max_put,
@@ -101,7 +100,7 @@ class ControlPlane:
 
     # -- intake (paho's thread, the watcher's thread) ---------------------------------------
     def _on_put(self, msg) -> None:
-        name = msg.topic[len(self._put_prefix):]
+        name = self.topics.put_name(msg.topic) or ""
         if not msg.payload:  # clearing a retained message: nothing to do
             return None
         if msg.retain:

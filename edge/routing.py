@@ -136,11 +136,3 @@ def _fill_bank(routes: dict[str, Route], default: Route | None, store: AdapterSt
     routes = {line: replace(r, entry=entries[r.key]) for line, r in routes.items()}
     default = None if default is None else replace(default, entry=entries[default.key])
     return routes, default, bank.tensors
-
-
-def line_of(topic: str, prefix: str) -> str | None:
-    """The line level of `<prefix>/<line>[/...]`; None when the topic has no such level."""
-    if not topic.startswith(prefix + "/"):
-        return None
-    line = topic[len(prefix) + 1:].partition("/")[0]
-    return line or None
