@@ -36,6 +36,7 @@ from pydantic_core import PydanticCustomError, PydanticUndefined, to_jsonable_py
 
 from .contract import (
     BASE,
+    DEFAULT_PREFIX,
     DEVICE_RULE,
     NAME_RULE,
     PREFIX_RULE,
@@ -108,18 +109,8 @@ def _plain_filter(topic: str) -> None:
                                   "level, '#' only the last one")
 
 
-def _named(what: str):
-    def check(value: str) -> str:
-        problem = None if what == "adapter" and value == BASE else name_problem(value, what)
-        if problem:
-            raise PydanticCustomError("name", "not a valid {what} name: {rule}",
-                                      {"what": what, "rule": NAME_RULE})
-        return value
-    return AfterValidator(check)
-
-
 def _ruled(problem: Callable[[object], str | None], what: str, rule: str):
-    """The contract's rule for a device id or topic prefix (edge/contract/names.py)."""
+    """One of the wire contract's name rules (edge/contract/names.py) as a validator."""
     def check(value: str) -> str:
         if problem(value):
             raise PydanticCustomError("name", "not a valid {what}: {rule}",
@@ -129,8 +120,9 @@ def _ruled(problem: Callable[[object], str | None], what: str, rule: str):
 
 
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
-LineName = Annotated[str, _named("line")]
-AdapterName = Annotated[str, _named("adapter")]
+LineName = Annotated[str, _ruled(lambda v: name_problem(v, "line"), "line name", NAME_RULE)]
+AdapterName = Annotated[str, _ruled(  # "base" names the base model in a route
+    lambda v: None if v == BASE else name_problem(v, "adapter"), "adapter name", NAME_RULE)]
 DeviceId = Annotated[str, _ruled(device_problem, "device id", DEVICE_RULE)]
 TopicPrefix = Annotated[str, _ruled(prefix_problem, "topic prefix", PREFIX_RULE)]
 TopicFilter = Annotated[str, AfterValidator(_topic_filter)]
@@ -281,7 +273,7 @@ class LineSettings(_Section):
 
     @model_validator(mode="after")
     def _base_has_no_version(self) -> LineSettings:
-        self.adapter = None if self.adapter == "base" else self.adapter
+        self.adapter = None if self.adapter == BASE else self.adapter
         if self.adapter is None and self.version is not None:
             raise _conflict("version", self.version, "a version needs an adapter")
         return self
@@ -290,8 +282,8 @@ class LineSettings(_Section):
 class Topics(_Section):
     """[topics]: MQTT topic layout; device topics are `<prefix>/<device.id>/...`."""
 
-    prefix: TopicPrefix = Field("factory", description="first topic level(s), e.g. 'factory' "
-                                "or 'acme/plant1'")
+    prefix: TopicPrefix = Field(DEFAULT_PREFIX, description="first topic level(s), e.g. "
+                                "'factory' or 'acme/plant1'")
     inputs: list[TopicFilter] = Field(
         default_factory=lambda: [SENSOR_FILTER], min_length=1,
         description="sensor subscription filters ('{prefix}' is replaced); the level after "

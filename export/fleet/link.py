@@ -104,6 +104,8 @@ class TlsFiles:
 
 @dataclass(frozen=True)
 class Message:
+    """One message received on the gateway's topics."""
+
     topic: str
     payload: bytes
     retain: bool
@@ -115,7 +117,6 @@ class Message:
         except (ValueError, RecursionError):
             return None
         return doc if isinstance(doc, dict) else None
-
 
 
 class BrokerSession:
@@ -297,10 +298,10 @@ def device_link(*, device: str, prefix: str, broker: str, timeout: float, tls: b
     use_tls = tls or any(p is not None for p in (tls_ca, tls_cert, tls_key))
     host, port = parse_broker(broker, use_tls)
     link = BrokerSession(host, port, deadline=time.monotonic() + timeout, timeout=timeout,
-                 client_id=client_id,
-                 tls=TlsFiles(tls_ca, tls_cert, tls_key) if use_tls else None,
-                 username=from_env("--username-env", username_env),
-                 password=from_env("--password-env", password_env))
+                         client_id=client_id,
+                         tls=TlsFiles(tls_ca, tls_cert, tls_key) if use_tls else None,
+                         username=from_env("--username-env", username_env),
+                         password=from_env("--password-env", password_env))
     return DeviceLink(link, TopicLayout(prefix, device), progress)
 
 

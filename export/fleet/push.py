@@ -101,6 +101,7 @@ def load_envelope(*, bundle: str | Path | None = None, name: str | None = None,
 
 
 def check_activate(line: str | None) -> None:
+    """`--activate LINE` follows the gateway's line name rule (None: no activate)."""
     problem = None if line is None else name_problem(line, "line")
     if problem:
         raise ConfigError(f"--activate: {problem}")
