@@ -2,7 +2,8 @@
 contract's rules accept. Boundary names (64 and 65 characters, '.', a leading '-', '/',
 '+', '#', non-ASCII, "base", the empty name) are walked through the config, the export
 side (push, revoke, envelopes, attach), the topic builders, and a running gateway's MQTT
-commands, put topics, envelopes and sensor topics; each must agree with the rule."""
+commands, put topics, envelopes and sensor topics; each must agree with the rule. The
+preprocessing record has one format, and training normalises as the gateway does."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge.config import check_config
@@ -17,13 +19,16 @@ from edge.contract import (
     ANY,
     BASE,
     NAME_RULE,
+    STD_FLOOR,
+    Normalizer,
+    Preprocessing,
     TopicLayout,
     device_problem,
     name_problem,
     prefix_problem,
 )
 from edge.envelope import pack
-from edge.errors import AdapterError, ConfigError, EdgeError
+from edge.errors import AdapterError, ConfigError, DataError, EdgeError, IncompatibleBundle
 
 NAMES = ["x" * 64, "x" * 65, "l" + "1" * 63, ".", "a.b", "..", ".x", "-x", "x-", "_x", "a_b",
          "a/b", "+", "#", "a+b", "a#", "ü", "line-ü", "a b", "", BASE, "press-3"]
@@ -154,6 +159,48 @@ def test_the_export_errors_name_the_flag(tmp_path, keys):
         signed_revoke(name=BASE, version=1, key=keys[0])
     with pytest.raises(AdapterError, match="^the envelope's adapter name 'a/b' is not"):
         load_envelope(envelope=envelope_file(tmp_path / "e.bin", "a/b"))
+
+
+# --------------------------------------------------------------------------------------------
+# The preprocessing record and the one normalisation
+# --------------------------------------------------------------------------------------------
+
+def test_the_preprocessing_record_has_one_format():
+    from export.data import ChannelStats
+
+    X = np.random.default_rng(0).normal(3.0, 2.0, (5, 2, 7)).astype(np.float32)  # (N, C, L)
+    record = Preprocessing.of(ChannelStats.from_data(X), 7, ["a", "b"])
+    doc = json.loads(json.dumps(record.to_dict()))
+    assert set(doc) == {"length", "channel_names", "mean", "std"}  # as manifest.json has it
+    assert Preprocessing.from_dict(doc) == record
+    legacy = {"length": 7, "channel_stats": {"mean": doc["mean"], "std": doc["std"]}}
+    assert Preprocessing.from_dict(legacy) == record.model_copy(
+        update={"channel_names": ["ch0", "ch1"]})  # files from before: read, never written
+    for empty in (None, {}, {"length": 7}, {"length": 7, "channel_stats": {}}):
+        assert Preprocessing.from_dict(empty) is None  # trained without normalisation
+    for bad, words in (({**doc, "std": [1.0, 0.0]}, "std > 0"),
+                       ({**doc, "mean": [0.0]}, "equal-length"),
+                       ({**doc, "length": "long"}, "length"),
+                       ({**doc, "extra": 1}, "extra"),
+                       ({"length": 7, "channel_stats": {"mean": [0.0]}}, "exactly the keys")):
+        with pytest.raises(DataError, match=words):
+            Preprocessing.from_dict(bad)
+
+
+def test_training_and_the_gateway_normalise_alike():
+    from export.data import ChannelStats
+
+    X = np.random.default_rng(1).normal(-1.0, 5.0, (6, 3, 11)).astype(np.float32)
+    X[:, 2] = 4.0  # a constant channel: std floored, never a division by zero
+    stats = ChannelStats.from_data(X)
+    gateway = Normalizer.from_preprocessing(Preprocessing.of(stats, 11, ["x", "y", "z"]), 3)
+    assert isinstance(stats, Normalizer) and stats.std[2] == np.float32(STD_FLOOR)
+    np.testing.assert_array_equal(gateway.apply(X), stats.apply(X))  # (N, C, L), bit for bit
+    np.testing.assert_array_equal(gateway.apply(X[0]), stats.apply(X)[0])  # one window (C, L)
+    with pytest.raises(DataError):  # training data is the problem on the training side
+        stats.apply(X[:, :2])
+    with pytest.raises(IncompatibleBundle):  # the bundle is, on the gateway
+        gateway.apply(X[:, :2])
 
 
 # --------------------------------------------------------------------------------------------

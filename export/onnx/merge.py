@@ -181,10 +181,11 @@ def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
                      "into the weights)")
     shape = input_shape(model, input_shape_)
     x = sample_inputs(shape, settings, real_samples(data, adapter_dir.meta, shape))
+    pre = Preprocessing.from_dict(adapter_dir.meta.get("preprocessing"))  # the one format
     meta = {"edge.kind": "merged", "edge.adapter": name, "edge.weights_fingerprint": fingerprint,
             "edge.package_version": __version__,
             "edge.class_names": json.dumps(adapter_dir.meta.get("class_names", [])),
-            "edge.preprocessing": json.dumps(adapter_dir.meta.get("preprocessing", {}))}
+            "edge.preprocessing": json.dumps(pre.to_dict() if pre else {})}
     with staging_file(out) as tmp:
         to_onnx(plain, (torch.from_numpy(x),), [INPUT], tmp, settings)
         finish_onnx(tmp, metadata=meta, precision=settings.precision)
