@@ -271,6 +271,7 @@ def test_a_gateway_agrees_over_mqtt(service, mosquitto):
         probe.send(t.put("line-a"), envelope(name, 1000 + i))
         sent[f"{name[:64]}.v{1000 + i}"] = "adapter"
         if _level_ok(name):  # the name as the topic level
+            # by hand: the topic builders refuse the bad names this test sends
             probe.send(f"{t.put(ANY)[:-1]}{name}", envelope("line-a", 2000 + i))
             sent[f"line-a.v{2000 + i}"] = "adapter"
             probe.send(f"factory/{name}/sensors/s", {"id": f"sensor-{i:04}", "values": []})
