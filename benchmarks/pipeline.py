@@ -39,7 +39,7 @@ from reference_bundle import build_bundle, sample_windows  # noqa: E402
 from report import machine_line, write_section  # noqa: E402
 
 from edge.bundle import read_manifest  # noqa: E402
-from edge.codec import Normalizer  # noqa: E402
+from edge.contract import Normalizer, TopicLayout  # noqa: E402
 from edge.engine import Engine, load_adapter_file  # noqa: E402
 from edge.mqtt import MAX_INFLIGHT, publish_properties  # noqa: E402
 from export.demo.local_broker import start_broker, subscriber, write_runtime_config  # noqa: E402
@@ -47,7 +47,8 @@ from export.demo.local_broker import start_broker, subscriber, write_runtime_con
 TITLE = "Pipeline (benchmarks/pipeline.py)"
 DEVICE = "gw-bench"
 LINE = "line-a"  # routed to the bundle's adapter: the more expensive path
-SENSOR_TOPIC = f"factory/{LINE}/sensors/imu"
+TOPICS = TopicLayout(device=DEVICE)  # the default prefix, "factory"
+SENSOR_TOPIC = TOPICS.sensors(LINE, "imu")
 RAW_TOPIC = "bench/raw/imu"  # (a): outside the service's subscriptions
 BATCHING = {"max_batch": 32, "max_wait_ms": 10}
 WINDOW = 1000  # closed loop: most messages in flight (< queue_bound, so none is refused)
@@ -238,7 +239,7 @@ class RunningService:
         c.on_message = lambda cl, u, m: json.loads(m.payload)["state"] == "online" and got.set()
         c.connect("127.0.0.1", port)
         c.loop_start()
-        c.subscribe(f"factory/{DEVICE}/status", qos=1)
+        c.subscribe(TOPICS.status, qos=1)
         ok = got.wait(60)
         c.disconnect()
         c.loop_stop()
@@ -318,7 +319,7 @@ def run_all(work: Path, port: int, bundle: Path, args) -> list[dict]:
         service.wait_online(port)
         for kind in ("json", "binary"):
             payloads = Payloads(kind)
-            answers = [f"factory/{LINE}/inference", f"factory/{DEVICE}/errors"]
+            answers = [TOPICS.results(LINE), TOPICS.errors]
             c, half = measure(port, SENSOR_TOPIC, answers, payloads, args.seconds)
             a, a_half = measure(port, RAW_TOPIC, [RAW_TOPIC], payloads, args.seconds,
                                 rate=half["rate"])

@@ -38,15 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from adapter_versions import derive_version, envelope  # noqa: E402
-from pipeline import DEVICE, Payloads, RunningService  # noqa: E402
+from pipeline import DEVICE, TOPICS, Payloads, RunningService  # noqa: E402
 from reference_bundle import build_bundle  # noqa: E402
 from report import machine_line, write_section  # noqa: E402
 
+from edge.contract import ANY  # noqa: E402
 from export.demo.local_broker import start_broker, write_runtime_config  # noqa: E402
 from export.signing import keygen  # noqa: E402
 
 LINES = ("press-a", "press-b")  # follows the newest "line-a" version / the base model
-PUT = f"factory/{DEVICE}/adapters/put/line-a"
+PUT = TOPICS.put("line-a")
 
 
 def persistent_client(port: int, client_id: str) -> mqtt.Client:
@@ -71,8 +72,8 @@ class Results:
         self.client = persistent_client(port, "soak-results")
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *a: c.subscribe(
-            [("factory/+/inference", SubscribeOptions(qos=1)),
-             (f"factory/{DEVICE}/errors", SubscribeOptions(qos=1))])
+            [(TOPICS.results(ANY), SubscribeOptions(qos=1)),
+             (TOPICS.errors, SubscribeOptions(qos=1))])
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_connect(self.client)
 
@@ -119,7 +120,7 @@ class Soak:
     def publish(self, i: int) -> None:
         body, props = self.payloads.message(i)
         self.sent[i] = time.perf_counter()
-        self.pub.publish(f"factory/{LINES[i % 2]}/sensors/s1", body, qos=1, properties=props)
+        self.pub.publish(TOPICS.sensors(LINES[i % 2], "s1"), body, qos=1, properties=props)
 
     def capacity(self, seconds: float = 10.0) -> float:
         """Closed loop, at most 64 unanswered: results per second."""

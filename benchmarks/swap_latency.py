@@ -18,11 +18,13 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from swap_workspace import ADAPTERS, NAME, envelope_bytes, pct, verdict, windows  # noqa: E402
 
+from edge.contract import TopicLayout  # noqa: E402
 from edge.engine import Engine, load_adapter_file, session_options  # noqa: E402
 from export.demo.local_broker import start_broker, subscriber, write_runtime_config  # noqa: E402
 
 LINE = "line-a"
 DEVICE = "gw-swap"
+TOPICS = TopicLayout(device=DEVICE)  # the default prefix, "factory"
 RATE = 300  # sensor messages/s streamed on the line while swapping
 BATCHING = {"max_batch": 16, "max_wait_ms": 5}
 
@@ -38,7 +40,7 @@ class ResultWatch:
         self.answers: dict[str, tuple[float, dict]] = {}
         self.results = self.errors = 0
         self.state_topic = state_topic
-        self.client = subscriber(port, [f"factory/{LINE}/inference", f"factory/{DEVICE}/errors",
+        self.client = subscriber(port, [TOPICS.results(LINE), TOPICS.errors,
                                         state_topic], self._on_message)
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -96,7 +98,7 @@ class Stream:
             if delay > 0:
                 time.sleep(delay)
             body, props = self.payloads.message(i)
-            self.pub.publish(f"factory/{LINE}/sensors/imu", body, qos=1, properties=props)
+            self.pub.publish(TOPICS.sensors(LINE, "imu"), body, qos=1, properties=props)
             i += 1
 
     def stop(self) -> None:
@@ -163,7 +165,7 @@ def drive_swaps(svc, port: int, ws: dict, swaps: int) -> dict:
     same version's merged model (and of the demo-size one) and one cold adapter load."""
     from adapter_versions import Offline
 
-    watch = ResultWatch(port, svc.cfg.adapters_topic("state"))
+    watch = ResultWatch(port, svc.cfg.topic_layout.state)
     stream = Stream(port)
     offline, raw = Offline(ws["bundle"]), stream.payloads
     x1, x1_real = windows(ws["bundle"], 1), windows(ws["real"], 1)
@@ -176,7 +178,7 @@ def drive_swaps(svc, port: int, ws: dict, swaps: int) -> dict:
             v = versions[i % len(versions)]
             watch.arm(v, f"swap-{i}")
             t0 = time.monotonic()
-            watch.client.publish(svc.cfg.adapters_topic("activate"), json.dumps(
+            watch.client.publish(svc.cfg.topic_layout.activate, json.dumps(
                 {"line": LINE, "name": NAME, "version": v, "id": f"swap-{i}"}), qos=1)
             t_result, doc, t_state, last = watch.wait(5.0)
             record(out, last, t_result - t0, t_state - t0)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from edge.bundle import read_manifest  # noqa: E402
-from edge.codec import Normalizer  # noqa: E402
+from edge.contract import Normalizer  # noqa: E402
 from edge.engine import Engine, load_adapter_file  # noqa: E402
 
 NAME = "line-a"  # the reference bundle's adapter; versions 2.. are derived from it

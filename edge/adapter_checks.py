@@ -8,8 +8,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from .bundle import AdapterEntry, Manifest, Slot, rows_sha256
-from .codec import Normalizer
-from .contract import name_problem
+from .contract import Normalizer, name_problem
 from .errors import AdapterRejected, IncompatibleBundle
 
 MAX_VERSION = 2**31 - 1

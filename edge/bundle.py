@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
+from .contract import Preprocessing  # the record lives with the rest of the wire contract
 from .errors import IncompatibleBundle
 
 FORMAT = "edge-bundle"
@@ -62,15 +63,6 @@ class Slot(_Strict):
     shape: list[int]
     dtype: str = "float32"
     activation: str | None = None
-
-
-class Preprocessing(_Strict):
-    """What the gateway applies to a raw window before inference."""
-
-    length: int
-    channel_names: list[str]
-    mean: list[float]
-    std: list[float]
 
 
 class AdapterEntry(_Strict):

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic_core import from_json
 
-from .bundle import Preprocessing
-from .errors import BadMessage, ConfigError, IncompatibleBundle
+from .contract import Normalizer  # re-exported: the one normalisation lives in the contract
+from .errors import BadMessage, ConfigError
 
 __all__ = [
     "InputSpec",
@@ -314,39 +314,8 @@ def _short(value: object, limit: int = 40) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Preprocessing and scores
+# Scores
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Normalizer:
-    """Per-channel standardisation: `(values - mean) / std` with mean, std float32 (C,)."""
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def from_preprocessing(cls, pre: Preprocessing | None, channels: int) -> Normalizer:
-        """From a manifest's preprocessing block; the identity when it is None."""
-        if pre is None:
-            return cls(mean=np.zeros(channels, np.float32), std=np.ones(channels, np.float32))
-        mean = np.asarray(pre.mean, dtype=np.float32)
-        std = np.asarray(pre.std, dtype=np.float32)
-        if mean.shape != (channels,) or std.shape != (channels,):
-            raise IncompatibleBundle(f"preprocessing has {mean.size} means and {std.size} stds; "
-                                     f"the model takes {channels} channels")
-        if not (np.isfinite(mean).all() and np.isfinite(std).all() and (std > 0).all()):
-            raise IncompatibleBundle("preprocessing mean/std must be finite with std > 0")
-        return cls(mean=mean, std=std)
-
-    def apply(self, values: np.ndarray) -> np.ndarray:
-        """values (C, L) or (N, C, L) -> float32 of the same shape."""
-        if values.ndim not in (2, 3) or values.shape[-2] != self.mean.shape[0]:
-            raise IncompatibleBundle(f"values have shape {values.shape}; expected "
-                                     f"(C, L) or (N, C, L) with C = {self.mean.shape[0]}")
-        # mean[:, None] (C, 1) broadcasts over time and, for (N, C, L), over the batch too
-        out = (values.astype(np.float32, copy=False) - self.mean[:, None]) / self.std[:, None]
-        return out.astype(np.float32, copy=False)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

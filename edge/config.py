@@ -1,7 +1,7 @@
 """Firmware config: one TOML file per device class, validated into objects.
 
     cfg = load_config("firmware_configs/jetson-orin-nano.toml")
-    cfg.device.providers[0].name, cfg.broker.port, cfg.errors_topic()
+    cfg.device.providers[0].name, cfg.broker.port, cfg.topic_layout.errors
 
 Unknown keys are errors, every field has a description (docs/CONFIG.md is built from them),
 and every problem is reported as one line: `<file>: <key path>: <bad value>: <what is allowed>`.
@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -33,7 +34,18 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, PydanticUndefined, to_jsonable_python
 
-from .contract import BASE, NAME_RULE, name_problem
+from .contract import (
+    BASE,
+    DEFAULT_PREFIX,
+    DEVICE_RULE,
+    NAME_RULE,
+    PREFIX_RULE,
+    SENSOR_FILTER,
+    TopicLayout,
+    device_problem,
+    name_problem,
+    prefix_problem,
+)
 from .errors import ConfigError
 from .provider_options import OPTIONS, check_options, ort_option_value
 
@@ -47,7 +59,6 @@ else:  # pragma: no cover - Python 3.10 gateways
 KNOWN_PROVIDERS = tuple(f"{n}ExecutionProvider" for n in (
     "Tensorrt CUDA MIGraphX OpenVINO Dnnl VitisAI QNN Nnapi VSINPU Js CoreML Dml Rknpu WebNN "
     "WebGpu Xnnpack CANN Azure CPU").split())
-_NAME = r"^[A-Za-z0-9_-]+$"  # one MQTT topic level: no '/', '+', '#'
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _SECRET_KEYS = ("password", "username")
 MiB = 1 << 20
@@ -98,19 +109,22 @@ def _plain_filter(topic: str) -> None:
                                   "level, '#' only the last one")
 
 
-def _named(what: str):
+def _ruled(problem: Callable[[object], str | None], what: str, rule: str):
+    """One of the wire contract's name rules (edge/contract/names.py) as a validator."""
     def check(value: str) -> str:
-        problem = None if what == "adapter" and value == BASE else name_problem(value, what)
-        if problem:
-            raise PydanticCustomError("name", "not a valid {what} name: {rule}",
-                                      {"what": what, "rule": NAME_RULE})
+        if problem(value):
+            raise PydanticCustomError("name", "not a valid {what}: {rule}",
+                                      {"what": what, "rule": rule})
         return value
     return AfterValidator(check)
 
 
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
-LineName = Annotated[str, _named("line")]
-AdapterName = Annotated[str, _named("adapter")]
+LineName = Annotated[str, _ruled(lambda v: name_problem(v, "line"), "line name", NAME_RULE)]
+AdapterName = Annotated[str, _ruled(  # "base" names the base model in a route
+    lambda v: None if v == BASE else name_problem(v, "adapter"), "adapter name", NAME_RULE)]
+DeviceId = Annotated[str, _ruled(device_problem, "device id", DEVICE_RULE)]
+TopicPrefix = Annotated[str, _ruled(prefix_problem, "topic prefix", PREFIX_RULE)]
 TopicFilter = Annotated[str, AfterValidator(_topic_filter)]
 Scalar = Annotated[Any, AfterValidator(_scalar)]
 
@@ -157,8 +171,8 @@ class Provider(_Section):
 class Device(_Section):
     """[device]: who this gateway is and how it runs the model."""
 
-    id: str = Field(pattern=_NAME, description="device id, unique in the fleet and an MQTT "
-                    "topic level: letters, digits, '-', '_' (required)")
+    id: DeviceId = Field(description="device id, unique in the fleet and an MQTT topic "
+                         "level: 1-64 letters, digits, '-', '_' (required)")
     providers: list[Provider] = Field(
         default_factory=lambda: [Provider(name="CPUExecutionProvider")], min_length=1,
         description="execution providers, most preferred first; later ones are the fallback")
@@ -195,7 +209,7 @@ class Device(_Section):
         return {k: ort_option_value(provider.name, k, v) for k, v in provider.options.items()}
 
 
-class Tls(_Section):
+class TlsSettings(_Section):
     """[broker.tls]: TLS to the broker (port 8883 by convention)."""
 
     enabled: StrictBool = Field(False, description="connect with TLS")
@@ -214,7 +228,7 @@ class Tls(_Section):
         return path
 
     @model_validator(mode="after")
-    def _pair(self) -> Tls:
+    def _pair(self) -> TlsSettings:
         if (self.cert is None) != (self.key is None):
             raise _conflict("key" if self.key is None else "cert", None,
                             "cert and key go together: set both or neither")
@@ -239,7 +253,7 @@ class Broker(_Section):
                                      "variable holding the password")
     username_file: ConfigPath | None = Field(None, description="file holding the user name")
     password_file: ConfigPath | None = Field(None, description="file holding the password")
-    tls: Tls = Field(default_factory=Tls, description="TLS settings")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS settings")
 
     @model_validator(mode="after")
     def _one_source_each(self) -> Broker:
@@ -250,7 +264,7 @@ class Broker(_Section):
         return self
 
 
-class Route(_Section):
+class LineSettings(_Section):
     """[topics.lines.<line>]: which adapter serves a production line."""
 
     adapter: AdapterName | None = Field(None, description="adapter name; "
@@ -258,8 +272,8 @@ class Route(_Section):
     version: int | None = Field(None, ge=1, description="adapter version; omitted = latest")
 
     @model_validator(mode="after")
-    def _base_has_no_version(self) -> Route:
-        self.adapter = None if self.adapter == "base" else self.adapter
+    def _base_has_no_version(self) -> LineSettings:
+        self.adapter = None if self.adapter == BASE else self.adapter
         if self.adapter is None and self.version is not None:
             raise _conflict("version", self.version, "a version needs an adapter")
         return self
@@ -268,16 +282,16 @@ class Route(_Section):
 class Topics(_Section):
     """[topics]: MQTT topic layout; device topics are `<prefix>/<device.id>/...`."""
 
-    prefix: str = Field("factory", pattern=r"^[^/+#\s]+(/[^/+#\s]+)*$",
-                        description="first topic level(s), e.g. 'factory' or 'acme/plant1'")
+    prefix: TopicPrefix = Field(DEFAULT_PREFIX, description="first topic level(s), e.g. "
+                                "'factory' or 'acme/plant1'")
     inputs: list[TopicFilter] = Field(
-        default_factory=lambda: ["{prefix}/+/sensors/+"], min_length=1,
+        default_factory=lambda: [SENSOR_FILTER], min_length=1,
         description="sensor subscription filters ('{prefix}' is replaced); the level after "
         "the prefix is the line; '$share/<group>/<filter>' shares the messages among the "
         "gateways of one group (each gets some)")
     qos: Literal[0, 1, 2] = Field(1, description="QoS of subscriptions and results")
     stats_interval_s: float = Field(10, ge=0, description="seconds between stats; 0 = none")
-    lines: dict[LineName, Route] = Field(
+    lines: dict[LineName, LineSettings] = Field(
         default_factory=dict, description="routing table; when it lists lines, a message on an "
         "unlisted line is answered with an error; when empty, every line gets the base model")
 
@@ -285,11 +299,6 @@ class Topics(_Section):
     def _expand_prefix(self) -> Topics:
         self.inputs = [f.replace("{prefix}", self.prefix) for f in self.inputs]
         return self
-
-    def route(self, line: str) -> Route | None:
-        """The route for `line`: None for an unlisted line when lines are listed (an error
-        for the runtime), the base model for every line when none are."""
-        return self.lines.get(line) if self.lines else Route()
 
 
 class Batching(_Section):
@@ -325,7 +334,7 @@ class Adapters(_Section):
                                     "at watch_dir; a file is taken once it held still for one")
 
 
-class Outbox(_Section):
+class OutboxSettings(_Section):
     """[outbox]: results and errors kept in `<device.state_dir>/outbox.sqlite3` until the
     broker acknowledges them, and the window of recent sensor message ids (dedupe)."""
 
@@ -373,7 +382,8 @@ class Config(_Section):
     batching: Batching = Field(default_factory=Batching, description="batching")
     limits: Limits = Field(default_factory=Limits, description="input limits")
     adapters: Adapters = Field(default_factory=Adapters, description="adapter intake")
-    outbox: Outbox = Field(default_factory=Outbox, description="delivery guarantees")
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings,
+                                   description="delivery guarantees")
     export: Export = Field(default_factory=Export, description="workstation export settings")
     _source: Path | None = PrivateAttr(None)
 
@@ -387,31 +397,15 @@ class Config(_Section):
         """The file this config was loaded from (None when built in Python)."""
         return self._source
 
-    def inference_topic(self, line: str) -> str:
-        """`<prefix>/<line>/inference`: results for one production line."""
-        if not re.fullmatch(r"[^/+#]+", line):
-            raise ValueError(f"not a single topic level: {line!r}")
-        return f"{self.topics.prefix}/{line}/inference"
-
-    def errors_topic(self) -> str:
-        """`<prefix>/<device.id>/errors`: rejected messages and handler failures."""
-        return f"{self.topics.prefix}/{self.device.id}/errors"
-
-    def status_topic(self) -> str:
-        """`<prefix>/<device.id>/status`: retained online/offline (the last will)."""
-        return f"{self.topics.prefix}/{self.device.id}/status"
-
-    def stats_topic(self) -> str:
-        """`<prefix>/<device.id>/stats`: counters every topics.stats_interval_s."""
-        return f"{self.topics.prefix}/{self.device.id}/stats"
-
-    def adapters_topic(self, suffix: str) -> str:
-        """`<prefix>/<device.id>/adapters/<suffix>`: adapter upload and control."""
-        return f"{self.topics.prefix}/{self.device.id}/adapters/{suffix}"
+    @property
+    def topic_layout(self) -> TopicLayout:
+        """This gateway's topics (`<prefix>/<device.id>/...`, `<prefix>/<line>/...`)."""
+        return TopicLayout(self.topics.prefix, self.device.id)
 
 
 def _inner_model(annotation: Any) -> type[BaseModel] | None:
-    """The model class inside an annotation like `Tls`, `list[Provider]`, `dict[str, Route]`."""
+    """The model class inside an annotation like `TlsSettings`, `list[Provider]`,
+    `dict[str, LineSettings]`."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     return next(filter(None, map(_inner_model, get_args(annotation))), None)
@@ -536,7 +530,7 @@ def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[t
         shown = "required" if default is PydanticUndefined else "unset" if default is None \
             else json.dumps(to_jsonable_python(default))
         rows.append((key, shown, field.description or ""))
-        if sub is not None:  # list[Provider] or dict[str, Route]: one row per inner key
+        if sub is not None:  # list[Provider] or dict[str, LineSettings]: one row per key
             list_ = get_origin(field.annotation) is list
             rows += describe_fields(sub, key + ("[]." if list_ else ".<line>."))
     return rows

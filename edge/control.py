@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from .adapter_checks import MAX_VERSION
 from .adapters import AdapterStore
 from .config import Config
-from .contract import BASE, name_problem
+from .contract import ADAPTER_COMMANDS, ANY, BASE, TopicLayout, name_problem
 from .envelope import MAX_HEADER, REVOKE_CONTEXT, peek_id, verify
 from .errors import BadMessage, EdgeError
 from .inbox import FolderWatcher
@@ -84,7 +84,7 @@ class ControlSettings:
     """The pieces of the config (and the bundle) that the control plane reads."""
 
     device: str  # device.id, named in the state document
-    topic: Callable[[str], str]  # "activate" -> <prefix>/<device>/adapters/activate
+    topics: TopicLayout  # <prefix>/<device>/adapters/... (edge/contract/topics.py)
     max_put: int  # largest envelope taken: limits.max_adapter_bytes + header + framing
     keep_versions: int  # adapters.keep_versions
     bank: int  # the bundle's bank size K (0: not a bank bundle), shown in the state
@@ -94,7 +94,7 @@ class ControlSettings:
     @classmethod
     def from_config(cls, cfg: Config, bank: int) -> ControlSettings:
         adapters = cfg.adapters
-        return cls(device=cfg.device.id, topic=cfg.adapters_topic,
+        return cls(device=cfg.device.id, topics=cfg.topic_layout,
                    max_put=cfg.limits.max_adapter_bytes + MAX_HEADER + 12,
                    keep_versions=adapters.keep_versions, bank=bank,
                    watch_dir=adapters.watch_dir, watch_interval_s=adapters.watch_interval_s)
@@ -112,11 +112,11 @@ class ControlPlane:
         self.last: dict = {}
         self._active: dict[str, tuple] = {}  # line -> (model key, since): when it took over
         self.max_put = settings.max_put
-        self.state_topic = settings.topic("state")
-        self._put_prefix = settings.topic("put/")
-        link.handle(settings.topic("put/+"), self._on_put, qos=1)
-        for kind in ("activate", "rollback", "revoke"):
-            link.handle(settings.topic(kind), self._on_command, qos=1)
+        self.topics = settings.topics
+        self.state_topic = self.topics.state
+        link.handle(self.topics.put(ANY), self._on_put, qos=1)
+        for kind in ADAPTER_COMMANDS:
+            link.handle(self.topics.command(kind), self._on_command, qos=1)
         watch = settings.watch_dir
         self.watcher = None if watch is None else FolderWatcher(
             watch, self.submit_file, max_bytes=self.max_put,
@@ -146,7 +146,7 @@ class ControlPlane:
 
     # -- intake (paho's thread, the watcher's thread) ---------------------------------------
     def _on_put(self, msg) -> None:
-        name = msg.topic[len(self._put_prefix):]
+        name = self.topics.put_name(msg.topic) or ""
         if not msg.payload:  # clearing a retained message: nothing to do
             return None
         if msg.retain:

@@ -111,7 +111,7 @@ class MqttLink:
                  on_connect: Callable[[], None] | None = None, outbox: Outbox | None = None,
                  dedupe: Dedupe | None = None, counters: Counters | None = None) -> None:
         self.cfg = cfg
-        self.errors_topic = cfg.errors_topic()
+        self.errors_topic = cfg.topic_layout.errors
         self.connected = threading.Event()
         self.subscribed = threading.Event()  # set at each SUBACK, cleared on disconnect
         self._subscribe_mid: int | None = None
@@ -135,7 +135,7 @@ class MqttLink:
         if paho_log.isEnabledFor(logging.DEBUG):  # paho logs every packet: costly under load
             client.enable_logger(paho_log)
         # The broker publishes this, retained, when we vanish without a DISCONNECT.
-        client.will_set(self.cfg.status_topic(), will, qos=1, retain=True)
+        client.will_set(self.cfg.topic_layout.status, will, qos=1, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_inflight_messages_set(MAX_INFLIGHT)
         client.max_queued_messages_set(MAX_QUEUED)

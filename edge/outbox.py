@@ -29,8 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
-from .config import Outbox as OutboxSettings
+from .config import Config, OutboxSettings
 from .errors import ConfigError, StorageError
 
 log = logging.getLogger(__name__)

@@ -197,11 +197,3 @@ class RouteHolder:
         device tensors go with the table that held them."""
         previous, self._table = self._table, table
         return previous
-
-
-def line_of(topic: str, prefix: str) -> str | None:
-    """The line level of `<prefix>/<line>[/...]`; None when the topic has no such level."""
-    if not topic.startswith(prefix + "/"):
-        return None
-    line = topic[len(prefix) + 1:].partition("/")[0]
-    return line or None

@@ -33,7 +33,7 @@ from .batching import LatencyStats, MicroBatcher, WorkItem, group_rows
 from .bundle import INDEX_INPUT, read_manifest, verify_base
 from .codec import InputSpec, best_effort_id, decode_sensor, encode_result, softmax
 from .config import Config, load_config
-from .contract import name_problem
+from .contract import line_of, name_problem
 from .control import ControlPlane, ControlSettings
 from .dedupe import Dedupe
 from .engine_config import check_bundle_matches, open_engine
@@ -49,7 +49,7 @@ from .mqtt import MqttLink, Token, message_properties
 from .outbox import Outbox
 from .placement import describe as describe_placement
 from .providers import CPU
-from .routing import Route, RouteHolder, RoutingTable, TableBuilder, line_of
+from .routing import Route, RouteHolder, RoutingTable, TableBuilder
 from .state_lock import StateLock
 from .status import Counters, online_details, stats_payload, status_payload
 
@@ -223,7 +223,7 @@ class Service:
         self._wait_published(self._last_publish, max(deadline - time.monotonic(), 0.5))
         self._closed.set()
         self.control.stop()
-        info = self.link.publish(self.cfg.status_topic(), status_payload(
+        info = self.link.publish(self.cfg.topic_layout.status, status_payload(
             "offline", self.cfg.device.id, reason="shutdown"), qos=1, retain=True)
         self._wait_published(info, min(PUBLISH_WAIT_S, max(deadline - time.monotonic(), 0.5)))
         self.link.stop()
@@ -287,7 +287,7 @@ class Service:
         details = online_details(
             engine=self._engine_details(), routes=self.routes.describe(),
             adapters=[{"name": n, "version": v} for n, v in adapters], bundle=str(self.bundle))
-        self.link.publish(self.cfg.status_topic(), status_payload(
+        self.link.publish(self.cfg.topic_layout.status, status_payload(
             "online", self.cfg.device.id, details=details), qos=1, retain=True)
         self.control.publish_state()
 
@@ -460,7 +460,7 @@ class Service:
         if topic is None:
             if len(self._topics) > 4096:  # lines come from topics: keep the cache bounded
                 self._topics.clear()
-            topic = self._topics[line] = self.cfg.inference_topic(line)
+            topic = self._topics[line] = self.cfg.topic_layout.results(line)
         return topic
 
     def _fail_items(self, items: list[WorkItem | Pending], reason: str) -> None:
@@ -494,7 +494,7 @@ class Service:
                                     self.latency.snapshot_and_reset(), self.queue.qsize(),
                                     self.queue.maxsize, outbox_depth=self.outbox.count,
                                     provider=self.engine.provider)
-            self.link.publish(self.cfg.stats_topic(), payload, qos=0)
+            self.link.publish(self.cfg.topic_layout.stats, payload, qos=0)
 
     @staticmethod
     def _wait_published(info, timeout: float) -> None:

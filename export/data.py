@@ -4,8 +4,8 @@ Sources: `.npz` files (arrays `X` (N, C, L), `y` (N,), optional `class_names`, `
 UCR/UEA `.ts` files, and `ucr:NAME:train|test` for the datasets bundled in the sktime wheel
 (read directly from the file: sktime is never imported).
 
-This module imports only numpy and the standard library: `ChannelStats` is what the gateway
-must apply to its inputs, so it has to stay torch-free.
+This module imports only numpy, the standard library and edge/: `ChannelStats` is the
+gateway's normalisation (edge/contract/preprocessing.py), so it has to stay torch-free.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.contract import Normalizer
 from edge.errors import ConfigError, DataError
 
 __all__ = [
@@ -27,8 +28,6 @@ __all__ = [
     "read_ts",
     "train_val_split",
 ]
-
-_STD_FLOOR = 1e-6
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,54 +452,12 @@ def _encode_labels(
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ChannelStats:
-    """Per-channel mean and std (C,) of training windows; the gateway applies the same."""
+class ChannelStats(Normalizer):
+    """Per-channel mean and std (C,) of training windows: the gateway's own `Normalizer`
+    (edge/contract), so training and the gateway normalise with the same code. `from_data`
+    computes them over (N, C, L); its problems here are DataError."""
 
-    mean: np.ndarray
-    std: np.ndarray
-
-    @classmethod
-    def from_data(cls, X: np.ndarray) -> ChannelStats:
-        """Statistics of X (N, C, L) over samples and time; std floored at 1e-6."""
-        if X.ndim != 3:
-            raise DataError(f"X has shape {X.shape}; expected (N, C, L)")
-        X64 = np.asarray(X, dtype=np.float64)
-        mean = X64.mean(axis=(0, 2))  # (C,)
-        std = np.maximum(X64.std(axis=(0, 2)), _STD_FLOOR)  # (C,)
-        return cls(mean=mean.astype(np.float32), std=std.astype(np.float32))
-
-    def apply(self, X: np.ndarray) -> np.ndarray:
-        """(..., C, L) -> (X - mean) / std as float32, per channel."""
-        if X.ndim < 2 or X.shape[-2] != len(self.mean):
-            raise DataError(f"X has shape {X.shape}; expected (..., {len(self.mean)}, L)")
-        mean = self.mean.astype(np.float32)[:, None]  # (C, 1) broadcasts over time
-        std = self.std.astype(np.float32)[:, None]
-        return ((np.asarray(X, dtype=np.float32) - mean) / std).astype(np.float32, copy=False)
-
-    def to_dict(self) -> dict[str, list[float]]:
-        """JSON-able form: {"mean": [...], "std": [...]}."""
-        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ChannelStats:
-        """Inverse of `to_dict`; rejects missing keys, unequal lengths and bad values."""
-        if not isinstance(data, dict) or set(data) != {"mean", "std"}:
-            got = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise DataError(f"channel stats need exactly the keys mean and std, got {got}")
-        try:
-            mean = np.asarray(data["mean"], dtype=np.float32)
-            std = np.asarray(data["std"], dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"channel stats are not lists of numbers: {exc}") from None
-        if mean.ndim != 1 or mean.shape != std.shape or mean.size == 0:
-            raise DataError(
-                f"channel stats mean {mean.shape} and std {std.shape} must be "
-                "equal-length non-empty lists"
-            )
-        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std)) and np.all(std > 0)):
-            raise DataError("channel stats must be finite with std > 0")
-        return cls(mean=mean, std=std)
+    error = DataError
 
 
 def train_val_split(

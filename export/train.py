@@ -34,6 +34,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from tqdm.auto import tqdm
 
+from edge.contract import Preprocessing
 from edge.errors import ConfigError, DataError
 from export.adapters.model import AdaptedModel
 from export.adapters.registry import ADAPTER_KINDS, adapter_kind
@@ -448,9 +449,8 @@ def _meta(base: str, weights: Any, base_config: dict | None, fingerprint: str,
         "base_fingerprint": fingerprint,
         "base": {"spec": base, "weights": None if weights is None else str(weights),
                  "config": base_config},
-        "preprocessing": {"length": splits.train.length,
-                          "channel_stats": splits.stats.to_dict(),
-                          "channel_names": list(splits.train.channel_names)},
+        "preprocessing": Preprocessing.of(splits.stats, splits.train.length,
+                                          splits.train.channel_names).to_dict(),
         "class_names": list(splits.train.class_names),
         "metrics": metrics,
     }

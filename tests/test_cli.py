@@ -67,7 +67,7 @@ def test_inspect_adapter_dir(trained):
     assert result.exit_code == 0, result.output
     out = result.output
     assert out.splitlines()[0].endswith(": lora")
-    for phrase in ("base_fingerprint:", "file_bytes:", "r: 4", "class_names", "channel_stats",
+    for phrase in ("base_fingerprint:", "file_bytes:", "r: 4", "class_names", "preprocessing",
                    "base_model.model.blocks.0.attn.q.lora_A.weight  float32 (4, 16)"):
         assert phrase in out
 

@@ -44,7 +44,7 @@ def test_shipped_config_loads(path: Path):
     assert cfg.source == path.resolve()
     assert cfg.adapters.require_signed is True
     assert cfg.broker.password_env and cfg.broker.password_file is None
-    assert cfg.topics.route("press-3").adapter is not None
+    assert cfg.topics.lines["press-3"].adapter is not None
     assert cfg.device.providers[-1].name == "CPUExecutionProvider"
 
 
@@ -105,7 +105,7 @@ BAD = [
     ("[batching]\nmax_batch = 5000\n", "batching.max_batch", "less than or equal to 4096"),
     ("[batching]\nmax_wait_ms = -1\n", "batching.max_wait_ms", "greater than or equal to 0"),
     ("[topics]\nqos = 3\n", "topics.qos", "0, 1 or 2"),
-    ("[topics]\nprefix = \"factory/#\"\n", "topics.prefix", "pattern"),
+    ("[topics]\nprefix = \"factory/#\"\n", "topics.prefix", "not a valid topic prefix"),
     ("[topics]\ninputs = [\"{prefix}/a+/x\"]\n", "topics.inputs[0]", "'+' fills a whole level"),
     ("[topics]\ninputs = [\"{prefix}/#/x\"]\n", "topics.inputs[0]", "'#' only the last"),
     ("[topics]\ninputs = [\"{prefx}/+\"]\n", "topics.inputs[0]",
@@ -133,7 +133,7 @@ BAD = [
 ]
 
 BAD_DEVICE = [
-    ('[device]\nid = "gw/1"\n', "device.id", "pattern"),
+    ('[device]\nid = "gw/1"\n', "device.id", "not a valid device id"),
     ('[device]\nid = "gw-1"\nthreads = -1\n', "device.threads", "greater than or equal to 0"),
     ('[device]\nid = "gw-1"\nproviders = []\n', "device.providers", "at least 1 item"),
     ('[device]\nid = "gw-1"\nproviders = [{name = "CUDAExecutionProvder"}]\n',
@@ -320,29 +320,32 @@ def test_missing_password_file_names_the_key(tmp_path):
 # Topics and routing
 # --------------------------------------------------------------------------------------------
 
-def test_topic_helpers(tmp_path):
+def test_topic_layout(tmp_path):
     cfg = load_config(write(tmp_path, '[device]\nid = "gw-7"\n[topics]\nprefix = "acme/plant1"\n'
                             'inputs = ["{prefix}/+/sensors/+", "legacy/#"]\n'))
     assert cfg.topics.inputs == ["acme/plant1/+/sensors/+", "legacy/#"]
-    assert cfg.inference_topic("press-3") == "acme/plant1/press-3/inference"
-    assert cfg.errors_topic() == "acme/plant1/gw-7/errors"
-    assert cfg.status_topic() == "acme/plant1/gw-7/status"
-    assert cfg.stats_topic() == "acme/plant1/gw-7/stats"
-    assert cfg.adapters_topic("upload") == "acme/plant1/gw-7/adapters/upload"
-    for bad in ("a/b", "+", "#", ""):
+    topics = cfg.topic_layout
+    assert topics.results("press-3") == "acme/plant1/press-3/inference"
+    assert topics.errors == "acme/plant1/gw-7/errors"
+    assert topics.status == "acme/plant1/gw-7/status"
+    assert topics.stats == "acme/plant1/gw-7/stats"
+    assert topics.put("line7") == "acme/plant1/gw-7/adapters/put/line7"
+    assert topics.state == "acme/plant1/gw-7/adapters/state"
+    assert topics.sensors() == "acme/plant1/+/sensors/+"  # the default topics.inputs
+    for bad in ("a/b", "#", "", "x" * 65, "+x"):
         with pytest.raises(ValueError):
-            cfg.inference_topic(bad)
+            topics.results(bad)
 
 
 def test_routes(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL + '[topics.lines.press-3]\nadapter = "bearing"\n'
                             'version = 2\n[topics.lines.press-4]\nadapter = "base"\n'
                             '[topics.lines.press-5]\nadapter = "bearing"\n'))
-    assert (cfg.topics.route("press-3").adapter, cfg.topics.route("press-3").version) == (
-        "bearing", 2)
-    assert cfg.topics.route("press-4").adapter is None  # "base" = the base model
-    assert cfg.topics.route("press-5").version is None  # latest
-    assert cfg.topics.route("unlisted") is None  # listed lines only: an error at run time
+    lines = cfg.topics.lines
+    assert (lines["press-3"].adapter, lines["press-3"].version) == ("bearing", 2)
+    assert lines["press-4"].adapter is None  # "base" = the base model
+    assert lines["press-5"].version is None  # latest
+    assert set(lines) == {"press-3", "press-4", "press-5"}  # listed lines only
 
 
 # --------------------------------------------------------------------------------------------

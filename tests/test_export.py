@@ -18,7 +18,7 @@ from edge.errors import AdapterError, AdapterRejected, ExportError
 from export.adapters import AdaptedModel, BottleneckConfig, LoraConfig
 from export.models import weights_fingerprint
 from export.onnx.attach import add_adapter, export_attach
-from export.onnx.merge import export_merged
+from export.onnx.merge import ExportSettings, export_merged
 from export.peft_io import load_adapter
 
 
@@ -247,6 +247,15 @@ def test_device_targets(ref, tmp_path, target):
     assert run_bundle(out, x, "lora_head").shape == (batch, 7)
     if want.precision == "fp16":
         assert report.parity[0].atol == 1e-2
+
+
+def test_export_settings_default_to_the_config_section():
+    """No --target: the [export] section's own defaults (edge/config.py), not a copy."""
+    from edge.config import Export
+
+    settings, section = ExportSettings(), Export()
+    assert {key: getattr(settings, key) for key in Export.model_fields} == section.model_dump()
+    assert settings.target == "cpu"
 
 
 def test_bank_rows_equal_single_adapter_runs(ref, tmp_path):

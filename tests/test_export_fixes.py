@@ -164,7 +164,7 @@ def test_add_adapter_to_either_bundle_kind(ref, bundles, tmp_path, bank):
 
 @pytest.mark.parametrize("name", ["..", ".x", "a/b", "base", "x" * 65])
 def test_names_the_gateway_would_refuse_are_refused_here(ref, bundles, tmp_path, name):
-    """One name rule on both sides (edge/contract.py): nothing is written for a bad one."""
+    """One name rule on both sides (edge/contract/names.py): nothing is written for a bad one."""
     out = fresh(bundles, 0, tmp_path)
     before = sorted(p.name for p in (out / "adapters").iterdir())
     with pytest.raises(ExportError, match="--name: adapter name"):

@@ -13,8 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from reference_bundle import sample_windows
 from test_runtime import WAIT_S, Collector, Publisher, exactly_once
 
-from edge.config import Config
-from edge.config import Outbox as OutboxSettings
+from edge.config import Config, OutboxSettings
 from edge.dedupe import Dedupe
 from edge.delivery import Delivery, properties_from_json, properties_json
 from edge.errors import ConfigError

@@ -13,6 +13,7 @@ pytest.importorskip("safetensors")
 
 from safetensors.torch import load_file  # noqa: E402
 
+from edge.contract import Preprocessing  # noqa: E402
 from edge.errors import ConfigError, DataError  # noqa: E402
 from export.adapters import AdaptedModel  # noqa: E402
 from export.data import ChannelStats, load_dataset  # noqa: E402
@@ -81,7 +82,7 @@ def test_each_method_writes_its_outputs_and_metrics(files, base, tmp_path, metho
                                                                                  weights=base))
         assert adapter.meta["class_names"] == ["1", "2"]
         assert adapter.meta["preprocessing"]["length"] == LENGTH
-        assert set(adapter.meta["preprocessing"]["channel_stats"]) == {"mean", "std"}
+        assert set(adapter.meta["preprocessing"]) == {"length", "channel_names", "mean", "std"}
         assert metrics["trainable_pct"] < 100
     else:
         model = load_base("reference", weights=out / "model.safetensors")
@@ -128,7 +129,8 @@ def test_adapter_loads_back_with_the_same_accuracy(files, base, tmp_path, method
     result = adapt(files, base, tmp_path / "ad", method=method)
     model = AdaptedModel(load_base("reference", weights=base))
     adapter = load_adapter(model, tmp_path / "ad")
-    stats = ChannelStats.from_dict(adapter.meta["preprocessing"]["channel_stats"])
+    pre = Preprocessing.from_dict(adapter.meta["preprocessing"])  # the record train wrote
+    stats = ChannelStats.from_preprocessing(pre, len(pre.mean))
     test = load_dataset(files["gun_test"], length=LENGTH, class_names=adapter.meta["class_names"])
     x, y = torch.from_numpy(stats.apply(test.X)), torch.from_numpy(test.y)
     assert evaluate(model, x, y) == result.accuracy

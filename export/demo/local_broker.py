@@ -24,6 +24,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge.contract import DEFAULT_PREFIX
+
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
@@ -150,7 +152,7 @@ def write_runtime_config(directory: Path, *, port: int, bundle: Path | None,
                    **({"bundle": str(bundle)} if bundle is not None else {})},
         "broker": {"host": "127.0.0.1", "port": port, "keepalive": 10,
                    "clean_start": True, "session_expiry": 0},
-        "topics": {"prefix": "factory", "qos": 1, "stats_interval_s": 1},
+        "topics": {"prefix": DEFAULT_PREFIX, "qos": 1, "stats_interval_s": 1},
         "batching": {"max_batch": 16, "max_wait_ms": 5},
         "limits": {"max_payload_bytes": 65536, "queue_bound": 1000},
     }

@@ -19,6 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from edge.bundle import BASE_FILE, sha256_file
+from edge.contract import ANY, TopicLayout
 from edge.errors import AdapterRejected
 from export.data import load_dataset
 from export.demo.local_broker import start_broker, subscriber, write_runtime_config
@@ -29,6 +30,7 @@ from export.signing import keygen
 
 ADAPTER = "acsf1"
 DEVICE = "demo-gw"
+TOPICS = TopicLayout(device=DEVICE)  # the default prefix, "factory"
 # line -> (test windows replayed on it, adapter routed to it; None = the base model). The
 # adapter line names no version: it follows the newest version the gateway holds.
 LINES = {"press-acsf1": ("ucr:ACSF1:test", ADAPTER), "press-plaid": ("ucr:PLAID:test", None)}
@@ -84,15 +86,15 @@ class Collector:
         self.errors: list[dict] = []  # about sensor messages
         self.state: dict = {}  # the newest factory/<device>/adapters/state
         self.changed = threading.Condition()
-        self.client = subscriber(port, ["factory/+/inference", "factory/+/errors",
-                                        f"factory/{DEVICE}/adapters/state"], self._on_message)
+        self.client = subscriber(port, [TOPICS.results(ANY), TopicLayout().errors, TOPICS.state],
+                                 self._on_message)
 
     def _on_message(self, client, userdata, msg) -> None:
         body = json.loads(msg.payload)
         with self.changed:
-            if msg.topic.endswith("/adapters/state"):
+            if msg.topic == TOPICS.state:
                 self.state = body
-            elif msg.topic.endswith("/errors"):
+            elif msg.topic.endswith("/errors"):  # any device's
                 if "/sensors/" in str(body.get("topic")):  # adapter refusals: push reports them
                     self.errors.append(body)
             else:
@@ -153,7 +155,7 @@ def replay(port: int, collector: Collector, lines: list[str], per_line: int, tag
             if k < len(rows):
                 ident, x = rows[k]
                 payload = json.dumps({"id": ident, "ts": time.time(), "values": x.tolist()})
-                pub.publish(f"factory/{line}/sensors/current", payload, qos=1).wait_for_publish()
+                pub.publish(TOPICS.sensors(line, "current"), payload, qos=1).wait_for_publish()
     pub.loop_stop()
     pub.disconnect()
     return sum(len(rows) for rows in windows.values())
@@ -257,7 +259,7 @@ def _report(collector: Collector) -> dict[str, float]:
 def _wait_online(port: int, timeout: float = 60) -> None:
     """Block until the runtime's retained status says online."""
     online = threading.Event()
-    client = subscriber(port, [f"factory/{DEVICE}/status"],
+    client = subscriber(port, [TOPICS.status],
                         lambda c, u, m: b'"online"' in m.payload and online.set())
     try:
         if not online.wait(timeout):

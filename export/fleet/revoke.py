@@ -24,10 +24,10 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge.contract import name_problem
+from edge.contract import DEFAULT_PREFIX, name_problem
 from edge.envelope import REVOKE_CONTEXT, canonical, key_id
 from edge.errors import AdapterRejected, ConfigError
-from export.fleet.push import Progress, _check_names, _Device, _Message, device_link
+from export.fleet.link import DeviceLink, Message, Progress, check_gateway, device_link
 from export.signing import load_private_key
 
 
@@ -65,7 +65,7 @@ def signed_revoke(*, name: str, version: int, key: str | Path, reason: str = "",
 
 
 def revoke(*, device: str, name: str, version: int, key: str | Path, reason: str = "",
-           broker: str = "127.0.0.1", prefix: str = "factory", timeout: float = 30.0,
+           broker: str = "127.0.0.1", prefix: str = DEFAULT_PREFIX, timeout: float = 30.0,
            tls: bool = False, tls_ca: str | Path | None = None,
            tls_cert: str | Path | None = None, tls_key: str | Path | None = None,
            username_env: str | None = None, password_env: str | None = None,
@@ -73,7 +73,7 @@ def revoke(*, device: str, name: str, version: int, key: str | Path, reason: str
     """Publish a signed revoke of `name` v`version` to `device` and wait until its adapter
     state confirms it; a refusal raises AdapterRejected with the gateway's reason."""
     start, say = time.monotonic(), progress or (lambda _: None)
-    _check_names(device, prefix, None, timeout)
+    check_gateway(device, prefix, timeout)
     command = signed_revoke(name=name, version=version, key=key, reason=reason)
     dev = device_link(device=device, prefix=prefix, broker=broker, timeout=timeout, tls=tls,
                       tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
@@ -81,8 +81,8 @@ def revoke(*, device: str, name: str, version: int, key: str | Path, reason: str
                       client_id=client_id, progress=say)
     try:
         dev.link.connect()
-        dev.link.subscribe(dev.topics())
-        dev.link.publish(f"{prefix}/{device}/adapters/revoke", json.dumps(command).encode())
+        dev.link.subscribe(dev.subscriptions())
+        dev.link.publish(dev.topics.revoke, json.dumps(command).encode())
         say(f"published the revoke of {name} v{version}")
         last = dev.wait(f"the revoke of {name} v{version}",
                         lambda msg: _answer(dev, command, msg))
@@ -94,15 +94,15 @@ def revoke(*, device: str, name: str, version: int, key: str | Path, reason: str
                         elapsed_s=time.monotonic() - start)
 
 
-def _answer(dev: _Device, command: dict, msg: _Message) -> dict | None:
+def _answer(dev: DeviceLink, command: dict, msg: Message) -> dict | None:
     """The state's `last` once it names our request; a refusal naming it raises."""
     doc = msg.doc()
     if doc is None:
         return None
-    if msg.topic == dev.errors_topic and doc.get("id") == command["id"]:
+    if msg.topic == dev.topics.errors and doc.get("id") == command["id"]:
         raise AdapterRejected(f"device {dev.device} refused to revoke {command['name']} "
                               f"v{command['version']}: {doc.get('reason')}")
-    last = doc.get("last") if msg.topic == dev.state_topic else None
+    last = doc.get("last") if msg.topic == dev.topics.state else None
     if isinstance(last, dict) and last.get("action") == "revoke" \
             and last.get("id") == command["id"] and "lines" in last:
         return last

@@ -61,7 +61,7 @@ from export.peft_io import AdapterDir, read_adapter_dir
 
 
 def check_adapter_name(name: str) -> None:
-    """The gateway's one name rule (edge/contract.py), checked before anything is written:
+    """The gateway's one name rule (edge/contract/names.py), checked before anything is written:
     a name it would refuse is an error naming the flag here."""
     problem = name_problem(name, "adapter")
     if problem:
@@ -141,16 +141,6 @@ def check_fingerprint(adapter: AdapterDir, fingerprint: str) -> list[str]:
     return []
 
 
-def preprocessing(meta: dict) -> Preprocessing | None:
-    pre = meta.get("preprocessing") or {}
-    stats = pre.get("channel_stats")
-    if not stats or "length" not in pre:
-        return None
-    return Preprocessing(length=int(pre["length"]), channel_names=list(pre.get("channel_names")
-                         or [f"ch{i}" for i in range(len(stats["mean"]))]),
-                         mean=list(stats["mean"]), std=list(stats["std"]))
-
-
 def adapter_entry(adapter: AdapterDir, name: str, version: int, file: str, sha: str,
                   fingerprint: str, num_classes: int) -> AdapterEntry:
     groups = sorted({k.split(".lora_")[0].split(".adapter_")[0].removeprefix("base_model.model.")
@@ -158,7 +148,8 @@ def adapter_entry(adapter: AdapterDir, name: str, version: int, file: str, sha: 
     classes = adapter.meta.get("class_names") or [str(i) for i in range(num_classes)]
     return AdapterEntry(name=name, version=version, kind=adapter.kind, rank=adapter_rank(adapter),
                         targets=groups, file=file, sha256=sha, base_fingerprint=fingerprint,
-                        class_names=list(classes), preprocessing=preprocessing(adapter.meta),
+                        class_names=list(classes),
+                        preprocessing=Preprocessing.from_dict(adapter.meta.get("preprocessing")),
                         metrics=adapter.meta.get("metrics", {}))
 
 
@@ -259,7 +250,8 @@ def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: lis
         target=settings.target,
         base=BaseInfo(sha256=sha256_file(tmp / BASE_FILE), weights_fingerprint=fingerprint,
                       opset=settings.opset, precision=settings.precision,
-                      class_names=class_names, preprocessing=preprocessing(base_meta)),
+                      class_names=class_names,
+                      preprocessing=Preprocessing.from_dict(base_meta.get("preprocessing"))),
         inputs=inputs, outputs=outputs, dynamic_batch=settings.dynamic,
         max_rank=settings.max_rank, bank=bank, num_classes=num_classes, slots=slots,
         adapters=entries)

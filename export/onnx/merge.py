@@ -17,7 +17,9 @@ from onnx import numpy_helper
 from torch import nn
 
 from edge import __version__
-from edge.bundle import TensorSpec
+from edge.bundle import Manifest, TensorSpec
+from edge.config import Export, load_config
+from edge.contract import Preprocessing
 from edge.engine import Engine
 from edge.errors import ConfigError, ExportError
 from export.adapters.model import AdaptedModel
@@ -30,16 +32,20 @@ OUTPUT = "logits"
 INPUT = "x"
 
 
+_DEFAULTS = Export()  # the [export] section with nothing set: its defaults, defined once
+
+
 @dataclass
 class ExportSettings:
-    """Export-side settings of a device (`[export]` of firmware_configs/<device>.toml)."""
+    """Export-side settings of a device (`[export]` of firmware_configs/<device>.toml, whose
+    defaults these are) and the target's name."""
 
-    opset: int = 17
-    precision: str = "fp32"
-    batch: str | int = "dynamic"
-    max_rank: int = 8
-    atol: float | None = None
-    target: str = "cpu"
+    opset: int = _DEFAULTS.opset
+    precision: str = _DEFAULTS.precision
+    batch: str | int = _DEFAULTS.batch
+    max_rank: int = _DEFAULTS.max_rank
+    atol: float | None = _DEFAULTS.atol
+    target: str = Manifest.model_fields["target"].default
 
     @property
     def tolerance(self) -> float:
@@ -56,12 +62,8 @@ def load_settings(target: str | Path | None, *, max_rank: int | None = None,
     """Settings from `--target FILE` (or defaults), with command-line overrides on top."""
     settings = ExportSettings()
     if target is not None:
-        from edge.config import load_config
-
         section = load_config(target).export
-        settings = ExportSettings(opset=section.opset, precision=section.precision,
-                                  batch=section.batch, max_rank=section.max_rank,
-                                  atol=section.atol, target=Path(target).stem)
+        settings = ExportSettings(**section.model_dump(), target=Path(target).stem)
     if max_rank is not None:
         settings.max_rank = max_rank
     if atol is not None:
@@ -179,10 +181,11 @@ def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
                      "into the weights)")
     shape = input_shape(model, input_shape_)
     x = sample_inputs(shape, settings, real_samples(data, adapter_dir.meta, shape))
+    pre = Preprocessing.from_dict(adapter_dir.meta.get("preprocessing"))  # the one format
     meta = {"edge.kind": "merged", "edge.adapter": name, "edge.weights_fingerprint": fingerprint,
             "edge.package_version": __version__,
             "edge.class_names": json.dumps(adapter_dir.meta.get("class_names", [])),
-            "edge.preprocessing": json.dumps(adapter_dir.meta.get("preprocessing", {}))}
+            "edge.preprocessing": json.dumps(pre.to_dict() if pre else {})}
     with staging_file(out) as tmp:
         to_onnx(plain, (torch.from_numpy(x),), [INPUT], tmp, settings)
         finish_onnx(tmp, metadata=meta, precision=settings.precision)
@@ -201,8 +204,10 @@ def real_samples(data: str | Path | None, meta: dict, shape: tuple[int, ...],
     from export.data import ChannelStats, load_dataset
 
     ds = load_dataset(data, length=shape[-1])
-    stats = (meta.get("preprocessing") or {}).get("channel_stats")
-    norm = ChannelStats.from_dict(stats) if stats else ChannelStats.from_data(ds.X)
+    pre = Preprocessing.from_dict(meta.get("preprocessing"))
+    # stats of this data only when the adapter recorded none; apply checks the channel count
+    norm = ChannelStats.from_data(ds.X) if pre is None else ChannelStats.from_preprocessing(
+        pre, len(pre.mean))
     return norm.apply(ds.X[:n])
 
 
