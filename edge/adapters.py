@@ -48,8 +48,8 @@ from .bundle import (
     read_reference_inputs,
     sha256_file,
 )
-from .codec import Normalizer
 from .config import Config
+from .contract import Normalizer
 from .engine import DeviceSlots, Engine, read_adapter_arrays
 from .envelope import MAX_HEADER, load_public_keys, unpack, verify
 from .errors import (

@@ -23,12 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic_core import from_json
 
-from .contract import Normalizer  # re-exported: the one normalisation lives in the contract
 from .errors import BadMessage, ConfigError
 
 __all__ = [
     "InputSpec",
-    "Normalizer",
     "SensorReading",
     "best_effort_id",
     "decode_sensor",

@@ -28,14 +28,13 @@ import numpy as np
 
 from .bank import AdapterBank
 from .bundle import AdapterEntry, Manifest
-from .codec import Normalizer
+from .contract import BASE, Normalizer
 from .engine import DeviceSlots
 from .errors import AdapterRejected
 
 if TYPE_CHECKING:
     from .line_state import Assignment, LineState
 
-BASE = "base"  # the `adapter` field of results served by the base model
 
 
 class HeldView(Protocol):

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.bundle import AdapterEntry, Manifest, read_manifest, sha256_file
-from edge.codec import Normalizer, softmax
+from edge.codec import softmax
+from edge.contract import Normalizer
 from edge.engine import Engine, load_adapter_file, read_adapter_arrays
 from edge.errors import AdapterError
 from export.onnx.attach import reference_fields, write_onnx_adapter

@@ -69,7 +69,7 @@ LINES = {"line-a": {"adapter": "line-a"}, "line-b": {},
          "line-c": {"adapter": "line-a", "version": 1}}
 MAX_ADAPTER = 64 * 1024  # limits.max_adapter_bytes: oversize inputs stay cheap to build
 RSS_BOUND = 160 << 20  # generous: growth allowed over thousands of inputs
-# docs: MQTT topics; one rule for line and adapter names (edge/contract.py)
+# docs: MQTT topics; one rule for line and adapter names (edge/contract/names.py)
 LINE_NAME = ADAPTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 COMMAND_FIELDS = {"activate": {"line", "name", "version", "id"}, "rollback": {"line", "id"}}

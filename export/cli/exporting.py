@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from edge.contract import DEFAULT_PREFIX
 from edge.errors import ConfigError
 from export.cli.group import main
 
@@ -132,7 +133,7 @@ def gateway_options(command: Callable) -> Callable:
         click.option("--device", required=True, help="The gateway's device.id."),
         click.option("--broker", default="127.0.0.1", show_default=True, metavar="HOST[:PORT]",
                      help="MQTT broker the gateway uses [port: 1883, 8883 with TLS]."),
-        click.option("--prefix", default="factory", show_default=True,
+        click.option("--prefix", default=DEFAULT_PREFIX, show_default=True,
                      help="The gateway's topics.prefix."),
         click.option("--timeout", type=float, default=30.0, show_default=True,
                      help="Seconds to wait for the gateway's answer, all steps together."),
