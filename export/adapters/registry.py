@@ -68,6 +68,7 @@ class AdapterKind:
     # (`<path>.lora_A.weight` -> lora_A; `<path>.adapter_down.bias` -> down_b)
     key_parts: dict[str, str]
     rank_part: str  # slot part whose first axis, as stored in the file, is the rank
+    folds: bool  # `merge` can fold it into the base weights (its layer has `merged_copy`)
 
     @property
     def config_cls(self) -> type[AdapterConfig]:
@@ -140,6 +141,7 @@ register(AdapterKind(
     file_tag=("peft_type", "LORA"),
     key_parts={"lora_A": "lora_A", "lora_B": "lora_B"},
     rank_part="lora_A",
+    folds=True,
 ))
 register(AdapterKind(
     name="bottleneck",
@@ -150,4 +152,5 @@ register(AdapterKind(
     key_parts={"adapter_down.weight": "down_w", "adapter_down.bias": "down_b",
                "adapter_up.weight": "up_w", "adapter_up.bias": "up_b"},
     rank_part="down_w",
+    folds=False,
 ))

@@ -23,6 +23,7 @@ from edge.contract import Preprocessing
 from edge.engine import Engine
 from edge.errors import ConfigError, ExportError
 from export.adapters.model import AdaptedModel
+from export.adapters.registry import adapter_kind
 from export.models import load_base, weights_fingerprint
 from export.onnx.parity import ParityResult, compare, raise_on_failure
 from export.outputs import check_writable, shared_mode
@@ -172,13 +173,14 @@ def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
     adapter_dir = load_adapter(adapted, adapter)
     name = adapted.active_adapter
     notes = []
-    if adapter_dir.kind == "lora":
+    if adapter_kind(adapter_dir.kind).folds:
         plain = adapted.merged_model(name).eval()
-        notes.append("LoRA folded into the base weights: zero adapter overhead")
+        notes.append(f"{adapter_dir.kind} adapter folded into the base weights: zero adapter "
+                     "overhead")
     else:
         plain = adapted.eval()
-        notes.append("bottleneck adapter exported as part of the static graph (it cannot fold "
-                     "into the weights)")
+        notes.append(f"{adapter_dir.kind} adapter exported as part of the static graph (it "
+                     "cannot fold into the weights)")
     shape = input_shape(model, input_shape_)
     x = sample_inputs(shape, settings, real_samples(data, adapter_dir.meta, shape))
     pre = Preprocessing.from_dict(adapter_dir.meta.get("preprocessing"))  # the one format
