@@ -34,12 +34,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .adapter_checks import MAX_VERSION
 from .adapters import AdapterStore
+from .commands import MAX_COMMAND_BYTES, Command, parse_command, request_id
 from .config import Config
-from .contract import ADAPTER_COMMANDS, ANY, BASE, TopicLayout, name_problem
+from .contract import ADAPTER_COMMANDS, ANY, TopicLayout, name_problem
 from .envelope import MAX_HEADER, REVOKE_CONTEXT, peek_id, verify
-from .errors import BadMessage, EdgeError
+from .errors import EdgeError
 from .inbox import FolderWatcher
 from .line_state import LineState
 from .routing import RouteHolder, RoutingTable
@@ -50,21 +50,6 @@ log = logging.getLogger(__name__)
 QUEUE_BOUND = 32  # commands waiting for the control thread
 DONE_IDS = 1024  # ids of applied commands remembered: a repeated id is not applied twice
 QUEUED_PUTS = 4  # envelope bytes waiting, in largest-envelope units: memory stays bounded
-MAX_COMMAND_BYTES = 4096  # activate / rollback / revoke JSON
-# The fields each command takes; any other is refused, so a typo never goes unnoticed.
-FIELDS = {"activate": ("line", "name", "version", "id"), "rollback": ("line", "id"),
-          "revoke": ("name", "version", "reason", "id", "key_id", "signature")}
-
-
-@dataclass
-class Command:
-    kind: str  # "put", "activate", "rollback"
-    payload: bytes
-    topic: str  # MQTT topic, or "file:<name>" for a folder drop
-    source: str  # "mqtt" or "folder:<name>"
-    received: float  # time.monotonic()
-    name: str | None = None  # put: the adapter name the topic gives
-    done: Callable[[str | None], None] | None = None  # told the rejection reason, or None
 
 
 class ControlLink(Protocol):
@@ -165,7 +150,7 @@ class ControlPlane:
         if not msg.payload:
             return None
         if msg.retain:
-            return self._refuse_retained(_request_id(msg.payload), msg.topic)
+            return self._refuse_retained(request_id(msg.payload), msg.topic)
         if len(msg.payload) > MAX_COMMAND_BYTES:
             return self._refuse(None, msg.topic, f"{kind} command of {len(msg.payload)} bytes "
                                 f"exceeds {MAX_COMMAND_BYTES} bytes")
@@ -220,7 +205,7 @@ class ControlPlane:
             if reason is not None:
                 self.last = {"action": cmd.kind, "topic": cmd.topic, "result": "refused",
                              "reason": reason[:500], "ts": round(time.time(), 3)}
-                self._refuse(msg_id or _request_id(cmd.payload), cmd.topic, reason)
+                self._refuse(msg_id or request_id(cmd.payload), cmd.topic, reason)
             if cmd.done is not None:
                 try:
                     cmd.done(reason)
@@ -240,7 +225,7 @@ class ControlPlane:
             else:
                 self.publish_state()
             return f"{held.entry.name}.v{held.entry.version}"
-        doc = _parse_command(cmd.payload, cmd.kind)
+        doc = parse_command(cmd.payload, cmd.kind)
         if doc["id"] is not None and doc["id"] in self._done_ids:  # a QoS 1 redelivery
             self.publish_state()
             return doc["id"]
@@ -347,66 +332,3 @@ class ControlPlane:
     def publish_state(self):
         payload = json.dumps(self.state_doc(), separators=(",", ":")).encode()
         return self.link.publish(self.state_topic, payload, qos=1, retain=True)
-
-
-def _request_id(payload: bytes) -> str | None:
-    try:
-        doc = json.loads(payload[:MAX_COMMAND_BYTES])
-        value = doc.get("id") if isinstance(doc, dict) else None
-        return str(value)[:128] if isinstance(value, (str, int)) else None
-    except (ValueError, RecursionError):
-        return None
-
-
-def _parse_command(payload: bytes, kind: str) -> dict:
-    """The fields of an activate, rollback or revoke; BadMessage says what is wrong."""
-    try:
-        doc = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadMessage(f"{kind}: payload is not UTF-8 JSON") from None
-    if not isinstance(doc, dict):
-        raise BadMessage(f"{kind}: payload is not a JSON object")
-    allowed = FIELDS.get(kind)
-    if allowed is None:
-        raise BadMessage(f"unknown adapter command {kind!r}")
-    unknown = sorted(k for k in doc if k not in allowed)
-    if unknown:
-        raise BadMessage(f"{kind}: unknown field {unknown[0][:64]!r}; the fields are "
-                         f"{', '.join(allowed)}")
-    out = {"id": _request_id(payload)}
-    if kind == "revoke":
-        return {**out, **_revoke_fields(doc)}
-    problem = name_problem(doc.get("line"), "line")
-    if problem:
-        raise BadMessage(f"{kind}: 'line': {problem}")
-    out["line"] = doc["line"]
-    if kind == "rollback":
-        return out
-    name, version = doc.get("name"), doc.get("version")
-    if name != BASE and name_problem(name, "adapter"):
-        raise BadMessage(f"activate: 'name': {name_problem(name, 'adapter')}, or \"base\"")
-    _check_version(kind, version, required=False)
-    if name == BASE and version is not None:
-        raise BadMessage("activate: the base model has no version")
-    return {**out, "name": None if name == BASE else name, "version": version}
-
-
-def _revoke_fields(doc: dict) -> dict:
-    problem = name_problem(doc.get("name"), "adapter")
-    if problem:
-        raise BadMessage(f"revoke: 'name': {problem}")
-    _check_version("revoke", doc.get("version"), required=True)
-    reason = doc.get("reason", "")
-    if not isinstance(reason, str):
-        raise BadMessage("revoke: 'reason' must be a string")
-    return {"name": doc["name"], "version": doc["version"], "reason": reason[:500],
-            "signed": doc}
-
-
-def _check_version(kind: str, version: object, *, required: bool) -> None:
-    if version is None and not required:
-        return
-    if type(version) is not int or not 1 <= version <= MAX_VERSION:
-        left_out = ", or left out for the newest held version" if not required else ""
-        raise BadMessage(f"{kind}: 'version' must be an integer from 1 to {MAX_VERSION}"
-                         f"{left_out}")

@@ -50,8 +50,9 @@ from test_runtime import WAIT_S, Collector, Publisher, wait_until
 
 from edge.adapter_checks import MAX_VERSION
 from edge.bundle import read_manifest, sha256_file
+from edge.commands import MAX_COMMAND_BYTES, Command, parse_command, request_id
 from edge.config import load_config
-from edge.control import DONE_IDS, MAX_COMMAND_BYTES, Command, _parse_command, _request_id
+from edge.control import DONE_IDS
 from edge.engine import read_adapter_arrays
 from edge.envelope import MAGIC, MAX_HEADER, canonical, key_id, pack, peek_id, unpack, verify
 from edge.errors import AdapterRejected, BadMessage
@@ -564,7 +565,7 @@ def expected_command(kind: str, payload: bytes, lines: LineState, held: set,
     doc = read_command(kind, payload)
     if doc is None:
         return None
-    if _request_id(payload) in applied:
+    if request_id(payload) in applied:
         return REPEAT
     line = doc["line"]
     if kind == "activate":
@@ -729,8 +730,8 @@ def check_command(gw: Gateway, kind: str, payload: bytes) -> None:
         gw.tally[f"{kind}: {'refused' if reason else 'repeat, not applied'}"] += 1
         return
     assert want is not None, f"{kind} {payload[:200]!r} was not refused"
-    if _request_id(payload) is not None:
-        gw.applied.append(_request_id(payload))
+    if request_id(payload) is not None:
+        gw.applied.append(request_id(payload))
     line, route = want
     now, held = gw.svc.control.lines.lines, gw.held()
     assert {k: a for k, a in now.items() if k != line} == {
@@ -826,13 +827,13 @@ def sentinel(gw: Gateway) -> None:
 @FAST
 @given(KINDS, command_payloads())
 def test_parse_command(kind, payload):
-    """`_parse_command` returns exactly the fields the docs give a command, or raises
-    BadMessage with a reason; `_request_id` never raises."""
-    msg_id = _request_id(payload)
+    """`parse_command` returns exactly the fields the docs give a command, or raises
+    BadMessage with a reason; `request_id` never raises."""
+    msg_id = request_id(payload)
     assert msg_id is None or (isinstance(msg_id, str) and len(msg_id) <= 128)
     want = read_command(kind, payload)
     try:
-        doc = _parse_command(payload, kind)
+        doc = parse_command(payload, kind)
     except BadMessage as exc:
         assert str(exc).strip()
         assert want is None, f"valid {kind} {payload[:200]!r} refused: {exc}"

@@ -14,8 +14,9 @@ from adapter_versions import derive_version, envelope
 
 from edge.adapters import AdapterStore
 from edge.bundle import read_manifest
+from edge.commands import Command
 from edge.config import load_config
-from edge.control import Command, ControlPlane, ControlSettings
+from edge.control import ControlPlane, ControlSettings
 from edge.engine import Engine
 from edge.line_state import STATE_FILE, LineState
 from edge.routing import RouteHolder, TableBuilder
