@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from reference_bundle import basicmotions_split
 
 from edge.bundle import Preprocessing
 from edge.codec import (
@@ -20,7 +21,7 @@ from edge.codec import (
     encode_result,
     softmax,
 )
-from edge.errors import BadMessage, ConfigError, DataError, IncompatibleBundle
+from edge.errors import BadMessage, ConfigError, IncompatibleBundle
 
 SPEC = InputSpec(channels=6, length=100)  # BasicMotions: 3-axis accelerometer + gyroscope, 10 s
 BIN = "application/octet-stream"
@@ -28,13 +29,9 @@ BIN = "application/octet-stream"
 
 @pytest.fixture(scope="module")
 def motions():
-    """The BasicMotions training set from the sktime wheel: X float32 (40, 6, 100)."""
-    from export.data import load_dataset
-
-    try:
-        return load_dataset("ucr:BasicMotions:train")
-    except DataError as exc:  # sktime (the data's only source) is a dev extra
-        pytest.skip(str(exc))
+    """The BasicMotions training set (tests/data, as the sktime wheel has it): X float32
+    (40, 6, 100)."""
+    return basicmotions_split("train")
 
 
 @pytest.fixture(scope="module")

@@ -8,43 +8,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from adapter_factory import reference_adapters
 
 from edge.bank import AdapterBank
 from edge.bundle import BASE_FILE, INDEX_INPUT, read_manifest
 from edge.engine import DeviceSlots, Engine, load_adapter_file, read_adapter_arrays
 from edge.errors import IncompatibleBundle, ProviderError
 from edge.providers import CPU, CUDA, TENSORRT, ProviderRequest, ort_message, tensorrt_profiles
-from export.onnx.attach import export_attach
 
 KINDS = ("lora_head", "lora_qv", "bottleneck")  # LoRA on Linear + conv + a head; bottleneck
 
 
-def _target(tmp_path: Path, batch: int | str) -> Path:
-    path = tmp_path / f"target-{batch}.toml"
-    value = f'"{batch}"' if isinstance(batch, str) else batch
-    path.write_text(f'[device]\nid = "t"\n\n[export]\nbatch = {value}\n')
-    return path
-
-
 @pytest.fixture(scope="module")
-def ref(tmp_path_factory):
-    return reference_adapters(tmp_path_factory.mktemp("engine"))
-
-
-@pytest.fixture(scope="module")
-def bundles(ref, tmp_path_factory):
-    """The same base and adapters as a dynamic bundle, a batch-4 bundle, and a bank of 4."""
-    root = tmp_path_factory.mktemp("bundles")
-    adapters = [ref[k] for k in KINDS]
-    out = {}
-    for name, kwargs in (("dynamic", {}), ("static4", {"target": _target(root, 4)}),
-                         ("bank", {"bank": 4}),
-                         ("bank_static4", {"bank": 4, "target": _target(root, 4)})):
-        out[name] = root / name
-        export_attach(base="reference", weights=ref["weights"], adapters=adapters,
-                      out=out[name], names=list(KINDS), **kwargs)
-    return out
+def bundles(engine_bundles) -> dict[str, Path]:
+    """The same base and KINDS adapters as a dynamic bundle, a batch-4 bundle, and a bank
+    of 4 (tests/adapter_factory.py engine_bundles)."""
+    return engine_bundles
 
 
 def _x(n: int, seed: int = 0) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -262,7 +263,7 @@ def test_unsigned_push_is_refused_with_the_gateways_reason(gateway, workstation,
     """The installed command in a subprocess: progress on stderr, one `error:` line."""
     svc = gateway()
     proc = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "edge-export"), "push", "--bundle", str(workstation),
+        [str(Path(sys.executable).parent / "edge-export"), "push", "--bundle", str(workstation),
          "--name", "line-a", *where(mosquitto), "--timeout", str(WAIT_S)],
         capture_output=True, text=True, timeout=2 * WAIT_S, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})

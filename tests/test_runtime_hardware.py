@@ -12,7 +12,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
-from reference_bundle import ADAPTER_NAME, sample_windows
+from reference_bundle import ADAPTER_NAME, build_static_bundle, sample_windows
 from test_runtime import Collector, Publisher, exactly_once, offline
 
 from edge.cli import main
@@ -21,7 +21,6 @@ from edge.engine_config import check_cache_writable, engine_cache_dir, provider_
 from edge.errors import ConfigError
 from edge.providers import CUDA, TENSORRT, ProviderRequest
 from edge.service import Service
-from export.onnx.attach import export_attach
 
 GPU_MISSING = CUDA not in ort.get_available_providers()
 CUDA_REQUIRED = [{"name": CUDA, "required": True, "options": {"device_id": 0}},
@@ -32,15 +31,7 @@ CUDA_REQUIRED = [{"name": CUDA, "required": True, "options": {"device_id": 0}},
 def static_bundle(basicmotions_bundle) -> Path:
     """The reference base and adapter exported with a fixed batch of 4 (as export.batch = 4
     in a firmware config does, like the Jetson's 8)."""
-    root = basicmotions_bundle.parent
-    out = root / "static4"
-    if not (out / "manifest.json").is_file():
-        target = root / "static4.toml"
-        target.write_text('[device]\nid = "t"\n\n[export]\nbatch = 4\n')
-        export_attach(base="reference", weights=root / "base" / "base.safetensors",
-                      adapters=[root / "adapters" / ADAPTER_NAME], out=out,
-                      names=[ADAPTER_NAME], target=target)
-    return out
+    return build_static_bundle(basicmotions_bundle.parent, 4)
 
 
 def error_line(result) -> str:

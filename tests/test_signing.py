@@ -6,31 +6,17 @@ import base64
 import json
 
 import pytest
-import torch
 
 from edge.bundle import AdapterEntry, read_manifest
 from edge.envelope import load_public_keys, pack, unpack, verify
 from edge.errors import AdapterRejected, ConfigError, ExportError
-from export.adapters import LoraConfig, inject
-from export.models import SensorTransformer, save_base, weights_fingerprint
-from export.onnx.attach import export_attach
-from export.peft_io import save_adapter
 from export.signing import envelope_bytes, keygen, sign
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sign")
-    torch.manual_seed(0)
-    base = SensorTransformer(in_channels=1, num_classes=3, length=32, d_model=16, depth=1,
-                             heads=2, patch=8)
-    weights = save_base(base, root / "base.safetensors")
-    fingerprint = weights_fingerprint(base)
-    adapted = inject(base, LoraConfig(r=2, target_modules=["q", "v"]))
-    save_adapter(adapted, root / "line7", meta={"base_fingerprint": fingerprint})
-    export_attach(base="reference", weights=weights, adapters=[root / "line7"],
-                  out=root / "bundle")
-    return root / "bundle"
+def bundle(signing_bundle):
+    """A tiny base with one LoRA adapter "line7" (tests/adapter_factory.py signing_bundle)."""
+    return signing_bundle
 
 
 @pytest.fixture(scope="module")
