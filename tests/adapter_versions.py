@@ -12,9 +12,8 @@ with the engine alone.
     data = envelope(entry, path, key="signing.key")       # what gets pushed or dropped
     Offline(bundle).scores(path, entry, windows)           # (N, K) probabilities
 
-Torch-free (the gateway run uses it): the adapter file and its recorded outputs are written
-here as export/onnx/attach.py's write_onnx_adapter and reference_fields write them (that
-module imports torch); tests/test_gateway_data.py checks both give the same.
+Torch-free (the gateway run uses it): the adapter file and its recorded outputs come from
+export/onnx/adapter_files.py, the exporter's own code.
 """
 
 from __future__ import annotations
@@ -24,21 +23,18 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-from edge.bank import AdapterBank
 from edge.bundle import (
     AdapterEntry,
     Manifest,
     read_manifest,
-    read_reference_inputs,
-    rows_sha256,
     sha256_file,
 )
 from edge.codec import softmax
 from edge.contract import Normalizer
 from edge.engine import Engine, load_adapter_file, read_adapter_arrays
-from edge.errors import AdapterError, EdgeError
+from edge.errors import AdapterError
+from export.onnx.adapter_files import reference_fields, write_onnx_adapter
 from export.signing import envelope_for
 
 
@@ -75,47 +71,15 @@ def derive_version(bundle: Path, name: str, version: int, out_dir: Path,
     return entry.model_copy(update=update), path
 
 
-def write_onnx_adapter(path: Path, tensors: dict[str, np.ndarray], version: int) -> None:
-    """onnxruntime's native adapter format: the bytes export's write_onnx_adapter writes."""
-    fmt = ort.AdapterFormat()
-    fmt.set_adapter_version(version)
-    fmt.set_model_version(1)
-    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in tensors.items()})
-    fmt.export_adapter(str(path))
-
-
 def _own_reference(bundle: Path, manifest: Manifest, path: Path, classes: int) -> dict:
-    """The reference fields the adapter at `path` computes (AdapterEntry's reference_logits
-    (N, classes) and reference_sha256 of the bundle's reference rows x (N, C, L)), as
-    `edge-export add-adapter` records them; {} when it cannot (no reference rows, a shape
-    onnxruntime refuses, non-finite outputs)."""
-    x = read_reference_inputs(bundle, manifest)
-    if x is None:
-        return {}
+    """The reference fields the adapter at `path` computes, as `edge-export add-adapter`
+    records them; {} when it cannot (no reference rows, a shape onnxruntime refuses,
+    non-finite outputs): no exporter records outputs for those."""
     try:
         engine = _engine(bundle / manifest.base.file, manifest.base.sha256)
-        logits = _run(engine, bundle, manifest, path, x)
+        return reference_fields(bundle, manifest, path, classes, engine=engine)
     except AdapterError:
         return {}
-    except EdgeError:
-        raise
-    except Exception:  # onnxruntime's own untyped errors: tensors it cannot run
-        return {}
-    if not np.isfinite(logits).all():
-        return {}
-    return {"reference_logits": logits[:, :classes].astype(np.float32).tolist(),
-            "reference_sha256": rows_sha256(x)}
-
-
-def _run(engine: Engine, bundle: Path, manifest: Manifest, path: Path,
-         x: np.ndarray) -> np.ndarray:
-    """Logits (N, num_classes) as the gateway checks an adapter: a LoraAdapter on a
-    single-slot bundle, bank entry 0 for every row on a bank bundle."""
-    if not manifest.bank:
-        return engine.run(x, load_adapter_file(path))
-    bank = AdapterBank.for_bundle(bundle, manifest)
-    bank.load(0, read_adapter_arrays(path))
-    return engine.run(x, feeds=bank.feeds(np.zeros(len(x), np.int64)))
 
 
 @lru_cache(maxsize=4)

@@ -41,7 +41,7 @@ import numpy as np
 import onnxruntime as ort
 import psutil
 import pytest
-from adapter_versions import derive_version, envelope, write_onnx_adapter
+from adapter_versions import derive_version, envelope
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -59,6 +59,7 @@ from edge.errors import AdapterRejected, BadMessage
 from edge.line_state import STATE_FILE, Assignment, LineState
 from edge.service import Service
 from export.demo.local_broker import write_runtime_config
+from export.onnx.adapter_files import write_onnx_adapter
 from export.signing import keygen, load_private_key
 
 DEVICE = "gw-test"

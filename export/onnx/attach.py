@@ -9,7 +9,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from edge import __version__
@@ -28,17 +27,22 @@ from edge.bundle import (
     atomic_write,
     read_manifest,
     read_reference_inputs,
-    rows_sha256,
     sha256_file,
     verify_base,
     write_manifest,
 )
-from edge.contract import name_problem
 from edge.engine import Engine, load_adapter_file, read_adapter_arrays
-from edge.errors import AdapterRejected, EdgeError, ExportError, IncompatibleBundle
-from edge.providers import ort_message
+from edge.errors import AdapterRejected, ExportError, IncompatibleBundle
 from export.adapters.model import AdaptedModel
 from export.models import load_base, sidecar_path, weights_fingerprint
+from export.onnx.adapter_files import (
+    adapter_file_name,
+    check_adapter_name,
+    expected_outputs,
+    reference_fields,
+    run_adapter,
+    write_onnx_adapter,
+)
 from export.onnx.merge import (
     INPUT,
     OUTPUT,
@@ -58,75 +62,6 @@ from export.onnx.slot_plan import adapter_rank, adapter_tensors, default_tensors
 from export.onnx.slots import build_slotted
 from export.outputs import share_tree, shared_mode
 from export.peft_io import AdapterDir, read_adapter_dir
-
-
-def check_adapter_name(name: str) -> None:
-    """The gateway's one name rule (edge/contract/names.py), checked before anything is written:
-    a name it would refuse is an error naming the flag here."""
-    problem = name_problem(name, "adapter")
-    if problem:
-        raise ExportError(f"--name: {problem} (it becomes an MQTT topic level and a file name "
-                          "on the gateway)")
-
-
-def adapter_file_name(name: str, version: int) -> str:
-    return f"{ADAPTER_DIR}/{name}.v{version}.onnx_adapter"
-
-
-def write_onnx_adapter(path: Path, tensors: dict[str, np.ndarray], version: int) -> None:
-    """onnxruntime's native adapter format, written via a temp file then renamed; readable
-    as the umask allows (atomic_write's temp file is 0600)."""
-    fmt = ort.AdapterFormat()
-    fmt.set_adapter_version(version)
-    fmt.set_model_version(1)
-    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in tensors.items()})
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fmt.export_adapter(str(tmp))
-        atomic_write(path, tmp.read_bytes())
-    finally:
-        tmp.unlink(missing_ok=True)
-    path.chmod(shared_mode())
-
-
-def run_adapter(engine: Engine, bundle: Path, manifest: Manifest, file: Path,
-                x: np.ndarray) -> np.ndarray:
-    """Logits (N, num_classes) of x (N, C, L) with the adapter in `file`, run as the gateway
-    checks one: a LoraAdapter on a single-slot bundle, bank entry 0 (every row's
-    adapter_index 0) on a bank bundle."""
-    try:
-        if not manifest.bank:
-            return engine.run(x, load_adapter_file(file))
-        bank = AdapterBank.for_bundle(bundle, manifest)
-        bank.load(0, read_adapter_arrays(file))
-        return engine.run(x, feeds=bank.feeds(np.zeros(len(x), np.int64)))
-    except EdgeError:
-        raise
-    except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise AdapterRejected("onnxruntime cannot run it on the bundle's reference inputs "
-                              f"({ort_message(exc)})") from None
-
-
-def reference_fields(bundle: Path, manifest: Manifest, file: Path, classes: int,
-                     engine: Engine | None = None) -> dict:
-    """AdapterEntry's reference_logits and reference_sha256 for the adapter in `file`: its
-    logits on the bundle's reference rows, run on the CPU as the gateway runs it; {} when
-    the bundle has no usable reference inputs (the gateway would read no rows either)."""
-    x = read_reference_inputs(bundle, manifest)
-    if x is None:
-        return {}
-    engine = engine or Engine(bundle / manifest.base.file)  # providers: the CPU alone
-    logits = run_adapter(engine, bundle, manifest, file, x)
-    if not np.isfinite(logits).all():
-        raise AdapterRejected("gives non-finite outputs on the bundle's reference inputs")
-    return expected_outputs(x, logits, classes)
-
-
-def expected_outputs(x: np.ndarray, logits: np.ndarray, classes: int) -> dict:
-    """The reference fields from logits (N, num_classes) of rows x (N, C, L): the adapter's
-    own `classes` columns (the rest pad to the widest head) as float32-exact floats."""
-    return {"reference_logits": logits[:, :classes].astype(np.float32).tolist(),
-            "reference_sha256": rows_sha256(x)}
 
 
 def check_fingerprint(adapter: AdapterDir, fingerprint: str) -> list[str]:
