@@ -14,13 +14,13 @@ from reference_bundle import basicmotions_split
 from edge.bundle import Preprocessing
 from edge.codec import (
     InputSpec,
-    Normalizer,
     best_effort_id,
     decode_sensor,
     encode_error,
     encode_result,
     softmax,
 )
+from edge.contract import Normalizer
 from edge.errors import BadMessage, ConfigError, IncompatibleBundle
 
 SPEC = InputSpec(channels=6, length=100)  # BasicMotions: 3-axis accelerometer + gyroscope, 10 s

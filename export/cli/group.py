@@ -1,4 +1,5 @@
-"""`edge-export`: thin click commands over the library functions of `export/`.
+"""`edge-export`: the click group and its error handling; the commands register on it from
+the other modules of export/cli/ (a thin command over one library function each).
 
 Each command parses its options and calls one public function whose keyword names match
 them. Errors end as `edge-runtime`'s do, through the one handler in edge/cli_errors.py: an
