@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from .bundle import AdapterEntry, Manifest, Slot, rows_sha256
 from .contract import Normalizer, name_problem
-from .errors import AdapterRejected, IncompatibleBundle
+from .errors import AdapterRejected, IncompatibleBundle, validation_problem
 
 MAX_VERSION = 2**31 - 1
 
@@ -40,9 +40,7 @@ def check_header(header: dict, manifest: Manifest, expect_name: str | None) -> A
             | {"file": f"{file_stem(name, version)}.onnx_adapter",
                "targets": header.get("targets") or []})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise AdapterRejected(f"envelope header: {where}: {err['msg']}") from None
+        raise AdapterRejected(f"envelope header: {validation_problem(exc)}") from None
     check_fit(entry, manifest)
     return entry
 

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
 from .contract import Preprocessing  # the record lives with the rest of the wire contract
-from .errors import IncompatibleBundle
+from .errors import IncompatibleBundle, validation_problem
 
 FORMAT = "edge-bundle"
 FORMAT_VERSION = 1
@@ -170,9 +170,7 @@ def read_manifest(bundle: str | Path) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise IncompatibleBundle(f"{path}: {where}: {err['msg']}") from None
+        raise IncompatibleBundle(f"{path}: {validation_problem(exc)}") from None
 
 
 def write_manifest(bundle: str | Path, manifest: Manifest) -> Path:

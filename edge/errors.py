@@ -6,6 +6,8 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 # The one line both CLIs print when no onnxruntime build is installed (it comes from an extra).
 NO_ONNXRUNTIME = ("onnxruntime is not installed: pip install 'edge-adapters[cpu]' (CPU) or "
                   "'edge-adapters[gpu]' (x86-64 CUDA); on Jetson NVIDIA's onnxruntime-gpu "
@@ -67,3 +69,10 @@ class StorageError(EdgeError):
     """The gateway's state on disk (the outbox in device.state_dir) cannot be written."""
 
     exit_code = 8
+
+
+def validation_problem(exc: Any) -> str:
+    """`<field path>: <message>` of a pydantic ValidationError's first error, for one-line
+    errors that name the offending field."""
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"

@@ -5,12 +5,12 @@ records what would go over MQTT."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import replace
 
 import pytest
 from adapter_versions import derive_version, envelope
+from test_control_fuzz import Answer
 
 from edge.adapters import AdapterStore
 from edge.bundle import read_manifest
@@ -25,7 +25,6 @@ from export.demo.local_broker import write_runtime_config
 
 ADAPTERS = "factory/gw-test/adapters"
 LINES = {"line-a": {"adapter": "line-a"}, "line-b": {}}
-WAIT_S = 30.0
 
 
 class RecordingLink:
@@ -45,21 +44,6 @@ class RecordingLink:
 
     def report(self, msg_id, topic, reason) -> None:
         self.reports.append((msg_id, topic, reason))
-
-
-class Answer:
-    """A command's `done` callback: the refusal's reason, or None."""
-
-    def __init__(self) -> None:
-        self.event, self.reason = threading.Event(), None
-
-    def __call__(self, reason: str | None) -> None:
-        self.reason = reason
-        self.event.set()
-
-    def wait(self) -> str | None:
-        assert self.event.wait(WAIT_S), "the control thread did not answer"
-        return self.reason
 
 
 @pytest.fixture

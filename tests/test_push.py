@@ -30,8 +30,8 @@ from edge.service import Service
 from export.cli import main
 from export.demo.local_broker import (
     MOSQUITTO,
-    Broker,
     BrokerMissing,
+    LocalBroker,
     free_port,
     port_open,
     start_broker,
@@ -189,7 +189,7 @@ def test_push_of_an_envelope_file_from_the_python_api(gateway, workstation, keys
     assert svc.routes.lookup("line-b").key == ("line-a", 5)
 
 
-def start_tls_broker(directory: Path, pki) -> tuple[Broker, int]:
+def start_tls_broker(directory: Path, pki) -> tuple[LocalBroker, int]:
     """Mosquitto with a plaintext listener (the gateway's) and a TLS listener that wants a
     user name and password (the workstation's): (broker, TLS port)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,7 @@ def start_tls_broker(directory: Path, pki) -> tuple[Broker, int]:
     with open(log, "wb") as out:
         proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=out,
                                 stderr=subprocess.STDOUT, cwd=directory)
-    broker = Broker("127.0.0.1", plain, conf, log, proc)
+    broker = LocalBroker("127.0.0.1", plain, conf, log, proc)
     for _ in range(200):  # up to 10 s for both listeners
         if proc.poll() is not None or all(port_open("127.0.0.1", p) for p in (plain, secure)):
             break

@@ -30,8 +30,8 @@ from test_runtime import WAIT_S, Collector, Publisher, _spawn, exactly_once, wai
 from edge.service import Service
 from export.demo.local_broker import (
     MOSQUITTO,
-    Broker,
     BrokerMissing,
+    LocalBroker,
     free_port,
     port_open,
     write_runtime_config,
@@ -48,7 +48,7 @@ LISTENERS = ("mtls", "password", "wrong_name")
 class SecureBroker:
     """A running Mosquitto: `broker.port` is the plaintext listener, the rest are TLS."""
 
-    broker: Broker
+    broker: LocalBroker
     ports: dict[str, int]  # listener name -> port
     pki: Pki
 
@@ -82,9 +82,9 @@ def _listening(proc: subprocess.Popen, ports: Iterable[int]) -> bool:
 
 
 def run_mosquitto(directory: Path, names: Sequence[str], make_conf: Callable[[dict], str],
-                  attempts: int = 3) -> tuple[Broker, dict[str, int]]:
+                  attempts: int = 3) -> tuple[LocalBroker, dict[str, int]]:
     """Start Mosquitto with `make_conf({name: free port})`, like local_broker.start_broker
-    but with any listeners; the Broker's `port` is the first name's."""
+    but with any listeners; the LocalBroker's `port` is the first name's."""
     if not Path(MOSQUITTO).exists():
         raise BrokerMissing(f"{MOSQUITTO} is not installed (make mosquitto)")
     directory.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def run_mosquitto(directory: Path, names: Sequence[str], make_conf: Callable[[di
         with open(log, "wb") as out:
             proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=out,
                                     stderr=subprocess.STDOUT, cwd=directory)
-        broker = Broker("127.0.0.1", ports[names[0]], conf, log, proc)
+        broker = LocalBroker("127.0.0.1", ports[names[0]], conf, log, proc)
         if _listening(proc, ports.values()):
             return broker, ports
         broker.stop()

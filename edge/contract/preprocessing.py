@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..errors import DataError, EdgeError, IncompatibleBundle
+from ..errors import DataError, EdgeError, IncompatibleBundle, validation_problem
 
 STD_FLOOR = 1e-6  # a constant channel divides by this, not by zero
 
@@ -67,9 +67,7 @@ class Preprocessing(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(str(p) for p in err["loc"])
-            raise DataError(f"preprocessing: {where}: {err['msg']}") from None
+            raise DataError(f"preprocessing: {validation_problem(exc)}") from None
 
 
 def check_stats(mean: object, std: object, *, channels: int | None = None,

@@ -49,7 +49,7 @@ def port_open(host: str, port: int) -> bool:
 
 
 @dataclass
-class Broker:
+class LocalBroker:
     """A running Mosquitto: where it listens, its config file and its log."""
 
     host: str
@@ -101,7 +101,7 @@ def broker_conf(port: int, *, persistence: bool = False, extra: str = "",
 
 def start_broker(directory: Path, *, persistence: bool = False, extra: str = "",
                  save_every_change: bool = True,
-                 attempts: int = 3, port: int | None = None) -> Broker:
+                 attempts: int = 3, port: int | None = None) -> LocalBroker:
     """Start `mosquitto -c conf` and wait until it accepts connections: on a free port, or
     on `port` (a restart: with persistence, the same `directory` holds its mosquitto.db, and
     its log goes on in the same file)."""
@@ -118,7 +118,7 @@ def start_broker(directory: Path, *, persistence: bool = False, extra: str = "",
         with open(log, "ab") as out:
             proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=out,
                                     stderr=subprocess.STDOUT, cwd=directory)
-        broker = Broker("127.0.0.1", listen, conf, log, proc)
+        broker = LocalBroker("127.0.0.1", listen, conf, log, proc)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and proc.poll() is None:
             if port_open(broker.host, listen):
