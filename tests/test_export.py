@@ -138,6 +138,20 @@ def test_bottleneck_merge_stays_in_graph(ref, tmp_path):
     assert report.parity[0].ok and "static graph" in " ".join(report.notes)
 
 
+def test_bottleneck_on_convolutions_exports(ref, tmp_path):
+    """A bottleneck after a Conv1d (train's default targets include the stem's convs) moves
+    features to the last axis and back; the exported Transpose must be one onnxruntime runs
+    (a negative perm, as movedim(1, -1) traces, is refused)."""
+    config = BottleneckConfig(target_modules=["stem.conv1", "stem.conv2"], size=4)
+    adapter = make_adapter(ref["base"], config, tmp_path / "conv_bottleneck", seed=3)
+    report = export_attach(base="reference", weights=ref["weights"], adapters=[adapter],
+                           out=tmp_path / "b")
+    assert all(r.ok for r in report.parity), report.lines()
+    merged = export_merged(base="reference", weights=ref["weights"], adapter=adapter,
+                           out=tmp_path / "m.onnx")
+    assert merged.parity[0].ok
+
+
 @pytest.mark.parametrize("builder, targets, shape", [
     ("export_models:build_encoder", ["linear1", "linear2", "embed"], (3, 16)),
     ("export_models:build_convnet", ["conv1", "conv2"], (1, 12, 12)),

@@ -79,10 +79,10 @@ class BottleneckLayer(AdapterLayer):
         if name is None:
             return h
         # Convolutions put features on axis 1: (N, C, L) -> (N, L, C) and back.
-        z = h.movedim(1, -1) if self.channels_first else h
+        z = h.movedim(1, h.dim() - 1) if self.channels_first else h
         z = self.adapter_up[name](self.adapter_act[name](
             self.adapter_down[name](self.adapter_dropout[name](z))))
-        z = z.movedim(-1, 1) if self.channels_first else z
+        z = z.movedim(z.dim() - 1, 1) if self.channels_first else z
         return h + z
 
     def merged_copy(self, name: str) -> nn.Module:

@@ -46,11 +46,11 @@ class BottleneckSlot(BoundSlot):
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         h = self.base_layer(*args, **kwargs)
-        z = h.movedim(1, -1) if self.channels_first else h  # features last: (..., F)
+        z = h.movedim(1, h.dim() - 1) if self.channels_first else h  # features last: (..., F)
         # down_w: W_down^T (F, R), up_w: W_up^T (R, F): plain MatMuls, no runtime transposes.
         z = torch.matmul(z, self.t("down_w")) + self.t("down_b")  # (..., R)
         z = torch.matmul(_ACT[self.activation](z), self.t("up_w")) + self.t("up_b")  # (..., F)
-        return h + (z.movedim(-1, 1) if self.channels_first else z)
+        return h + (z.movedim(z.dim() - 1, 1) if self.channels_first else z)
 
 
 class BankBottleneckSlot(BottleneckSlot):
@@ -58,12 +58,12 @@ class BankBottleneckSlot(BottleneckSlot):
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         h = self.base_layer(*args, **kwargs)
-        z = h.movedim(1, -1) if self.channels_first else h  # (N, ..., F)
+        z = h.movedim(1, h.dim() - 1) if self.channels_first else h  # (N, ..., F)
         z = per_row(z, self.rows("down_w"))  # (N, ..., R)
         z = _ACT[self.activation](z + bias_rows(self.rows("down_b"), z))
         z = per_row(z, self.rows("up_w"))  # (N, ..., F)
         z = z + bias_rows(self.rows("up_b"), z)
-        return h + (z.movedim(-1, 1) if self.channels_first else z)
+        return h + (z.movedim(z.dim() - 1, 1) if self.channels_first else z)
 
 
 SLOT = BottleneckSlot
