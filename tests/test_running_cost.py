@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from edge.errors import ConfigError  # noqa: E402
+from edge.errors import AdapterError, ConfigError  # noqa: E402
 from export.pilot.running_cost import (  # noqa: E402
     MAX_ADAPTERS,
     MAX_SESSIONS,
@@ -96,6 +96,13 @@ def test_no_lines_is_a_config_error(trained, tmp_path):
     with pytest.raises(ConfigError, match="--lines 0"):
         measure_running_cost(base="reference", weights=trained["weights"],
                              adapter_dir=trained["adapter"], lines=0, workdir=tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_a_missing_adapter_is_one_line_and_writes_nothing(base, tmp_path):
+    with pytest.raises(AdapterError, match="does not exist"):
+        measure_running_cost(base="reference", weights=base, adapter_dir=tmp_path / "none",
+                             lines=2, workdir=tmp_path / "w")
     assert not (tmp_path / "w").exists()
 
 

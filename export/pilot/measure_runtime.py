@@ -105,7 +105,10 @@ def _started(model: Path, x: np.ndarray) -> dict[str, int]:
 
 def attached_growth(model: Path, adapter: Path, count: int, x: np.ndarray) -> dict[str, int]:
     """RSS growth of one session of the slotted base (run once), then of `count` loads of
-    the adapter each run once, held together as a gateway holds its lines' adapters."""
+    the adapter each run once, held together as a gateway holds its lines' adapters. One
+    file loaded `count` times stands for `count` files of its size: each load is its own
+    memory map and RSS counts each map's touched pages (the same growth as distinct copies,
+    checked at the demo's size)."""
     before = _started(model, x)
     engine = Engine(model, threads=THREADS)
     engine.run(x)

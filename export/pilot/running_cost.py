@@ -57,11 +57,12 @@ def measure_running_cost(*, base: str, weights: str | Path | None, adapter_dir: 
     was measured, and whether it was extrapolated)."""
     if lines < 1:
         raise ConfigError(f"--lines {lines}: a gateway serves at least 1 line")
+    rank = max(ExportSettings().max_rank, slot_rank(Path(adapter_dir)))  # checks the dir
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     say = _progress(progress)
     say("running cost: exporting the adapter attached (bundle) and merged (model.onnx)")
-    files = export_pair(base, weights, Path(adapter_dir), workdir)
+    files = export_pair(base, weights, Path(adapter_dir), workdir, rank)
     say(f"running cost: gateway memory for {lines} line(s), fresh processes")
     memory, note = measure_memory(files, lines)
     say("running cost: latency and swap against reload")
@@ -71,12 +72,11 @@ def measure_running_cost(*, base: str, weights: str | Path | None, adapter_dir: 
     return assemble(files, lines, memory, note, timing)
 
 
-def export_pair(base: str, weights: str | Path | None, adapter_dir: Path,
-                workdir: Path) -> Exported:
-    """The adapter exported as `attach` and as `merge` export it. Slots take the target's
-    default rank (8), or the adapter's own when larger: what `edge-export attach` writes,
-    with --max-rank raised only where it must be."""
-    rank = max(ExportSettings().max_rank, slot_rank(adapter_dir))
+def export_pair(base: str, weights: str | Path | None, adapter_dir: Path, workdir: Path,
+                rank: int) -> Exported:
+    """The adapter exported as `attach` and as `merge` export it. Slots take `rank`: the
+    target's default (8), or the adapter's own when larger: what `edge-export attach`
+    writes, with --max-rank raised only where it must be."""
     bundle = workdir / BUNDLE_DIR
     export_attach(base=base, weights=weights, adapters=[adapter_dir], out=bundle,
                   names=[LINE_NAME], max_rank=rank)
