@@ -32,6 +32,7 @@ from export.models import SensorTransformer, save_base, weights_fingerprint  # n
 from export.onnx.attach import export_attach  # noqa: E402
 from export.onnx.merge import export_merged  # noqa: E402
 from export.peft_io import save_adapter  # noqa: E402
+from export.pilot.measure_runtime import interleaved_medians  # noqa: E402
 
 # The adapter the demo trains and ships (train()'s defaults for the reference model).
 TARGETS = ["stem.conv1", "stem.conv2", "mlp.fc2"]
@@ -62,16 +63,7 @@ def build(root: Path, rank: int) -> tuple[Path, Path, str]:
 def latency(runs: dict, batch: int, reps: int) -> dict[str, float]:
     """Median ms per run; the variants alternate so drift hits all of them alike."""
     x = np.random.default_rng(batch).standard_normal((batch, 1, 256)).astype(np.float32)
-    times: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(10):
-        for fn in runs.values():
-            fn(x)
-    for _ in range(reps):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            fn(x)
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return interleaved_medians(runs, x, reps)
 
 
 def swap_costs(merged: Path, adapter_file: Path, reps: int) -> dict[str, float]:

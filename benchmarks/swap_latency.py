@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
@@ -19,8 +18,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from swap_workspace import ADAPTERS, NAME, envelope_bytes, pct, verdict, windows  # noqa: E402
 
 from edge.contract import TopicLayout  # noqa: E402
-from edge.engine import Engine, load_adapter_file, session_options  # noqa: E402
+from edge.engine import Engine  # noqa: E402
 from export.demo.local_broker import start_broker, subscriber, write_runtime_config  # noqa: E402
+from export.pilot.measure_runtime import cold_adapter_ms, reload_ms  # noqa: E402
 
 LINE = "line-a"
 DEVICE = "gw-swap"
@@ -126,22 +126,6 @@ def start_service(work: Path, port: int, ws: dict):
         svc.store.accept(envelope_bytes(ws["versions"], v), "bench")
     svc.start()
     return svc
-
-
-def reload_ms(path: Path, x: np.ndarray) -> float:
-    """A runtime without slots: open the merged model's session and run its first window."""
-    t0 = time.perf_counter()
-    session = ort.InferenceSession(str(path), session_options(1),
-                                   providers=["CPUExecutionProvider"])
-    session.run(None, {session.get_inputs()[0].name: x})
-    return (time.perf_counter() - t0) * 1000.0
-
-
-def cold_adapter_ms(engine: Engine, path: Path, x: np.ndarray) -> float:
-    """A slot runtime whose adapter is not loaded yet: load the file and run its first window."""
-    t0 = time.perf_counter()
-    engine.run(x, load_adapter_file(path))
-    return (time.perf_counter() - t0) * 1000.0
 
 
 def swap_latency(work: Path, ws: dict, swaps: int) -> dict:

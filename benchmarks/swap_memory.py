@@ -9,8 +9,6 @@ arrays), "merged" (sessions of merged models); SIZE: "tiny" or "real" (the demo'
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import os
 import subprocess
@@ -39,32 +37,9 @@ from edge.bundle import read_manifest  # noqa: E402
 from edge.config import load_config  # noqa: E402
 from edge.engine import Engine  # noqa: E402
 from export.demo.local_broker import write_runtime_config  # noqa: E402
+from export.pilot.measure_runtime import delta, settled_rss  # noqa: E402
 
 TARGET = 1.2  # RSS growth with 100 adapters <= 1.2x their files
-
-
-def rss() -> dict[str, int]:
-    """VmRSS, RssAnon, RssFile of this process in bytes (Linux)."""
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            out[key] = int(value.split()[0]) * 1024
-    return out
-
-
-def settled_rss() -> dict[str, int]:
-    """RSS after a collection and glibc's malloc_trim: freed heap does not count."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-    return rss()
-
-
-def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: after[k] - before[k] for k in before}
 
 
 def merged_growth(size: str, n: int, work: Path) -> dict:
