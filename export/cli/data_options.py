@@ -2,14 +2,16 @@
 every command that reads `--data` / `--test-data`.
 
 The decorated command gets one keyword, `columns`, a `TableColumns` (names left None are
-inferred), and what each file was read as is echoed on stderr (the `export.data` logger).
+inferred), and while it runs, what each file was read as is echoed on stderr (the
+`export.data` logger's lines).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -34,12 +36,19 @@ class _EchoHandler(logging.Handler):
         click.echo(self.format(record), err=True)
 
 
-def echo_data_descriptions() -> None:
-    """Show the `export.data` logger's lines (what each data file was read as) on stderr."""
-    log = logging.getLogger("export.data")
-    if not any(isinstance(h, _EchoHandler) for h in log.handlers):
-        log.addHandler(_EchoHandler())
+@contextlib.contextmanager
+def echo_data_descriptions() -> Iterator[None]:
+    """While inside, show the `export.data` logger's lines (what each data file was read as)
+    on stderr."""
+    log, handler = logging.getLogger("export.data"), _EchoHandler()
+    level = log.level
+    log.addHandler(handler)
     log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def table_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,8 +59,8 @@ def table_options(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         picked = {name: kwargs.pop(f"{name}_column") for name, _, _ in _OPTIONS}
         labels = kwargs.pop("labels")
-        echo_data_descriptions()
-        return command(*args, columns=TableColumns(**picked, labels_file=labels), **kwargs)
+        with echo_data_descriptions():
+            return command(*args, columns=TableColumns(**picked, labels_file=labels), **kwargs)
 
     wrapper = click.option(
         "--labels", type=click.Path(dir_okay=False),

@@ -26,7 +26,7 @@ INFERRED_NAMES = {
                "id"),
     "channel": ("channel", "channel_name", "sensor", "signal", "variable", "tag", "dim",
                 "dimension"),
-    "time": ("time", "t", "timestamp", "step", "time_step", "index"),
+    "time": ("time", "t", "ts", "timestamp", "datetime", "step", "time_step", "index"),
     "value": ("value", "val", "reading", "measurement"),
 }
 
