@@ -182,6 +182,26 @@ def test_columns_named_by_options_are_echoed_as_given(tmp_path, motions, referen
     assert_same(inferred, reference["train"])
 
 
+def test_semicolons_and_decimal_commas(tmp_path, motions, reference):
+    """A European historian's export: `;` between cells, `,` before the decimals."""
+    X, y = motions["train"]
+    header, rows = wide(X, y)
+    path = tmp_path / "line.csv"
+    path.write_text("\n".join(";".join(str(v).replace(".", ",") for v in row)
+                              for row in [header, *rows]) + "\n")
+    assert_same(load_dataset(path), reference["train"])
+
+
+def test_parquet_categorical_labels_and_ids(tmp_path, motions, reference):
+    X, y = motions["train"]
+    header, rows = long(X, y)
+    columns = {h: pa.array([r[i] for r in rows]) for i, h in enumerate(header)}
+    for name in ("window", "channel", "label"):  # how pandas writes a category column
+        columns[name] = columns[name].dictionary_encode()
+    pq.write_table(pa.table(columns), tmp_path / "long.parquet")
+    assert_same(load_dataset(tmp_path / "long.parquet"), reference["train"])
+
+
 def test_mixed_lengths_resample_with_length(tmp_path, motions):
     X, y = motions["train"]
     header, rows = long(X, y)

@@ -1,8 +1,10 @@
 """CSV and Parquet files as pyarrow tables whose cell problems name their row and column.
 
 CSV is read with every column as text (so labels keep their spelling: '01' stays '01') and
-converted per column; Parquet keeps its types. Rows are named the way the file's reader sees
-them: `line N` of a CSV (the header is line 1), `row N` of a Parquet file (1-based).
+converted per column; its separator is the header's most frequent of `,` `;` and tab, and
+with `;` or tab a decimal comma is read as a decimal point. Parquet keeps its types. Rows
+are named the way the file's reader sees them: `line N` of a CSV (the header is line 1),
+`row N` of a Parquet file (1-based).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Table:
     path: Path
     data: pa.Table
     csv: bool
+    delimiter: str = ","
     _lines: list[int] | None = field(default=None, repr=False)
 
     @property
@@ -96,16 +99,21 @@ class Table:
             return np.full(len(col), np.nan)
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
             raise DataError(f"{self.header_at(name)}: holds {kind}, not numbers")
+        text = pc.utf8_trim_whitespace(col)
+        if self.delimiter != ",":  # '0,5' is a decimal comma when commas separate nothing
+            text = pc.replace_substring(text, ",", ".")
         try:
-            return pc.cast(pc.utf8_trim_whitespace(col), pa.float64()).to_numpy()
+            return pc.cast(text, pa.float64()).to_numpy()
         except pa.ArrowInvalid:
             return self._floats_slowly(name, col.to_pylist())
 
     def _floats_slowly(self, name: str, cells: list[str | None]) -> np.ndarray:
         out = np.empty(len(cells))
+        comma = self.delimiter != ","
         for row, cell in enumerate(cells):
             try:
-                out[row] = np.nan if cell is None else float(cell)
+                out[row] = np.nan if cell is None else float(cell.replace(",", ".") if comma
+                                                               else cell)
             except ValueError:
                 raise DataError(f"{self.at(row, name)}: {cell!r} is not a number") from None
         return out
@@ -198,30 +206,39 @@ def open_table(path: Path) -> Table:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file")
     is_csv = path.name.lower().endswith(CSV_SUFFIXES)
-    data = _read_csv(path) if is_csv else _read_parquet(path)
+    delimiter = _delimiter(path) if is_csv else ","
+    data = _read_csv(path, delimiter) if is_csv else _read_parquet(path)
     names = data.column_names
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataError(f"{path}: column {dupes[0]!r} appears {names.count(dupes[0])} times")
     if data.num_rows == 0:
         raise DataError(f"{path}: no rows{' after the header' if is_csv else ''}")
-    return Table(path, data, is_csv)
+    return Table(path, data, is_csv, delimiter)
 
 
-def _read_csv(path: Path) -> pa.Table:
+def _delimiter(path: Path) -> str:
+    """The header line's most frequent of `,` `;` and tab (`,` on a tie)."""
+    with _open_text(path) as f:
+        header = next((line for line in f if line.strip()), "")
+    return max(",;\t", key=header.count)
+
+
+def _read_csv(path: Path, delimiter: str) -> pa.Table:
+    parse = pa_csv.ParseOptions(delimiter=delimiter)
     try:
-        names = pa_csv.open_csv(path).schema.names
+        names = pa_csv.open_csv(path, parse_options=parse).schema.names
         options = pa_csv.ConvertOptions(column_types={n: pa.string() for n in names},
                                         strings_can_be_null=True, null_values=NULLS)
-        return pa_csv.read_csv(path, convert_options=options)
+        return pa_csv.read_csv(path, parse_options=parse, convert_options=options)
     except pa.ArrowInvalid as exc:
-        raise DataError(_csv_problem(path, str(exc))) from None
+        raise DataError(_csv_problem(path, delimiter, str(exc))) from None
 
 
-def _csv_problem(path: Path, message: str) -> str:
+def _csv_problem(path: Path, delimiter: str, message: str) -> str:
     """One line for a CSV pyarrow cannot read: the first row of the wrong width, if any."""
     with _open_text(path) as f:
-        rows = ((n, r) for n, r in enumerate(csv.reader(f), start=1) if r)
+        rows = ((n, r) for n, r in enumerate(csv.reader(f, delimiter=delimiter), start=1) if r)
         try:
             _, header = next(rows)
         except StopIteration:
