@@ -210,6 +210,19 @@ def test_mixed_lengths_resample_with_length(tmp_path, motions):
     assert ds.X.shape == (40, 6, 100) and "resampled from 95..100" in ds.description
     np.testing.assert_array_equal(ds.X[11], X[11].astype(np.float32))
     np.testing.assert_allclose(ds.X[10][:, [0, -1]], X[10][:, [0, 94]], rtol=1e-6)
+    header, rows = wide(X, y)  # the same window, short in a wide file: trailing empty cells
+    wide_ds = load_dataset(write(tmp_path / "mixed_wide.csv", header,
+                                 _blank_all_channels(10, 95)(header, rows)), length=100)
+    np.testing.assert_array_equal(wide_ds.X, ds.X)
+
+
+def test_an_empty_cell_inside_a_window_is_interpolated(tmp_path, motions, reference):
+    X, y = motions["train"]
+    header, rows = wide(X, y)
+    ds = load_dataset(write(tmp_path / "gap.csv", header, _set(3, "dim_2_50", "")(header, rows)))
+    assert ds.X[3, 2, 50] == np.float32((X[3, 2, 49] + X[3, 2, 51]) / 2)
+    ds.X[3, 2, 50] = reference["train"].X[3, 2, 50]
+    assert_same(ds, reference["train"])
 
 
 def test_tables_need_no_pyarrow_for_ts_and_echo_nothing_by_default():
