@@ -38,7 +38,7 @@ from edge.contract import Preprocessing
 from edge.errors import ConfigError, DataError
 from export.adapters.model import AdaptedModel
 from export.adapters.registry import ADAPTER_KINDS, adapter_kind
-from export.data import ChannelStats, SensorDataset, load_dataset, train_val_split
+from export.data import ChannelStats, SensorDataset, TableColumns, load_dataset, train_val_split
 from export.models import load_base, save_base, weights_fingerprint
 from export.outputs import check_writable
 from export.peft_io import WEIGHTS_FILE, save_adapter
@@ -117,6 +117,7 @@ def train(
     seed: int = 0,
     length: int | None = None,
     model_config: dict[str, Any] | None = None,
+    columns: TableColumns | None = None,
     out: str | Path,
     force: bool = False,
     progress: bool = True,
@@ -131,7 +132,8 @@ def train(
     count differs from the base head's. `train_norms` also trains the LayerNorms, and
     `modules_to_save` (comma list) any other modules, as full copies stored in the adapter
     (PEFT's modules_to_save, e.g. a small input conv). `model_config` passes SensorTransformer
-    arguments (d_model, depth, ...) when building a reference base.
+    arguments (d_model, depth, ...) when building a reference base. `columns` names the
+    columns of CSV / Parquet data (docs/DATA.md; inferred when None).
     Bad data raises DataError, bad options ConfigError; the same seed gives the same tensors.
     """
     alpha = float(2 * rank if alpha is None else alpha)
@@ -141,7 +143,8 @@ def train(
     out = Path(out)
     _check_out(out, force)
     with _seeded(seed):
-        base_model, splits = _prepare(base, weights, data, test_data, length, model_config, seed)
+        base_model, splits = _prepare(base, weights, data, test_data, length, model_config, seed,
+                                      columns)
         fingerprint = weights_fingerprint(base_model)  # before any injection renames modules
         base_config = getattr(base_model, "config", None)  # copied: full/head may resize the head
         base_config = dict(base_config) if isinstance(base_config, dict) else None
@@ -251,20 +254,22 @@ def _seeded(seed: int) -> Iterator[None]:
 
 
 def _prepare(base: str, weights: Any, data: Any, test_data: Any, length: int | None,
-             model_config: dict[str, Any] | None, seed: int) -> tuple[nn.Module, _Splits]:
+             model_config: dict[str, Any] | None, seed: int,
+             columns: TableColumns | None = None) -> tuple[nn.Module, _Splits]:
     """Load the base and the data, in the order that lets each size the other."""
     config = dict(model_config or {})
     if base == "reference" and weights is None:
         # A new reference model takes its input and output sizes from the data.
-        ds = load_dataset(data, length=length or config.pop("length", None))
+        ds = load_dataset(data, length=length or config.pop("length", None), columns=columns)
         model = load_base("reference", in_channels=ds.num_channels, num_classes=ds.num_classes,
                           length=ds.length, **config)
     else:
         model = load_base(base, weights=weights, **config)
-        ds = load_dataset(data, length=length or _model_length(model))
+        ds = load_dataset(data, length=length or _model_length(model), columns=columns)
     if test_data is not None:
         train_ds = ds
-        eval_ds = load_dataset(test_data, length=ds.length, class_names=ds.class_names)
+        eval_ds = load_dataset(test_data, length=ds.length, class_names=ds.class_names,
+                               columns=columns)
         split = "test"
     else:
         train_ds, eval_ds = train_val_split(ds, VAL_FRACTION, seed)

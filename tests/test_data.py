@@ -1,4 +1,4 @@
-"""export/data.py on the UCR/UEA datasets bundled in the sktime wheel, and its error messages."""
+"""export/data/ on the UCR/UEA datasets bundled in the sktime wheel, and its error messages."""
 
 from __future__ import annotations
 
@@ -225,7 +225,7 @@ ERROR_CASES = {
                            ["label 'c' is not in class_names"]),
     "regression ts": ("t.ts", lambda p: p.write_text(
         "@univariate true\n@targetLabel true\n@data\n1,2:0.5\n"), ["@targetLabel"]),
-    "suffix": ("x.csv", lambda p: p.write_text("1,2\n"), ["unsupported data source"]),
+    "suffix": ("x.xlsx", lambda p: p.write_text("1,2\n"), ["unsupported data source"]),
     "missing file": ("gone.ts", lambda p: None, ["file not found"]),
 }  # fmt: skip
 

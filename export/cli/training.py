@@ -9,6 +9,7 @@ import click
 
 from edge.errors import ConfigError
 from export.adapters.registry import ADAPTER_KINDS  # no torch: names only
+from export.cli.data_options import table_options
 from export.cli.group import main
 
 # train()'s METHODS (export/train.py imports torch, which `--help` should not wait for)
@@ -37,8 +38,10 @@ def _model_config(pairs: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option("--base", default="reference", show_default=True,
               help="'reference' (the bundled SensorTransformer) or 'package.module:callable'.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Base weights (.safetensors).")
-@click.option("--data", required=True, help="Training data: .npz, .ts or ucr:NAME:train.")
+@click.option("--data", required=True, help="Training data: .npz, .ts, .csv, .parquet or "
+              "ucr:NAME:train (tables: docs/DATA.md).")
 @click.option("--test-data", help="Test data (same forms); without it 20% of --data is held out.")
+@table_options
 @click.option("--method", type=click.Choice(METHODS), default="lora", show_default=True,
               help=f"{'/'.join(ADAPTER_KINDS)}: an adapter directory; head: linear probe; "
               "full: every weight (also how a base is pretrained).")
