@@ -231,3 +231,54 @@ def test_existing_out_needs_force(files, base, tmp_path):
         adapt(files, base, out, method="head")
     adapt(files, base, out, method="head", force=True)
     assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+
+
+def test_early_stopping_on_a_validation_split_of_the_training_data(files, base, tmp_path):
+    result = adapt(files, base, tmp_path / "es", method="lora", epochs=12, val_fraction=0.25,
+                   patience=2)
+    m = result.metrics
+    curves = m["curves"]
+    assert len(curves["train_loss"]) == len(curves["val_accuracy"]) == m["epochs_run"] <= 12
+    assert m["val_accuracy"] == max(curves["val_accuracy"])
+    assert m["eval_split"] == "test" and m["n_eval"] == 60  # the test data, scored once
+    assert m["n_train"] + m["n_val"] == 50  # the validation split comes out of --data
+    if m["stopped"] == "patience":
+        assert m["epochs_run"] - m["best_epoch"] == 2
+    # the best epoch's weights were kept: the validation score is theirs
+    model = AdaptedModel(load_base("reference", weights=base))
+    load_adapter(model, tmp_path / "es")
+    assert m["accuracy"] == evaluate(model, *_test_tensors(files, tmp_path / "es"))
+
+
+def _test_tensors(files, adapter_dir):
+    adapter = read_adapter_dir(adapter_dir)
+    pre = Preprocessing.from_dict(adapter.meta["preprocessing"])
+    stats = ChannelStats.from_preprocessing(pre, len(pre.mean))
+    test = load_dataset(files["gun_test"], length=LENGTH, class_names=adapter.meta["class_names"])
+    return torch.from_numpy(stats.apply(test.X)), torch.from_numpy(test.y)
+
+
+def test_without_test_data_the_holdout_and_the_validation_split_are_apart(files, base, tmp_path):
+    result = adapt(files, base, tmp_path / "ho", method="head", test_data=None, val_fraction=0.25)
+    m = result.metrics
+    assert m["eval_split"] == "holdout" and m["n_eval"] == 10  # 20% of GunPoint's 50
+    assert m["n_train"] + m["n_val"] == 40 and "patience" in m and m["patience"] is None
+
+
+def test_threads_apply_to_the_run_and_come_back(files, base, tmp_path):
+    before = torch.get_num_threads()
+    adapt(files, base, tmp_path / "t", method="head", threads=1)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="--threads"):
+        adapt(files, base, tmp_path / "t0", method="head", threads=0)
+
+
+@pytest.mark.parametrize("overrides, phrase", [
+    ({"val_fraction": 1.5}, "--val-fraction"),
+    ({"patience": 3}, "--patience needs --val-fraction"),
+    ({"val_fraction": 0.2, "patience": 0}, "--patience"),
+])  # fmt: skip
+def test_bad_early_stopping_options(files, base, tmp_path, overrides, phrase):
+    with pytest.raises(ConfigError, match=phrase):
+        adapt(files, base, tmp_path / "out", method="lora", **overrides)
+    assert not (tmp_path / "out").exists()
