@@ -76,7 +76,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
     With `val` (x_val, y_val) every epoch is scored on it; the weights of the best epoch
     (highest accuracy, then lowest loss) are restored at the end, and with `patience` training
     stops after that many epochs without a better one. `deadline` (time.perf_counter() value)
-    stops training at the end of the epoch that passes it.
+    stops training when another epoch, as long as the last one, would end after it.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -90,6 +90,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
     kept: dict[str, torch.Tensor] | None = None
     bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
+        began = time.perf_counter()
         log.train_loss.append(_epoch(model, opt, sched, params, x, y, batch_size, order))
         bar.set_postfix(loss=f"{log.train_loss[-1]:.3f}")
         if val is not None:
@@ -101,7 +102,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
             elif patience is not None and epoch + 1 - log.best_epoch >= patience:
                 log.stopped = "patience"
                 break
-        if deadline is not None and time.perf_counter() >= deadline and epoch + 1 < epochs:
+        now = time.perf_counter()
+        if deadline is not None and now + (now - began) > deadline and epoch + 1 < epochs:
             log.stopped = "deadline"
             break
     if kept is not None:

@@ -4,7 +4,8 @@ Methods:
     lora        LoRA on `--targets` (frozen base); writes a PEFT adapter directory at OUT
     bottleneck  residual bottleneck adapters after `--targets` (`--rank` is their width)
                 (every adapter kind of export/adapters/registry.py is a method like these)
-    head        linear probe: only the classification head trains; writes OUT/model.safetensors
+    head        linear probe: only the classification head trains; writes OUT/head.safetensors
+                (the head only; `load_head(OUT)` applies it on the base edge_model.json names)
     full        every weight trains (also how a base is pretrained); writes OUT/model.safetensors
 
 Every method writes OUT/metrics.json. Inputs are normalised per channel with statistics of the
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
@@ -41,7 +43,8 @@ from export.outputs import check_writable
 from export.peft_io import WEIGHTS_FILE, save_adapter
 
 __all__ = ["METHODS", "REFERENCE_TARGETS", "Splits", "TrainResult", "build_model", "evaluate",
-           "output_meta", "parse_targets", "prepare", "size_metrics", "target_paths", "train"]
+           "load_head", "output_meta", "parse_targets", "prepare", "size_metrics",
+           "target_paths", "train"]
 
 ADAPTER_METHODS = tuple(ADAPTER_KINDS)  # ("lora", "bottleneck"): an adapter directory
 METHODS = (*ADAPTER_METHODS, "head", "full")
@@ -58,6 +61,7 @@ REFERENCE_TARGETS: dict[str, list[str]] = {
     kind: ["stem.conv1", "stem.conv2", "mlp.fc2"] for kind in ADAPTER_METHODS
 }
 MODEL_FILE = "model.safetensors"
+HEAD_FILE = "head.safetensors"  # what `--method head` writes: the head's tensors only
 MODEL_META_FILE = "edge_model.json"
 METRICS_FILE = "metrics.json"
 VAL_FRACTION = 0.2
@@ -454,6 +458,9 @@ def _write(model: nn.Module, method: str, out: Path, meta: dict, metrics: dict) 
         if isinstance(model, AdaptedModel):
             save_adapter(model, target, meta=meta)
             metrics["adapter_file_bytes"] = (target / WEIGHTS_FILE).stat().st_size
+        elif method == "head":
+            _save_head(model, target, meta)
+            metrics["adapter_file_bytes"] = (target / HEAD_FILE).stat().st_size
         else:
             save_base(model, target / MODEL_FILE)
             meta["weights_fingerprint"] = weights_fingerprint(model)
@@ -466,6 +473,45 @@ def _write(model: nn.Module, method: str, out: Path, meta: dict, metrics: dict) 
         os.replace(target, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_head(model: nn.Module, target: Path, meta: dict) -> None:
+    """A linear probe ships its head only: the Linear's tensors, and in edge_model.json the
+    base it sits on (spec, weights, fingerprint) and the head's path; `load_head` applies it."""
+    head_path = _head_path(model)
+    head = model.get_submodule(head_path)
+    tensors = {f"{head_path}.{k}": v.detach().cpu().contiguous().clone()
+               for k, v in head.state_dict().items()}
+    target.mkdir(parents=True)
+    save_file(tensors, str(target / HEAD_FILE))  # no metadata: its size is adapter_bytes
+    body = {"format": "edge-model/1", "method": "head", "head": head_path, **meta}
+    (target / MODEL_META_FILE).write_text(json.dumps(body, indent=2, sort_keys=True))
+
+
+def load_head(out: str | Path) -> nn.Module:
+    """A `train --method head` output applied on its base (eval mode): the base rebuilt from
+    the spec and weights edge_model.json names and checked against the fingerprint recorded
+    at training, its head replaced by OUT/head.safetensors."""
+    out = Path(out)
+    try:
+        meta = json.loads((out / MODEL_META_FILE).read_text(encoding="utf-8"))
+        head_path, base = meta["head"], meta["base"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{out}: not a `train --method head` output ({exc})") from None
+    model = load_base(base["spec"], weights=base["weights"])
+    if weights_fingerprint(model) != meta.get("base_fingerprint"):
+        raise ConfigError(f"{out}: the base at {base['weights']} is not the one the head was "
+                          "trained on (fingerprint differs)")
+    tensors = load_file(str(out / HEAD_FILE))  # {"<head>.weight": (K, D), "<head>.bias": (K,)}
+    old = model.get_submodule(head_path)
+    classes = tensors[f"{head_path}.weight"].shape[0]
+    if classes != old.out_features:
+        model.set_submodule(head_path, _fresh_head(old, classes))
+        if isinstance(getattr(model, "config", None), dict):
+            model.config["num_classes"] = classes
+    model.get_submodule(head_path).load_state_dict(
+        {k.removeprefix(f"{head_path}."): v for k, v in tensors.items()})
+    return model.eval()
 
 
 def _json_default(value: Any) -> Any:

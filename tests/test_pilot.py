@@ -147,7 +147,7 @@ def test_the_recommended_adapter_loads_and_scores_as_reported(pilot, base):
 
 def test_the_cli_prints_the_summary(base, tmp_path):
     args = ["pilot", "--weights", str(base), "--data", LINE["data"], "--test-data",
-            LINE["test_data"], "--budget-minutes", "0.1", "--seeds", "1", "--max-epochs", "4",
+            LINE["test_data"], "--budget-minutes", "0.5", "--seeds", "1", "--max-epochs", "4",
             "--patience", "2", "--threads", "1", "--no-progress", "--out", str(tmp_path / "p")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

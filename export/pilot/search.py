@@ -5,8 +5,10 @@ Time: one calibration epoch of the full fine-tune gives the seconds per epoch on
 and line; after that each method's own measured runs do. Before a run, its time is estimated
 as seconds per epoch x the epochs runs of that method took so far (early stopping; the most
 epochs of any run before one of its own; `max_epochs` before any). A run that does not fit what
-is left is not started; a run still going at the deadline stops there (its best epoch kept)
-and the search ends.
+is left is not started; a run still going at the deadline stops there (its best epoch kept).
+The essentials (the probe, the full fine-tune and the first adapter) always get one run: time
+for their shortest run (patience + 1 epochs) is kept back while the candidates before them
+train.
 """
 
 from __future__ import annotations
@@ -90,11 +92,17 @@ def run_search(line: Line, plan: list[Candidate], settings: SearchSettings) -> S
     _check_budget(plan, clock, settings)
     results: list[CandidateResult] = []
     skipped: list[dict] = []
+    pending = _essentials(plan)
     for candidate in plan:
         if not candidate.trains:
             results.append(_as_is(line, candidate))
             continue
-        result, reason = _run_seeds(line, candidate, settings, clock, deadline)
+        pending = [c for c in pending if c is not candidate]
+        # time kept for the essentials still to come, at their shortest run
+        least = min(settings.max_epochs, settings.patience + 1)
+        reserve = sum(clock.estimate(c.method, least) for c in pending)
+        result, reason = _run_seeds(line, candidate, settings, clock, deadline - reserve,
+                                    must=candidate in _essentials(plan))
         if result is not None:
             results.append(result)
         if reason:
@@ -123,40 +131,48 @@ class _Clock:
 
 
 def _calibrate(line: Line, settings: SearchSettings) -> float:
-    """Seconds one epoch of the full fine-tune takes here (training and validation)."""
+    """Seconds one epoch of the full fine-tune takes here (training and validation), timed
+    after a first one."""
     with seeded(0):
         model = build_model("full", copy.deepcopy(line.base), line.num_classes, None, 1, 1.0,
                             train_head=True, train_norms=False, modules_to_save=None,
                             name="calibration")
-        began = time.perf_counter()
-        fit(model, line.splits.x_train, line.splits.y_train, epochs=1, lr=1e-3,
-            batch_size=settings.batch_size, weight_decay=settings.weight_decay, seed=0,
-            val=line.splits.val)
+        for _ in range(2):  # the first epoch warms torch up (allocations, kernel choice)
+            began = time.perf_counter()
+            fit(model, line.splits.x_train, line.splits.y_train, epochs=1, lr=1e-3,
+                batch_size=settings.batch_size, weight_decay=settings.weight_decay, seed=0,
+                val=line.splits.val)
     return time.perf_counter() - began
 
 
+def _essentials(plan: list[Candidate]) -> list[Candidate]:
+    """What a pilot cannot say anything without: the linear probe (the baseline, when the
+    base's classes are not the line's), the full fine-tune and the first adapter."""
+    firsts = [[c for c in plan if c.method == m][:1] for m in ("head", "full")]
+    return [*firsts[0], *firsts[1], *[c for c in plan if c.family == "adapter"][:1]]
+
+
 def _check_budget(plan: list[Candidate], clock: _Clock, settings: SearchSettings) -> None:
-    """The least a pilot can say something with: one short run of the full fine-tune and of
-    the first adapter (early stopping's patience + 1 epochs each)."""
-    first_adapter = next((c for c in plan if c.family == "adapter"), None)
+    """The essentials must fit one short run each (early stopping's patience + 1 epochs)."""
     least_epochs = min(settings.max_epochs, settings.patience + 1)
-    methods = ["full"] + ([first_adapter.method] if first_adapter else [])
-    need = sum(clock.estimate(m, least_epochs) for m in methods)
+    need = sum(clock.estimate(c.method, least_epochs) for c in _essentials(plan))
     if need > settings.budget_s:
         raise ConfigError(
             f"--budget-minutes {settings.budget_s / 60:g} is too small for even one candidate: "
-            f"a short run of the full fine-tune and one adapter takes about {need:.1f} s here; "
+            f"short runs of the probe, the full fine-tune and one adapter take about {need:.1f} s "
+            "here; "
             f"give at least {max(need * 1.5, 1.0) / 60:.2f}")
 
 
 def _run_seeds(line: Line, candidate: Candidate, settings: SearchSettings, clock: _Clock,
-               deadline: float) -> tuple[CandidateResult | None, str | None]:
-    """Run the candidate's seeds while they fit; (result or None, why some were skipped)."""
+               deadline: float, *, must: bool) -> tuple[CandidateResult | None, str | None]:
+    """Run the candidate's seeds while they fit (an essential's first seed runs anyway, cut at
+    the deadline); (result or None, why some were skipped)."""
     result: CandidateResult | None = None
     for seed in range(settings.seeds):
         left = deadline - time.perf_counter()
         need = clock.estimate(candidate.method)
-        if need > left:
+        if need > left and not (must and seed == 0):
             missing = ", ".join(str(s) for s in range(seed, settings.seeds))
             what = "not run" if result is None else f"seeds {missing} not run"
             return result, f"budget: {what} (needs ~{need:.0f} s a seed, {max(left, 0):.0f} s left)"

@@ -57,7 +57,7 @@ def _accuracy(report: dict, rec: dict, chosen: dict) -> str:
     gain = rec["gain_vs_base"]
     if gain is not None:
         label = "the base as it is" if gain["baseline"] == "base" else "the linear probe"
-        text += (f", {_points(gain['value'])} points over {label} "
+        text += (f", {_points(gain['value'])} points against {label} "
                  f"({_points(gain['ci95'][0])} to {_points(gain['ci95'][1])})")
     full = rec["vs_full"]
     if full is not None:
@@ -99,10 +99,14 @@ def _running(running: dict | None) -> str:
 def _budget(report: dict) -> str:
     budget = report["budget"]
     text = (f"The search ran {len(report['candidates'])} candidates in "
-            f"{budget['used_s'] / 60:.1f} of {budget['minutes']:g} minutes")
-    skipped = budget["skipped"]
-    if skipped:
-        text += f" and left out {len(skipped)} for lack of time ({skipped[0]['candidate']} first)"
+            f"{budget['used_s']:.0f} s of its {60 * budget['minutes']:.0f} s budget")
+    left_out = [s["candidate"] for s in budget["skipped"]
+                if s["reason"].startswith("budget: not run")]
+    cut = len(budget["skipped"]) - len(left_out)
+    if left_out:
+        text += f"; it left out {len(left_out)} for lack of time ({left_out[0]} first)"
+    if cut:
+        text += f"; {cut} cut short (fewer seeds, or stopped at the deadline)"
     return text + "."
 
 
