@@ -4,7 +4,8 @@ Methods:
     lora        LoRA on `--targets` (frozen base); writes a PEFT adapter directory at OUT
     bottleneck  residual bottleneck adapters after `--targets` (`--rank` is their width)
                 (every adapter kind of export/adapters/registry.py is a method like these)
-    head        linear probe: only the classification head trains; writes OUT/model.safetensors
+    head        linear probe: only the classification head trains; writes OUT/head.safetensors
+                (the head only; `load_head(OUT)` applies it on the base edge_model.json names)
     full        every weight trains (also how a base is pretrained); writes OUT/model.safetensors
 
 Every method writes OUT/metrics.json. Inputs are normalised per channel with statistics of the
@@ -14,7 +15,6 @@ gateway applies the same.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -22,28 +22,29 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
-from tqdm.auto import tqdm
 
 from edge.contract import Preprocessing
 from edge.errors import ConfigError, DataError
 from export.adapters.model import AdaptedModel
 from export.adapters.registry import ADAPTER_KINDS, adapter_kind
 from export.data import ChannelStats, SensorDataset, TableColumns, load_dataset, train_val_split
+from export.fitting import FitLog, evaluate, fit, limit_threads, seeded
 from export.models import load_base, save_base, weights_fingerprint
 from export.outputs import check_writable
 from export.peft_io import WEIGHTS_FILE, save_adapter
 
-__all__ = ["METHODS", "REFERENCE_TARGETS", "TrainResult", "evaluate", "parse_targets", "train"]
+__all__ = ["METHODS", "REFERENCE_TARGETS", "Splits", "TrainResult", "build_model", "evaluate",
+           "load_head", "output_meta", "parse_targets", "prepare", "size_metrics",
+           "target_paths", "train"]
 
 ADAPTER_METHODS = tuple(ADAPTER_KINDS)  # ("lora", "bottleneck"): an adapter directory
 METHODS = (*ADAPTER_METHODS, "head", "full")
@@ -60,6 +61,7 @@ REFERENCE_TARGETS: dict[str, list[str]] = {
     kind: ["stem.conv1", "stem.conv2", "mlp.fc2"] for kind in ADAPTER_METHODS
 }
 MODEL_FILE = "model.safetensors"
+HEAD_FILE = "head.safetensors"  # what `--method head` writes: the head's tensors only
 MODEL_META_FILE = "edge_model.json"
 METRICS_FILE = "metrics.json"
 VAL_FRACTION = 0.2
@@ -85,8 +87,10 @@ class TrainResult:
 
 
 @dataclass
-class _Splits:
-    """Normalised tensors: x (N, C, L) float32, y (N,) int64; eval is test data or a val split."""
+class Splits:
+    """Normalised tensors: x (N, C, L) float32, y (N,) int64. `eval` is the test data, or a
+    stratified 20% of the data held out (`eval_split` "test" / "val"); `val` (early stopping,
+    carved from the training part only) exists when a validation fraction was asked for."""
 
     train: SensorDataset
     x_train: torch.Tensor
@@ -95,6 +99,12 @@ class _Splits:
     y_eval: torch.Tensor
     eval_split: str
     stats: ChannelStats
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+
+    @property
+    def val(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if self.y_val is None else (self.x_val, self.y_val)
 
 
 def train(
@@ -118,6 +128,9 @@ def train(
     length: int | None = None,
     model_config: dict[str, Any] | None = None,
     columns: TableColumns | None = None,
+    val_fraction: float | None = None,
+    patience: int | None = None,
+    threads: int | None = None,
     out: str | Path,
     force: bool = False,
     progress: bool = True,
@@ -134,49 +147,79 @@ def train(
     (PEFT's modules_to_save, e.g. a small input conv). `model_config` passes SensorTransformer
     arguments (d_model, depth, ...) when building a reference base. `columns` names the
     columns of CSV / Parquet data (docs/DATA.md; inferred when None).
+    `val_fraction` carves a stratified validation split out of the training part (never the
+    test data): each epoch is scored on it, the best epoch's weights are kept, and `patience`
+    stops training after that many epochs without a better one; metrics then hold the
+    per-epoch `curves`. `threads` sets torch's thread count for the run (restored after).
     Bad data raises DataError, bad options ConfigError; the same seed gives the same tensors.
     """
     alpha = float(2 * rank if alpha is None else alpha)
     lr = DEFAULT_LR.get(method, 0.0) if lr is None else lr
     _check_options(method, rank, alpha, epochs, lr, batch_size, targets, modules_to_save,
                    weight_decay)
+    _check_early_stopping(val_fraction, patience)
     out = Path(out)
     _check_out(out, force)
-    with _seeded(seed):
-        base_model, splits = _prepare(base, weights, data, test_data, length, model_config, seed,
-                                      columns)
+    with limit_threads(threads), seeded(seed):
+        base_model, splits = prepare(base, weights, data, test_data, length=length,
+                                     model_config=model_config, seed=seed,
+                                     val_fraction=val_fraction, columns=columns)
         fingerprint = weights_fingerprint(base_model)  # before any injection renames modules
         base_config = getattr(base_model, "config", None)  # copied: full/head may resize the head
         base_config = dict(base_config) if isinstance(base_config, dict) else None
         base_bytes = _file_bytes(base_model.state_dict())
         base_params = sum(p.numel() for p in base_model.parameters())
-        model = _build(method, base_model, splits.train.num_classes, targets, rank, alpha,
-                       train_head=train_head, train_norms=train_norms,
-                       modules_to_save=modules_to_save, name=out.name)
+        model = build_model(method, base_model, splits.train.num_classes, targets, rank, alpha,
+                            train_head=train_head, train_norms=train_norms,
+                            modules_to_save=modules_to_save, name=out.name)
         start = time.perf_counter()
-        losses = _fit(model, splits, epochs=epochs, lr=lr, batch_size=batch_size,
-                      weight_decay=weight_decay, seed=seed, progress=progress,
-                      desc=f"train {method}")
+        log = fit(model, splits.x_train, splits.y_train, epochs=epochs, lr=lr,
+                  batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                  progress=progress, desc=f"train {method}", val=splits.val, patience=patience)
         seconds = time.perf_counter() - start
     accuracy = evaluate(model, splits.x_eval, splits.y_eval)
     metrics = {
         "method": method, "accuracy": accuracy, f"{splits.eval_split}_accuracy": accuracy,
         "eval_split": splits.eval_split, "train_accuracy": evaluate(model, splits.x_train,
                                                                     splits.y_train),
-        "final_train_loss": losses[-1], "train_seconds": round(seconds, 3), "epochs": epochs,
-        "seed": seed, "lr": lr, "batch_size": batch_size, "weight_decay": weight_decay,
-        "base_params": base_params, "base_bytes": base_bytes, "train_data": str(data),
-        "test_data": None if test_data is None else str(test_data),
+        "final_train_loss": log.train_loss[-1], "train_seconds": round(seconds, 3),
+        "epochs": epochs, "seed": seed, "lr": lr, "batch_size": batch_size,
+        "weight_decay": weight_decay, "base_params": base_params, "base_bytes": base_bytes,
+        "train_data": str(data), "test_data": None if test_data is None else str(test_data),
         "n_train": len(splits.y_train), "n_eval": len(splits.y_eval),
     }  # fmt: skip
-    metrics.update(_size_metrics(model, method, base_params, base_bytes))
+    metrics.update(_early_stopping_metrics(splits, log, patience))
+    metrics.update(size_metrics(model, method, base_params, base_bytes))
     if isinstance(model, AdaptedModel):
         metrics.update(**model.configs[model.active_adapter].train_options(),
-                       targets=_target_paths(model),
+                       targets=target_paths(model),
                        modules_to_save=model.configs[model.active_adapter].modules_to_save)
-    meta = _meta(base, weights, base_config, fingerprint, splits, metrics)
+    meta = output_meta(base, weights, base_config, fingerprint, splits, metrics)
     _write(model, method, out, meta, metrics)
-    return TrainResult(out, method, metrics, model, splits.train.class_names, splits.stats, losses)
+    return TrainResult(out, method, metrics, model, splits.train.class_names, splits.stats,
+                       log.train_loss)
+
+
+def _early_stopping_metrics(splits: Splits, log: FitLog, patience: int | None) -> dict:
+    if splits.y_val is None:
+        return {}
+    return {"n_val": len(splits.y_val), "val_accuracy": max(log.val_accuracy),
+            "patience": patience, "epochs_run": log.epochs_run, "best_epoch": log.best_epoch,
+            "stopped": log.stopped,
+            "curves": {"train_loss": log.train_loss, "val_accuracy": log.val_accuracy}}
+
+
+def _check_early_stopping(val_fraction: float | None, patience: int | None) -> None:
+    if val_fraction is not None and not (isinstance(val_fraction, (int, float))
+                                         and 0.0 < val_fraction < 1.0):
+        raise ConfigError(f"--val-fraction must be in (0, 1), got {val_fraction!r}")
+    if patience is None:
+        return
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+        raise ConfigError(f"--patience must be a positive integer, got {patience!r}")
+    if val_fraction is None:
+        raise ConfigError("--patience needs --val-fraction: early stopping scores a validation "
+                          "split carved from --data")
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,28 +278,18 @@ def _check_out(out: Path, force: bool) -> None:
     check_writable(out, force or empty_dir, ConfigError)
 
 
-@contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch and use deterministic kernels; the caller's RNG and settings come back."""
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(was_deterministic)
-
-
 # --------------------------------------------------------------------------------------------
 # Data and base
 # --------------------------------------------------------------------------------------------
 
 
-def _prepare(base: str, weights: Any, data: Any, test_data: Any, length: int | None,
-             model_config: dict[str, Any] | None, seed: int,
-             columns: TableColumns | None = None) -> tuple[nn.Module, _Splits]:
-    """Load the base and the data, in the order that lets each size the other."""
+def prepare(base: str, weights: Any, data: Any, test_data: Any, *, length: int | None = None,
+            model_config: dict[str, Any] | None = None, seed: int = 0,
+            val_fraction: float | None = None,
+            columns: TableColumns | None = None) -> tuple[nn.Module, Splits]:
+    """Load the base and the data, in the order that lets each size the other, and split it:
+    eval is `test_data` or a held-out 20% of `data` ("holdout" when a validation split is
+    also carved), val a stratified `val_fraction` of what is left for training."""
     config = dict(model_config or {})
     if base == "reference" and weights is None:
         # A new reference model takes its input and output sizes from the data.
@@ -273,15 +306,19 @@ def _prepare(base: str, weights: Any, data: Any, test_data: Any, length: int | N
         split = "test"
     else:
         train_ds, eval_ds = train_val_split(ds, VAL_FRACTION, seed)
-        split = "val"
+        split = "val" if val_fraction is None else "holdout"
+    val_ds = None
+    if val_fraction is not None:
+        train_ds, val_ds = train_val_split(train_ds, val_fraction, seed)
     if eval_ds.num_channels != train_ds.num_channels:
         raise DataError(f"{eval_ds.source}: {eval_ds.num_channels} channel(s), the training "
                         f"data has {train_ds.num_channels}")
     stats = ChannelStats.from_data(train_ds.X)  # (C,) from the training split only
     x_train, y_train = _tensors(stats, train_ds)
     x_eval, y_eval = _tensors(stats, eval_ds)
+    x_val, y_val = _tensors(stats, val_ds) if val_ds is not None else (None, None)
     _check_fits(model, x_train, train_ds)
-    return model, _Splits(train_ds, x_train, y_train, x_eval, y_eval, split, stats)
+    return model, Splits(train_ds, x_train, y_train, x_eval, y_eval, split, stats, x_val, y_val)
 
 
 def _model_length(model: nn.Module) -> int | None:
@@ -332,7 +369,7 @@ def _fresh_head(old: nn.Linear, num_classes: int) -> nn.Linear:
     return head.to(dtype=old.weight.dtype)
 
 
-def _build(method: str, model: nn.Module, num_classes: int, targets: Any, rank: int,
+def build_model(method: str, model: nn.Module, num_classes: int, targets: Any, rank: int,
            alpha: float, *, train_head: bool, train_norms: bool, modules_to_save: Any,
            name: str) -> nn.Module:
     head_path = _head_path(model)
@@ -369,55 +406,11 @@ def _default_targets(model: nn.Module, method: str, head_path: str) -> list[str]
     return [p for p, m in model.named_modules() if isinstance(m, kinds) and p != head_path]
 
 
-def _target_paths(model: nn.Module) -> list[str]:
+def target_paths(model: nn.Module) -> list[str]:
     from export.adapters.base import AdapterLayer
 
     inner = model.base_model if isinstance(model, AdaptedModel) else model
     return [p for p, m in inner.named_modules() if isinstance(m, AdapterLayer)]
-
-
-# --------------------------------------------------------------------------------------------
-# The loop
-# --------------------------------------------------------------------------------------------
-
-
-def _fit(model: nn.Module, splits: _Splits, *, epochs: int, lr: float, batch_size: int,
-         weight_decay: float, seed: int, progress: bool, desc: str) -> list[float]:
-    """AdamW with a short warm-up and cosine decay; returns the mean loss of each epoch."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    n = len(splits.y_train)
-    total = epochs * math.ceil(n / batch_size)
-    warmup = max(1, total // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
-        1 + math.cos(math.pi * min(s, total) / total))))
-    order = torch.Generator().manual_seed(seed)  # shuffling only; dropout uses the seeded global
-    losses: list[float] = []
-    bar = tqdm(range(epochs), desc=desc, unit="epoch",
-               disable=not progress, leave=False)
-    for _ in bar:
-        model.train()
-        total_loss = 0.0
-        for idx in torch.randperm(n, generator=order).split(batch_size):
-            loss = F.cross_entropy(model(splits.x_train[idx]), splits.y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            total_loss += loss.item() * len(idx)
-        losses.append(total_loss / n)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    model.eval()
-    return losses
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    """Accuracy of `model` (eval mode) on normalised windows x (N, C, L) and labels y (N,)."""
-    model.eval()
-    preds = [model(chunk).argmax(dim=1) for chunk in x.split(batch_size)]  # (B,) each
-    return float((torch.cat(preds) == y).float().mean()) if len(y) else float("nan")
 
 
 # --------------------------------------------------------------------------------------------
@@ -430,7 +423,7 @@ def _file_bytes(tensors: dict[str, torch.Tensor]) -> int:
     return len(safetensors_bytes({k: v.detach().contiguous() for k, v in tensors.items()}))
 
 
-def _size_metrics(model: nn.Module, method: str, base_params: int, base_bytes: int) -> dict:
+def size_metrics(model: nn.Module, method: str, base_params: int, base_bytes: int) -> dict:
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if isinstance(model, AdaptedModel):
         shipped = model.adapter_state_dict(model.active_adapter)  # the adapter file's tensors
@@ -448,8 +441,8 @@ def _size_metrics(model: nn.Module, method: str, base_params: int, base_bytes: i
     }
 
 
-def _meta(base: str, weights: Any, base_config: dict | None, fingerprint: str,
-          splits: _Splits, metrics: dict) -> dict:
+def output_meta(base: str, weights: Any, base_config: dict | None, fingerprint: str,
+          splits: Splits, metrics: dict) -> dict:
     return {
         "base_fingerprint": fingerprint,
         "base": {"spec": base, "weights": None if weights is None else str(weights),
@@ -469,6 +462,9 @@ def _write(model: nn.Module, method: str, out: Path, meta: dict, metrics: dict) 
         if isinstance(model, AdaptedModel):
             save_adapter(model, target, meta=meta)
             metrics["adapter_file_bytes"] = (target / WEIGHTS_FILE).stat().st_size
+        elif method == "head":
+            _save_head(model, target, meta)
+            metrics["adapter_file_bytes"] = (target / HEAD_FILE).stat().st_size
         else:
             save_base(model, target / MODEL_FILE)
             meta["weights_fingerprint"] = weights_fingerprint(model)
@@ -481,6 +477,45 @@ def _write(model: nn.Module, method: str, out: Path, meta: dict, metrics: dict) 
         os.replace(target, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_head(model: nn.Module, target: Path, meta: dict) -> None:
+    """A linear probe ships its head only: the Linear's tensors, and in edge_model.json the
+    base it sits on (spec, weights, fingerprint) and the head's path; `load_head` applies it."""
+    head_path = _head_path(model)
+    head = model.get_submodule(head_path)
+    tensors = {f"{head_path}.{k}": v.detach().cpu().contiguous().clone()
+               for k, v in head.state_dict().items()}
+    target.mkdir(parents=True)
+    save_file(tensors, str(target / HEAD_FILE))  # no metadata: its size is adapter_bytes
+    body = {"format": "edge-model/1", "method": "head", "head": head_path, **meta}
+    (target / MODEL_META_FILE).write_text(json.dumps(body, indent=2, sort_keys=True))
+
+
+def load_head(out: str | Path) -> nn.Module:
+    """A `train --method head` output applied on its base (eval mode): the base rebuilt from
+    the spec and weights edge_model.json names and checked against the fingerprint recorded
+    at training, its head replaced by OUT/head.safetensors."""
+    out = Path(out)
+    try:
+        meta = json.loads((out / MODEL_META_FILE).read_text(encoding="utf-8"))
+        head_path, base = meta["head"], meta["base"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{out}: not a `train --method head` output ({exc})") from None
+    model = load_base(base["spec"], weights=base["weights"])
+    if weights_fingerprint(model) != meta.get("base_fingerprint"):
+        raise ConfigError(f"{out}: the base at {base['weights']} is not the one the head was "
+                          "trained on (fingerprint differs)")
+    tensors = load_file(str(out / HEAD_FILE))  # {"<head>.weight": (K, D), "<head>.bias": (K,)}
+    old = model.get_submodule(head_path)
+    classes = tensors[f"{head_path}.weight"].shape[0]
+    if classes != old.out_features:
+        model.set_submodule(head_path, _fresh_head(old, classes))
+        if isinstance(getattr(model, "config", None), dict):
+            model.config["num_classes"] = classes
+    model.get_submodule(head_path).load_state_dict(
+        {k.removeprefix(f"{head_path}."): v for k, v in tensors.items()})
+    return model.eval()
 
 
 def _json_default(value: Any) -> Any:

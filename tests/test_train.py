@@ -19,7 +19,7 @@ from export.adapters import AdaptedModel  # noqa: E402
 from export.data import ChannelStats, load_dataset  # noqa: E402
 from export.models import load_base, weights_fingerprint  # noqa: E402
 from export.peft_io import load_adapter, read_adapter_dir  # noqa: E402
-from export.train import evaluate, parse_targets, train  # noqa: E402
+from export.train import evaluate, load_head, parse_targets, train  # noqa: E402
 
 LENGTH = 64
 TINY = {"d_model": 16, "depth": 1, "heads": 2, "patch": 8}
@@ -61,6 +61,15 @@ def base(files, tmp_path_factory) -> Path:
     return out / "model.safetensors"
 
 
+def _test_tensors_of(files, out):
+    """GunPoint's test windows normalised with the statistics a head output recorded."""
+    meta = json.loads((out / "edge_model.json").read_text())
+    pre = Preprocessing.from_dict(meta["preprocessing"])
+    stats = ChannelStats.from_preprocessing(pre, len(pre.mean))
+    test = load_dataset(files["gun_test"], length=LENGTH, class_names=meta["class_names"])
+    return torch.from_numpy(stats.apply(test.X)), torch.from_numpy(test.y)
+
+
 def adapt(files, base, out, **kw):
     options = {"weights": base, "data": files["gun_train"], "test_data": files["gun_test"],
                "out": out, **FAST, **kw}
@@ -84,6 +93,14 @@ def test_each_method_writes_its_outputs_and_metrics(files, base, tmp_path, metho
         assert adapter.meta["preprocessing"]["length"] == LENGTH
         assert set(adapter.meta["preprocessing"]) == {"length", "channel_names", "mean", "std"}
         assert metrics["trainable_pct"] < 100
+    elif method == "head":  # the head only, applied on the base it names
+        assert not (out / "model.safetensors").exists()
+        assert (out / "head.safetensors").stat().st_size == metrics["adapter_bytes"]
+        assert set(load_file(str(out / "head.safetensors"))) == {"head.weight", "head.bias"}
+        model = load_head(out)
+        assert model.config["num_classes"] == 2
+        assert evaluate(model, *_test_tensors_of(files, out)) == result.accuracy
+        assert metrics["trainable_pct"] < 5
     else:
         model = load_base("reference", weights=out / "model.safetensors")
         assert model.config["num_classes"] == 2  # the sidecar rebuilds the new head
@@ -91,8 +108,7 @@ def test_each_method_writes_its_outputs_and_metrics(files, base, tmp_path, metho
         assert meta["class_names"] == ["1", "2"]
         assert meta["base"]["config"]["num_classes"] == 3  # what it started from
         # full: every weight, its new 2-class head being smaller than the base's 3-class one
-        assert (metrics["trainable_pct"] > 99) == (method == "full")
-        assert (metrics["trainable_pct"] < 5) == (method == "head")
+        assert metrics["trainable_pct"] > 99
 
 
 def test_pretraining_without_weights_builds_the_base_from_the_data(files, base):
@@ -230,4 +246,73 @@ def test_existing_out_needs_force(files, base, tmp_path):
     with pytest.raises(ConfigError, match="--force"):
         adapt(files, base, out, method="head")
     adapt(files, base, out, method="head", force=True)
-    assert (out / "model.safetensors").is_file() and not (out / "keep.txt").exists()
+    assert (out / "head.safetensors").is_file() and not (out / "keep.txt").exists()
+
+
+def test_early_stopping_on_a_validation_split_of_the_training_data(files, base, tmp_path):
+    result = adapt(files, base, tmp_path / "es", method="lora", epochs=12, val_fraction=0.25,
+                   patience=2)
+    m = result.metrics
+    curves = m["curves"]
+    assert len(curves["train_loss"]) == len(curves["val_accuracy"]) == m["epochs_run"] <= 12
+    assert m["val_accuracy"] == max(curves["val_accuracy"])
+    assert m["eval_split"] == "test" and m["n_eval"] == 60  # the test data, scored once
+    assert m["n_train"] + m["n_val"] == 50  # the validation split comes out of --data
+    if m["stopped"] == "patience":
+        assert m["epochs_run"] - m["best_epoch"] == 2
+    # the best epoch's weights were kept: the validation score is theirs
+    model = AdaptedModel(load_base("reference", weights=base))
+    load_adapter(model, tmp_path / "es")
+    assert m["accuracy"] == evaluate(model, *_test_tensors(files, tmp_path / "es"))
+
+
+def _test_tensors(files, adapter_dir):
+    adapter = read_adapter_dir(adapter_dir)
+    pre = Preprocessing.from_dict(adapter.meta["preprocessing"])
+    stats = ChannelStats.from_preprocessing(pre, len(pre.mean))
+    test = load_dataset(files["gun_test"], length=LENGTH, class_names=adapter.meta["class_names"])
+    return torch.from_numpy(stats.apply(test.X)), torch.from_numpy(test.y)
+
+
+def test_without_test_data_the_holdout_and_the_validation_split_are_apart(files, base, tmp_path):
+    result = adapt(files, base, tmp_path / "ho", method="head", test_data=None, val_fraction=0.25)
+    m = result.metrics
+    assert m["eval_split"] == "holdout" and m["n_eval"] == 10  # 20% of GunPoint's 50
+    assert m["n_train"] + m["n_val"] == 40 and "patience" in m and m["patience"] is None
+
+
+def test_threads_apply_to_the_run_and_come_back(files, base, tmp_path):
+    before = torch.get_num_threads()
+    adapt(files, base, tmp_path / "t", method="head", threads=1)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ConfigError, match="--threads"):
+        adapt(files, base, tmp_path / "t0", method="head", threads=0)
+
+
+@pytest.mark.parametrize("overrides, phrase", [
+    ({"val_fraction": 1.5}, "--val-fraction"),
+    ({"patience": 3}, "--patience needs --val-fraction"),
+    ({"val_fraction": 0.2, "patience": 0}, "--patience"),
+])  # fmt: skip
+def test_bad_early_stopping_options(files, base, tmp_path, overrides, phrase):
+    with pytest.raises(ConfigError, match=phrase):
+        adapt(files, base, tmp_path / "out", method="lora", **overrides)
+    assert not (tmp_path / "out").exists()
+
+
+def test_head_output_is_inspected_and_refuses_another_base(files, base, tmp_path):
+    from click.testing import CliRunner
+
+    from export.cli import main
+
+    adapt(files, base, tmp_path / "probe", method="head")
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "probe")])
+    assert result.exit_code == 0 and "head.weight" in result.output, result.output
+    other = tmp_path / "other"
+    train(data=files["gun_train"], method="full", model_config=TINY, out=other, **FAST)
+    meta_file = tmp_path / "probe" / "edge_model.json"
+    meta = json.loads(meta_file.read_text())
+    meta["base"]["weights"] = str(other / "model.safetensors")
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="fingerprint"):
+        load_head(tmp_path / "probe")

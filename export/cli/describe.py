@@ -112,7 +112,7 @@ def describe_onnx(path: Path) -> dict[str, Any]:
 def describer(path: Path) -> Callable[[Path], dict[str, Any]]:
     """Which describe function handles `path`. New kinds (ONNX, bundles) add a line here."""
     from export.peft_io import CONFIG_FILE
-    from export.train import MODEL_FILE
+    from export.train import HEAD_FILE, MODEL_FILE
 
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         return describe_adapter_dir
@@ -122,8 +122,10 @@ def describer(path: Path) -> Callable[[Path], dict[str, Any]]:
         return describe_onnx_adapter
     if path.is_file() and path.suffix == ".onnx":
         return describe_onnx
-    if path.is_dir() and (path / MODEL_FILE).is_file():  # a `train --method full|head` output
+    if path.is_dir() and (path / MODEL_FILE).is_file():  # a `train --method full` output
         return lambda p: describe_model_file(p / MODEL_FILE)
+    if path.is_dir() and (path / HEAD_FILE).is_file():  # a `train --method head` output
+        return lambda p: describe_model_file(p / HEAD_FILE)
     if path.is_file() and path.suffix == ".safetensors":
         return describe_model_file
     if not path.exists():

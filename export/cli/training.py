@@ -63,6 +63,12 @@ def _model_config(pairs: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option("--length", type=int, help="Resample windows to this length [default: the base's].")
 @click.option("--model-config", multiple=True, metavar="KEY=VALUE",
               help="Reference model argument for a new base (d_model=128); repeatable.")
+@click.option("--val-fraction", type=float, help="Carve this stratified fraction of --data "
+              "(never --test-data) as a validation split scored every epoch; the best epoch "
+              "is kept.")
+@click.option("--patience", type=int, help="With --val-fraction: stop after this many epochs "
+              "without a better validation score.")
+@click.option("--threads", type=int, help="torch threads for training [default: torch's].")
 @click.option("--out", required=True, type=click.Path(), help="Output directory.")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")

@@ -1,0 +1,224 @@
+"""Running the candidates within the budget: each with several seeds, early stopping on the
+validation split, timed and measured; what does not fit is skipped with its reason.
+
+Time: one calibration epoch of the full fine-tune gives the seconds per epoch on this machine
+and line; after that each method's own measured runs do. Before a run, its time is estimated
+as seconds per epoch x the epochs runs of that method took so far (early stopping; the most
+epochs of any run before one of its own; `max_epochs` before any). A run that does not fit what
+is left is not started; a run still going at the deadline stops there (its best epoch kept).
+The essentials (the probe, the full fine-tune and the first adapter) always get one run: time
+for their shortest run (patience + 1 epochs) is kept back while the candidates before them
+train.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from edge.errors import ConfigError
+from export.fitting import FitLog, fit, predict, seeded
+from export.pilot.candidates import DEFAULT_RANK, Candidate, estimate_seconds
+from export.pilot.resources import Usage, measure
+from export.train import Splits, build_model, evaluate, size_metrics
+
+__all__ = ["CandidateResult", "SearchResult", "SearchSettings", "SeedRun", "run_search"]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    budget_s: float
+    seeds: int = 3
+    max_epochs: int = 100
+    patience: int = 10
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    progress: bool = False
+
+
+@dataclass
+class Line:
+    """The base (never trained in place: every run copies it) and the line's splits."""
+
+    base: nn.Module
+    splits: Splits
+    base_params: int
+    base_bytes: int
+
+    @property
+    def num_classes(self) -> int:
+        return self.splits.train.num_classes
+
+
+@dataclass
+class SeedRun:
+    seed: int
+    val_accuracy: float  # of the epoch kept
+    log: FitLog | None = None  # None: nothing trained (the base as it is)
+    usage: Usage | None = None
+
+
+@dataclass
+class CandidateResult:
+    candidate: Candidate
+    sizes: dict  # trainable_params, trainable_pct, adapter_bytes (size_metrics)
+    runs: list[SeedRun] = field(default_factory=list)
+    model: nn.Module | None = None  # the model of the seed with the best val accuracy
+    best_seed: int = 0
+    test_pred: np.ndarray | None = None  # (N_test,) class indices of `model`
+
+    @property
+    def val_mean(self) -> float:
+        return float(np.mean([r.val_accuracy for r in self.runs]))
+
+
+@dataclass
+class SearchResult:
+    results: list[CandidateResult]
+    skipped: list[dict]
+    used_s: float
+
+
+def run_search(line: Line, plan: list[Candidate], settings: SearchSettings) -> SearchResult:
+    """Run `plan` in order within `settings.budget_s` seconds (raising ConfigError naming
+    --budget-minutes when not even the full fine-tune and one adapter fit)."""
+    start = time.perf_counter()
+    deadline = start + settings.budget_s
+    clock = _Clock(_calibrate(line, settings), settings.max_epochs)
+    _check_budget(plan, clock, settings)
+    results: list[CandidateResult] = []
+    skipped: list[dict] = []
+    pending = _essentials(plan)
+    for candidate in plan:
+        if not candidate.trains:
+            results.append(_as_is(line, candidate))
+            continue
+        pending = [c for c in pending if c is not candidate]
+        # time kept for the essentials still to come, at their shortest run
+        least = min(settings.max_epochs, settings.patience + 1)
+        reserve = sum(clock.estimate(c.method, least) for c in pending)
+        result, reason = _run_seeds(line, candidate, settings, clock, deadline - reserve,
+                                    must=candidate in _essentials(plan))
+        if result is not None:
+            results.append(result)
+        if reason:
+            skipped.append({"candidate": candidate.name, "reason": reason})
+    return SearchResult(results, skipped, time.perf_counter() - start)
+
+
+class _Clock:
+    """Seconds per epoch and epochs per run, as measured so far, per method."""
+
+    def __init__(self, calibration_epoch_s: float, max_epochs: int) -> None:
+        self.epoch_s: dict[str, float] = {"full": calibration_epoch_s}
+        self.epochs: dict[str, list[int]] = {}
+        self.max_epochs = max_epochs
+
+    def record(self, method: str, usage: Usage, log: FitLog) -> None:
+        self.epoch_s[method] = usage.wall_s / max(log.epochs_run, 1)
+        self.epochs.setdefault(method, []).append(log.epochs_run)
+
+    def estimate(self, method: str, epochs: int | None = None) -> float:
+        epoch_s = self.epoch_s.get(method, max(self.epoch_s.values()))
+        if epochs is None:
+            seen = self.epochs.get(method) or [n for runs in self.epochs.values() for n in runs]
+            epochs = max(seen) if seen else self.max_epochs
+        return estimate_seconds(epoch_s, epochs)
+
+
+def _calibrate(line: Line, settings: SearchSettings) -> float:
+    """Seconds one epoch of the full fine-tune takes here (training and validation), timed
+    after a first one."""
+    with seeded(0):
+        model = build_model("full", copy.deepcopy(line.base), line.num_classes, None, 1, 1.0,
+                            train_head=True, train_norms=False, modules_to_save=None,
+                            name="calibration")
+        for _ in range(2):  # the first epoch warms torch up (allocations, kernel choice)
+            began = time.perf_counter()
+            fit(model, line.splits.x_train, line.splits.y_train, epochs=1, lr=1e-3,
+                batch_size=settings.batch_size, weight_decay=settings.weight_decay, seed=0,
+                val=line.splits.val)
+    return time.perf_counter() - began
+
+
+def _essentials(plan: list[Candidate]) -> list[Candidate]:
+    """What a pilot cannot say anything without: the linear probe (the baseline, when the
+    base's classes are not the line's), the full fine-tune and the first adapter."""
+    firsts = [[c for c in plan if c.method == m][:1] for m in ("head", "full")]
+    return [*firsts[0], *firsts[1], *[c for c in plan if c.family == "adapter"][:1]]
+
+
+def _check_budget(plan: list[Candidate], clock: _Clock, settings: SearchSettings) -> None:
+    """The essentials must fit one short run each (early stopping's patience + 1 epochs)."""
+    least_epochs = min(settings.max_epochs, settings.patience + 1)
+    need = sum(clock.estimate(c.method, least_epochs) for c in _essentials(plan))
+    if need > settings.budget_s:
+        raise ConfigError(
+            f"--budget-minutes {settings.budget_s / 60:g} is too small for even one candidate: "
+            f"short runs of the probe, the full fine-tune and one adapter take about {need:.1f} s "
+            "here; "
+            f"give at least {max(need * 1.5, 1.0) / 60:.2f}")
+
+
+def _run_seeds(line: Line, candidate: Candidate, settings: SearchSettings, clock: _Clock,
+               deadline: float, *, must: bool) -> tuple[CandidateResult | None, str | None]:
+    """Run the candidate's seeds while they fit (an essential's first seed runs anyway, cut at
+    the deadline); (result or None, why some were skipped)."""
+    result: CandidateResult | None = None
+    for seed in range(settings.seeds):
+        left = deadline - time.perf_counter()
+        need = clock.estimate(candidate.method)
+        if need > left and not (must and seed == 0):
+            missing = ", ".join(str(s) for s in range(seed, settings.seeds))
+            what = "not run" if result is None else f"seeds {missing} not run"
+            return result, f"budget: {what} (needs ~{need:.0f} s a seed, {max(left, 0):.0f} s left)"
+        run, model = _train(line, candidate, seed, settings, deadline)
+        clock.record(candidate.method, run.usage, run.log)
+        if result is None:
+            result = CandidateResult(candidate, size_metrics(
+                model, candidate.method, line.base_params, line.base_bytes))
+        result.runs.append(run)
+        if result.model is None or run.val_accuracy > _best_val(result):
+            result.model, result.best_seed = model, seed
+        if run.log.stopped == "deadline":
+            return _finish(line, result), "budget: stopped at the deadline, best epoch kept"
+    return _finish(line, result), None
+
+
+def _best_val(result: CandidateResult) -> float:
+    return next(r.val_accuracy for r in result.runs if r.seed == result.best_seed)
+
+
+def _finish(line: Line, result: CandidateResult) -> CandidateResult:
+    result.test_pred = predict(result.model, line.splits.x_eval).numpy()
+    return result
+
+
+def _train(line: Line, candidate: Candidate, seed: int, settings: SearchSettings,
+           deadline: float) -> tuple[SeedRun, nn.Module]:
+    rank = candidate.rank or DEFAULT_RANK
+    with seeded(seed):
+        model = build_model(candidate.method, copy.deepcopy(line.base), line.num_classes,
+                            candidate.targets, rank, float(2 * rank), train_head=True,
+                            train_norms=True, modules_to_save=None, name="adapter")
+        with measure() as usage:
+            log = fit(model, line.splits.x_train, line.splits.y_train,
+                      epochs=settings.max_epochs, lr=candidate.lr, batch_size=settings.batch_size,
+                      weight_decay=settings.weight_decay, seed=seed, progress=settings.progress,
+                      desc=f"{candidate.name} seed {seed}", val=line.splits.val,
+                      patience=settings.patience, deadline=deadline)
+    return SeedRun(seed, max(log.val_accuracy), log, usage), model
+
+
+def _as_is(line: Line, candidate: Candidate) -> CandidateResult:
+    """The base as it is (its classes are the line's): scored, nothing trained."""
+    model = copy.deepcopy(line.base).eval()
+    result = CandidateResult(candidate, {"trainable_params": 0, "trainable_pct": 0.0,
+                                         "adapter_bytes": 0})
+    result.runs.append(SeedRun(0, evaluate(model, *line.splits.val)))
+    result.model = model
+    return _finish(line, result)
