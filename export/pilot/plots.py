@@ -138,7 +138,8 @@ def _tradeoff_panel(ax: Axes, cands: list[dict], key: str, colours: dict,
                     chosen: dict | None) -> None:
     for c in cands:
         acc = c["test"]["accuracy"]
-        y, (lo, hi) = 100.0 * acc["value"], (100.0 * v for v in acc["ci95"])
+        y = 100.0 * acc["value"]
+        lo, hi = (100.0 * v for v in acc["ci95"]) if acc.get("ci95") else (y, y)
         x = c.get(key)
         if c["method"] == "full":
             ax.axhline(y, color=colours[c["name"]], ls="--", lw=1)
@@ -195,7 +196,10 @@ def _costs(report: dict) -> tuple[Figure, str] | None:
     cands = report["candidates"]
     if not cands:
         return None
-    fig, axes = plt.subplots(2, 2, figsize=(WIDTH_IN, 5.0))
+    # The bar rows grow with the candidates (~0.22 in a bar); the gateway row stays 2.4 in.
+    top = max(1.8, 0.6 + 0.22 * len(cands))
+    fig, axes = plt.subplots(2, 2, figsize=(WIDTH_IN, top + 2.6),
+                             gridspec_kw={"height_ratios": [top, 2.4]})
     colours = _colours(report)
     names = [c["name"] for c in cands]
     _hbars(axes[0][0], names, [c["training"].get("wall_s") for c in cands], duration,
@@ -210,8 +214,8 @@ def _costs(report: dict) -> tuple[Figure, str] | None:
                "Training peak memory (RSS)", [colours[n] for n in names])
     running = report.get("running_cost") or {}
     lines = count(running["lines"]) if running else "N"
-    _pairs(axes[1][0], running, [("disk_bytes", f"disk, {lines} lines", "attached", "merged"),
-                                 ("memory_bytes", f"memory, {lines} lines", "attached",
+    _pairs(axes[1][0], running, [("disk_bytes", f"disk\n{lines} lines", "attached", "merged"),
+                                 ("memory_bytes", f"memory\n{lines} lines", "attached",
                                   "merged")],
            nbytes, "Gateway storage: adapters vs full models")
     _pairs(axes[1][1], running, [("swap_ms", "switch a line", "adapter_swap", "model_reload"),
