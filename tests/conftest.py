@@ -28,10 +28,9 @@ GATEWAY = os.environ.get("EDGE_TESTS") == "gateway"
 # check of tests/data against the exporter. Every other module is a gateway test.
 WORKSTATION_ONLY = [
     "test_adapters.py", "test_benchmarks_smoke.py", "test_cli.py", "test_data.py",
-    "test_data_tables.py",
-    "test_export.py", "test_export_fixes.py", "test_gateway_data.py", "test_gpu.py",
-    "test_peft_io.py", "test_pilot.py", "test_readme_recipe.py", "test_reference_model.py",
-    "test_running_cost.py", "test_train.py",
+    "test_data_tables.py", "test_export.py", "test_export_fixes.py", "test_gateway_data.py",
+    "test_gpu.py", "test_peft_io.py", "test_pilot.py", "test_pilot_report.py",
+    "test_readme_recipe.py", "test_reference_model.py", "test_running_cost.py", "test_train.py",
 ]
 WORKSTATION_PACKAGES = ("torch", "onnx", "peft", "sktime", "safetensors")
 GATEWAY_SKIPS = (  # skip reasons that are about the machine, allowed in the gateway run
@@ -143,6 +142,22 @@ def signing_bundle(tmp_path_factory) -> Path:
     from adapter_factory import signing_bundle
 
     return signing_bundle(root)
+
+
+@pytest.fixture(scope="session")
+def pilot_base(tmp_path_factory) -> Path:
+    """A tiny base pretrained on real GunPoint data (tests/pilot_run.py)."""
+    from pilot_run import pretrain_tiny_base
+
+    return pretrain_tiny_base(tmp_path_factory.mktemp("pilot_base"))
+
+
+@pytest.fixture(scope="session")
+def pilot_run(pilot_base, tmp_path_factory) -> tuple[Path, dict]:
+    """(pilot directory, report) of one short pilot on the ArrowHead line (tests/pilot_run.py)."""
+    from pilot_run import run_tiny_pilot
+
+    return run_tiny_pilot(pilot_base, tmp_path_factory.mktemp("pilot"))
 
 
 @pytest.fixture

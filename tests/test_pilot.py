@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
 from click.testing import CliRunner  # noqa: E402
+from pilot_run import LENGTH, LINE, PRICES, SHORT  # noqa: E402
 
 from edge.contract import Preprocessing  # noqa: E402
 from edge.errors import ConfigError, DataError  # noqa: E402
@@ -33,36 +34,23 @@ from export.pilot.metrics import (  # noqa: E402
 )
 from export.pilot.prices import load_prices  # noqa: E402
 from export.pilot.recommend import MARGIN  # noqa: E402
-from export.train import evaluate, train  # noqa: E402
+from export.train import evaluate  # noqa: E402
 
-LENGTH = 64
-TINY = {"d_model": 16, "depth": 1, "heads": 2, "patch": 8, "length": LENGTH}
-SHORT = {"seeds": 2, "max_epochs": 12, "patience": 3, "progress": False}
-LINE = {"data": "ucr:ArrowHead:train", "test_data": "ucr:ArrowHead:test"}
 SECTIONS = {"version", "created", "package_version", "machine", "line", "base", "budget",
             "prices", "candidates", "recommendation", "running_cost", "summary", "commands"}
 CANDIDATE_KEYS = {"name", "method", "family", "options", "seeds", "trainable_params",
                   "trainable_fraction", "adapter_bytes", "val_accuracy", "test", "training",
                   "curves"}
-PRICES = 'currency = "EUR"\ncpu_hour = 0.5\ngpu_hour = 2.5\nkwh = 0.3\nwatts = 65\n'
 
 
-@pytest.fixture(scope="module")
-def base(tmp_path_factory) -> Path:
-    """A tiny reference base pretrained (method full) on GunPoint: 2 classes."""
-    out = tmp_path_factory.mktemp("pilot_base") / "base"
-    train(data="ucr:GunPoint:train", method="full", model_config=TINY, epochs=15, out=out,
-          progress=False)
-    return out / "model.safetensors"
+@pytest.fixture
+def base(pilot_base) -> Path:
+    return pilot_base
 
 
-@pytest.fixture(scope="module")
-def pilot(base, tmp_path_factory) -> tuple[Path, dict]:
-    tmp = tmp_path_factory.mktemp("pilot")
-    (tmp / "prices.toml").write_text(PRICES)
-    report = run_pilot(weights=base, **LINE, budget_minutes=0.25, prices=tmp / "prices.toml",
-                       out=tmp / "pilot", **SHORT)
-    return tmp / "pilot", report
+@pytest.fixture
+def pilot(pilot_run) -> tuple[Path, dict]:
+    return pilot_run
 
 
 def test_report_json_has_every_section(pilot):

@@ -11,6 +11,8 @@ chosen by a stated rule, and the KPI report (report.json, report.html, report.md
     summary.py     the manager's paragraph and the commands
     pipeline.py    run_pilot(): all of it, staged and written to OUT/
     running_cost.py  the running-cost KPI, measured on onnxruntime (measure_runtime.py)
+    report.py      report.html and report.md from report.json (plots, report_html, report_md,
+                   report_tables, report_format)
 """
 
 from __future__ import annotations

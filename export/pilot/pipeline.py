@@ -12,7 +12,6 @@ directory beside OUT and renamed at the end: an error leaves nothing behind.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from export.pilot.assemble import base_section, candidate_entry, line_section
 from export.pilot.candidates import plan_candidates
 from export.pilot.prices import Prices, load_prices
 from export.pilot.recommend import choose, recommendation_section
+from export.pilot.report import write_reports
 from export.pilot.resources import machine_info
 from export.pilot.running_cost import measure_running_cost
 from export.pilot.search import CandidateResult, Line, SearchSettings, run_search
@@ -161,7 +161,7 @@ def _write(report: dict, line: Line, search, options: dict, out: Path, progress:
         report["commands"] = commands(options, str(out))
         text = json.dumps(report, indent=2, allow_nan=False)
         (target / REPORT_FILE).write_text(text + "\n", encoding="utf-8")
-        _write_reports(report, target)
+        write_reports(report, target)
         share_tree(target)
         if out.exists():
             shutil.rmtree(out)
@@ -199,12 +199,3 @@ def _running_cost(options: dict, adapter_dir: Path, staging: Path, progress: boo
     return measure_running_cost(base=options["base"], weights=options["weights"],
                                 adapter_dir=adapter_dir, lines=options["lines"],
                                 workdir=workdir, progress=progress)
-
-
-def _write_reports(report: dict, target: Path) -> None:
-    """report.html and report.md (export/pilot/report.py), where the writers are built."""
-    if importlib.util.find_spec("export.pilot.report") is None:
-        return
-    from export.pilot.report import write_reports
-
-    write_reports(report, target)
