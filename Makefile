@@ -12,7 +12,7 @@ PACKAGE_FILES := pyproject.toml $(shell find edge export -type f -not -path '*/_
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test lint bench venv gateway-venv mosquitto clean
+.PHONY: demo test lint bench venv gateway-venv mosquitto chromium clean
 
 # $(call new_venv,DIR): python3 -m venv DIR, installing Debian's python3-venv when it lacks.
 define new_venv
@@ -47,10 +47,15 @@ mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 && command -v mosquitto_pub >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y mosquitto mosquitto-clients; }
 
+# Debian's Chromium: the pilot report is rendered to PNG and PDF in tests/test_pilot_report.py.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
 # The full suite, then the gateway's tests in the gateway venv (tests/conftest.py: no torch
 # there, bundles from tests/data, a skip fails), by its bin/pytest and without PYTHONPATH:
 # `python -m pytest` or PYTHONPATH would import this tree instead of the installed copy.
-test: venv gateway-venv mosquitto
+test: venv gateway-venv mosquitto chromium
 	$(PY) -m pytest
 	env -u PYTHONPATH EDGE_TESTS=gateway $(GATEWAY_VENV)/bin/pytest
 

@@ -39,6 +39,33 @@ METHODS: dict[str, dict[str, Any]] = {
 }
 
 
+PILOT_ROW = "pilot's choice"
+
+
+def pilot_row(weights: Path, data: dict[str, Any], work: Path, args: argparse.Namespace
+              ) -> tuple[dict[str, Any], str]:
+    """Run `edge-export pilot` on the line within its budget, then train its recommendation
+    like every other row (same epochs and seeds); the row and a line on the search."""
+    from export.pilot import run_pilot
+
+    report = run_pilot(weights=weights, data=data["train"], test_data=data["test"],
+                       budget_minutes=args.pilot_budget, out=work / "pilot", force=True,
+                       progress=args.progress)
+    rec = report["recommendation"]
+    chosen = next(c for c in report["candidates"] if c["name"] == rec["name"])
+    opts = chosen["options"]
+    options = {"method": chosen["method"], "rank": opts["rank"], "targets": opts["targets"],
+               "lr": opts["lr"]}
+    row = run_method(weights, data, work, f"{PILOT_ROW} ({rec['name']})", args.seeds,
+                     args.epochs, args.progress, options)
+    budget = report["budget"]
+    search = (f"The pilot (`edge-export pilot`, {args.pilot_budget:g}-minute budget) ran "
+              f"{len(report['candidates'])} candidates in {budget['used_s']:.0f} s "
+              f"(skipped {len(budget['skipped'])}) and recommended {rec['name']}: "
+              f"{rec['rule']}.")
+    return row, search
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=3, help="adaptation seeds 0..N-1")
@@ -48,19 +75,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--base-dir", type=Path,
                         help="keep (or reuse) the data and pretrained base here, not in a temp dir")
     parser.add_argument("--threads", type=int, help="torch threads [default: torch's]")
+    parser.add_argument("--pilot-budget", type=float, default=5.0,
+                        help="minutes for the pilot's search (its row: the recommendation)")
     parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     return parser.parse_args(argv)
 
 
 def run_method(weights: Path, data: dict[str, Any], work: Path, name: str, seeds: int,
-               epochs: int, progress: bool) -> dict[str, Any]:
-    """Train one method for every seed; return the table row's numbers."""
+               epochs: int, progress: bool, options: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
+    """Train one method (METHODS[name], or `options`) for every seed; the table row's numbers."""
     runs = []
     for seed in range(seeds):
         result = train(weights=weights, data=data["train"], test_data=data["test"],
                        epochs=epochs, seed=seed, out=work / f"{name.split()[0]}-{seed}",
-                       force=True, progress=progress, **METHODS[name])
+                       force=True, progress=progress, **(options or METHODS[name]))
         runs.append(result.metrics)
         print(f"  {name} seed {seed}: {100 * result.accuracy:.1f}% "
               f"({result.metrics['train_seconds']:.1f} s)", file=sys.stderr)
@@ -93,7 +123,7 @@ def details(m: dict[str, Any]) -> str:
 def verdict(row: dict[str, Any], full: dict[str, Any]) -> str:
     """The issue's target for adapters: within 3 points of full FT, <= 5% trainable, file <=
     3% of the base's."""
-    if row["name"] not in ("lora", "bottleneck"):
+    if row["name"] not in ("lora", "bottleneck") and not row["name"].startswith(PILOT_ROW):
         return "-"
     misses = [why for bad, why in (
         (full["acc"] - row["acc"] > 3.0, f"{full['acc'] - row['acc']:.1f} points below full"),
@@ -103,7 +133,8 @@ def verdict(row: dict[str, Any], full: dict[str, Any]) -> str:
     return "FAIL (" + "; ".join(misses) + ")" if misses else "pass"
 
 
-def table(rows: list[dict[str, Any]], base: dict[str, Any], args: argparse.Namespace) -> str:
+def table(rows: list[dict[str, Any]], base: dict[str, Any], args: argparse.Namespace,
+          search: str) -> str:
     head = [
         f"Base: reference SensorTransformer {demo.BASE_CONFIG}, {base['base_params']:,} "
         f"parameters, {base['adapter_bytes'] / 1000:.1f} KB file, pretrained (full, "
@@ -124,6 +155,7 @@ def table(rows: list[dict[str, Any]], base: dict[str, Any], args: argparse.Names
                     f"{verdict(r, rows[0])} |")
     head += ["", "Rows (every method: AdamW, warm-up + cosine, batch 32, weight decay 0.01):"]
     head += [f"- {r['name']}: {r['details']}" for r in rows]
+    head += ["", search]
     return "\n".join(head)
 
 
@@ -141,9 +173,11 @@ def main(argv: list[str] | None = None) -> None:
                                            epochs=args.pretrain_epochs, progress=args.progress)
         rows = [run_method(weights, data["adapt"], work, name, args.seeds, args.epochs,
                            args.progress) for name in METHODS]
+        pilot, search = pilot_row(weights, data["adapt"], work, args)
+        rows.append(pilot)
     body = "\n".join([
         f"{machine_line(('torch',))}; {torch.get_num_threads()} torch threads; whole run "
-        f"{time.perf_counter() - start:.0f} s.", "", table(rows, base, args)])
+        f"{time.perf_counter() - start:.0f} s.", "", table(rows, base, args, search)])
     print(f"## {TITLE}\n\n{body}")
     if not args.no_write:
         print(f"\nwrote {write_section(TITLE, body)}", file=sys.stderr)

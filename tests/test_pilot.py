@@ -5,6 +5,7 @@ one-line errors for bad input; and the statistics of export/pilot/metrics.py."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from export.data import ChannelStats, load_dataset  # noqa: E402
 from export.models import load_base  # noqa: E402
 from export.peft_io import load_adapter, read_adapter_dir  # noqa: E402
 from export.pilot import run_pilot  # noqa: E402
+from export.pilot.candidates import plan_candidates  # noqa: E402
 from export.pilot.metrics import (  # noqa: E402
     accuracy,
     bootstrap_ci,
@@ -32,8 +34,10 @@ from export.pilot.metrics import (  # noqa: E402
     paired_difference,
     per_class_recall,
 )
+from export.pilot.pipeline import _load_line  # noqa: E402
 from export.pilot.prices import load_prices  # noqa: E402
 from export.pilot.recommend import MARGIN  # noqa: E402
+from export.pilot.search import SearchSettings, _Clock, _run_seeds  # noqa: E402
 from export.train import evaluate  # noqa: E402
 
 SECTIONS = {"version", "created", "package_version", "machine", "line", "base", "budget",
@@ -131,6 +135,26 @@ def test_the_recommended_adapter_loads_and_scores_as_reported(pilot, base):
                         class_names=adapter.meta["class_names"])
     x, y = torch.from_numpy(stats.apply(test.X)), torch.from_numpy(test.y)
     assert evaluate(model, x, y) == pytest.approx(entry["test"]["accuracy"]["value"])
+
+
+class _NoTimeLeft(_Clock):
+    """The search's own estimator, told that no further seed fits the budget."""
+
+    def estimate(self, method: str, epochs: int | None = None) -> float:
+        return float("inf")
+
+
+def test_a_candidate_cut_short_by_the_budget_is_still_scored(base):
+    """Seeds the budget leaves out must not leave the seeds that ran without test scores
+    (the recommendation compares test predictions)."""
+    line, _ = _load_line("reference", base, LINE["data"], LINE["test_data"], None)
+    candidate = next(c for c in plan_candidates(line.base, classes_match=False)
+                     if c.family == "adapter")
+    settings = SearchSettings(budget_s=600, seeds=2, max_epochs=2, patience=1)
+    result, reason = _run_seeds(line, candidate, settings, _NoTimeLeft(1.0, 2),
+                                time.perf_counter() + 600, must=True)
+    assert [r.seed for r in result.runs] == [0] and "seeds 1 not run" in reason
+    assert result.test_pred is not None and result.test_pred.shape == line.splits.y_eval.shape
 
 
 def test_the_cli_prints_the_summary(base, tmp_path):

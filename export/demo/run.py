@@ -3,13 +3,15 @@
     python -m export.demo --out DIR
 
 1. pretrain the reference base on PLAID (appliance currents; cached in DIR/base)
-2. adapt it to ACSF1 (another set of appliances, 100 windows) with two LoRA adapters of one
-   recipe: a quick pilot (DIR/lora-pilot, few epochs) and the full run (DIR/lora)
-3. print the KPI table (both)
-4. export the gateway's bundle with the pilot as acsf1 v1 (edge-export attach, DIR/bundle);
-   copy it to the workstation's DIR/bundle-workstation and add the full adapter there as
-   acsf1 v2 (edge-export add-adapter; base.onnx stays byte-identical); make a signing key
-   (edge-export keygen, DIR/keys)
+2. run the line's pilot on ACSF1 (another set of appliances, 100 windows): edge-export pilot
+   searches adapters within a budget, recommends one and writes the KPI report
+   (DIR/pilot/report.html, .md, .json; the adapter in DIR/pilot/adapter); print its summary
+3. train the recommended adapter again on all of ACSF1's training windows for the full
+   epochs (DIR/acsf1): the production version
+4. export the gateway's bundle with the pilot's adapter as acsf1 v1 (edge-export attach,
+   DIR/bundle); copy it to the workstation's DIR/bundle-workstation and add the production
+   adapter there as acsf1 v2 (edge-export add-adapter; base.onnx stays byte-identical); make
+   a signing key (edge-export keygen, DIR/keys)
 5. start a private Mosquitto and edge-runtime (signed adapters only, trusting that key);
    replay real ACSF1 and PLAID test windows as two lines (acsf1, following its newest
    version, and the base); push acsf1 v2 over MQTT while it runs, unsigned (refused) then
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +41,8 @@ LENGTH = 256
 BASE_CONFIG: dict[str, Any] = {"d_model": 128, "depth": 2, "heads": 4, "window_norm": True}
 PRETRAIN_EPOCHS = 60
 ADAPT_EPOCHS = 150
-PILOT_EPOCHS = 20  # the same recipe stopped early: the pilot the gateway starts with
+PILOT_BUDGET_MINUTES = 2.0  # the demo's pilot search, on 2 CPU cores
+PILOT_SEEDS = 2
 # The adapters as the benchmark runs them (train()'s default targets for the reference model):
 # both fit in 3% of the base file with the head and LayerNorms stored alongside; LoRA at
 # train()'s default rank 8 on the same targets would take ~5%.
@@ -61,6 +65,7 @@ class DemoState:
     data: dict[str, dict[str, Any]] = field(default_factory=dict)
     base_weights: Path | None = None
     base_metrics: dict[str, Any] = field(default_factory=dict)
+    pilot: dict[str, Any] = field(default_factory=dict)  # the pilot's report
     results: dict[str, TrainResult] = field(default_factory=dict)
     bundle: Path | None = None
     workstation: Path | None = None  # the workstation's copy of the bundle, with v2
@@ -95,34 +100,46 @@ def step_pretrain(state: DemoState) -> None:
     print(f"    PLAID test accuracy {100 * state.base_metrics['accuracy']:.1f}%")
 
 
-def step_lora(state: DemoState) -> None:
+def step_pilot(state: DemoState) -> None:
+    from export.pilot import run_pilot
+
+    print(f"[2] edge-export pilot on {ADAPT_DATA}: adapters searched within "
+          f"{PILOT_BUDGET_MINUTES:g} minutes ({state.out / 'pilot'})")
     adapt = state.data["adapt"]
-    for name, epochs in (("lora-pilot", PILOT_EPOCHS), ("lora", ADAPT_EPOCHS)):
-        print(f"[2] LoRA adapter on {ADAPT_DATA}, {epochs} epochs ({state.out / name})")
-        state.results[name] = train(weights=state.base_weights, data=adapt["train"],
-                                    test_data=adapt["test"], epochs=epochs, **LORA,
-                                    out=state.out / name, force=True, progress=state.progress)
+    state.pilot = run_pilot(weights=state.base_weights, data=adapt["train"],
+                            test_data=adapt["test"], budget_minutes=PILOT_BUDGET_MINUTES,
+                            seeds=PILOT_SEEDS, out=state.out / "pilot", force=True,
+                            progress=state.progress)
+    print("\n".join(textwrap.wrap(state.pilot["summary"], 92, initial_indent="    ",
+                                   subsequent_indent="    ")))
+    print(f"    report: {state.out / 'pilot' / 'report.html'} (also report.md, report.json)")
 
 
-def step_report(state: DemoState) -> None:
-    print("[3] KPIs (ACSF1 test split)\n")
-    print("| adapter | epochs | accuracy | trainable | adapter KB | base KB | train s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, result in state.results.items():
-        m = result.metrics
-        print(f"| {name} | {m['epochs']} | {100 * m['accuracy']:.1f}% | "
-              f"{m['trainable_pct']:.2f}% | {m['adapter_bytes'] / 1000:.1f} | "
-              f"{m['base_bytes'] / 1000:.1f} | "
-              f"{m['train_seconds']:.1f} |")
+def step_production(state: DemoState) -> None:
+    """The recommended adapter's recipe on all the line's training windows, full epochs."""
+    rec = state.pilot["recommendation"]
+    chosen = next(c for c in state.pilot["candidates"] if c["name"] == rec["name"])
+    options = chosen["options"]
+    print(f"[3] {rec['name']} again on all of {ADAPT_DATA}, {ADAPT_EPOCHS} epochs "
+          f"({state.out / 'acsf1'})")
+    adapt = state.data["adapt"]
+    result = train(weights=state.base_weights, data=adapt["train"], test_data=adapt["test"],
+                   method=chosen["method"], rank=options["rank"], targets=options["targets"],
+                   lr=options["lr"], epochs=ADAPT_EPOCHS, out=state.out / "acsf1", force=True,
+                   progress=state.progress)
+    state.results["acsf1"] = result
+    print(f"    ACSF1 test accuracy {100 * result.accuracy:.1f}% (the pilot's adapter: "
+          f"{100 * chosen['test']['accuracy']['value']:.1f}%)")
 
 
 def step_bundle(state: DemoState) -> None:
     from export.demo.serve import build_bundles, make_key
 
-    print(f"[4] edge-export attach: the gateway's bundle, the pilot as acsf1 v1 "
+    print(f"[4] edge-export attach: the gateway's bundle, the pilot's adapter as acsf1 v1 "
           f"({state.out / 'bundle'})")
     state.bundle, state.workstation = build_bundles(
-        state.out, state.base_weights, state.out / "lora-pilot", state.out / "lora", ADAPT_TEST)
+        state.out, state.base_weights, state.out / "pilot" / "adapter", state.out / "acsf1",
+        ADAPT_TEST)
     state.key = make_key(state.out / "keys" / "signing")
 
 
@@ -134,8 +151,8 @@ def step_serve(state: DemoState) -> None:
     state.accuracy = serve_and_push(state.out, state.bundle, state.workstation, state.key)
 
 
-STEPS: list[Callable[[DemoState], None]] = [step_pretrain, step_lora, step_report, step_bundle,
-                                            step_serve]
+STEPS: list[Callable[[DemoState], None]] = [step_pretrain, step_pilot, step_production,
+                                            step_bundle, step_serve]
 
 
 def main(argv: list[str] | None = None) -> None:

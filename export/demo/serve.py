@@ -1,6 +1,6 @@
 """The demo's hand-over and gateway half: the gateway's bundle (pilot adapter) and the
-workstation's copy (plus the full adapter), a signing key; then a private Mosquitto and
-`edge-runtime`, real test windows replayed on two lines, the full adapter pushed over MQTT
+workstation's copy (plus the production adapter), a signing key; then a private Mosquitto and
+`edge-runtime`, real test windows replayed on two lines, the production adapter pushed over MQTT
 while it serves (unsigned: refused; signed: hot-swapped), the windows replayed again,
 accuracy per line and adapter version, and a clean shutdown."""
 
@@ -53,7 +53,7 @@ def build_bundles(out: Path, weights: Path, pilot: Path, full: Path,
     if workstation.exists():
         shutil.rmtree(workstation)
     shutil.copytree(bundle, workstation)
-    print(f"[4] edge-export add-adapter: the full adapter as {ADAPTER} v2, in the "
+    print(f"[4] edge-export add-adapter: the production adapter as {ADAPTER} v2, in the "
           f"workstation's copy ({workstation})")
     _show(add_adapter(bundle=workstation, adapter=full, name=ADAPTER, base="reference",
                       weights=weights))

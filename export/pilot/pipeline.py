@@ -95,7 +95,7 @@ def _check_options(options: dict) -> None:
 
 
 def _load_line(base: str, weights: Any, data: Any, test_data: Any,
-               columns: Any) -> tuple[Line, str]:
+               columns: TableColumns | None) -> tuple[Line, str]:
     """The base and the line's splits, checked: every class has test windows."""
     model, splits = prepare(base, weights, data, test_data, seed=0, val_fraction=VAL_FRACTION,
                             columns=columns)

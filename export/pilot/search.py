@@ -175,7 +175,8 @@ def _run_seeds(line: Line, candidate: Candidate, settings: SearchSettings, clock
         if need > left and not (must and seed == 0):
             missing = ", ".join(str(s) for s in range(seed, settings.seeds))
             what = "not run" if result is None else f"seeds {missing} not run"
-            return result, f"budget: {what} (needs ~{need:.0f} s a seed, {max(left, 0):.0f} s left)"
+            reason = f"budget: {what} (needs ~{need:.0f} s a seed, {max(left, 0):.0f} s left)"
+            return (None if result is None else _finish(line, result)), reason
         run, model = _train(line, candidate, seed, settings, deadline)
         clock.record(candidate.method, run.usage, run.log)
         if result is None:
