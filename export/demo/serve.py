@@ -25,7 +25,8 @@ from export.data import load_dataset
 from export.demo.local_broker import start_broker, subscriber, write_runtime_config
 from export.fleet.push import push
 from export.onnx.attach import add_adapter, export_attach
-from export.onnx.merge import ExportReport
+from export.onnx.merge import ExportReport, ExportSettings
+from export.onnx.slot_plan import dir_rank
 from export.signing import keygen
 
 ADAPTER = "acsf1"
@@ -43,19 +44,21 @@ def _show(report: ExportReport) -> None:
         print(f"    {line}")
 
 
-def build_bundles(out: Path, weights: Path, pilot: Path, full: Path,
+def build_bundles(out: Path, weights: Path, pilot: Path, production: Path,
                   test_data: str) -> tuple[Path, Path]:
     """The gateway's bundle with `pilot` as acsf1 v1, and the workstation's copy of it with
-    `full` added as acsf1 v2 (parity-checked against torch); returns both directories."""
+    `production` added as acsf1 v2 (parity-checked against torch); returns both directories."""
     bundle, workstation = out / "bundle", out / "bundle-workstation"
+    # slots wide enough for both versions (the pilot may recommend a rank above the default 8)
+    rank = max(ExportSettings().max_rank, dir_rank(pilot), dir_rank(production))
     _show(export_attach(base="reference", weights=weights, adapters=[pilot], names=[ADAPTER],
-                        out=bundle, data=test_data, force=True))
+                        out=bundle, data=test_data, max_rank=rank, force=True))
     if workstation.exists():
         shutil.rmtree(workstation)
     shutil.copytree(bundle, workstation)
     print(f"[4] edge-export add-adapter: the production adapter as {ADAPTER} v2, in the "
           f"workstation's copy ({workstation})")
-    _show(add_adapter(bundle=workstation, adapter=full, name=ADAPTER, base="reference",
+    _show(add_adapter(bundle=workstation, adapter=production, name=ADAPTER, base="reference",
                       weights=weights))
     digests = {sha256_file(b / BASE_FILE) for b in (bundle, workstation)}
     if len(digests) != 1:

@@ -9,6 +9,7 @@ the base.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -19,7 +20,7 @@ from edge.errors import AdapterRejected, ExportError
 from export.adapters.model import PEFT_PREFIX
 from export.adapters.registry import ADAPTER_KINDS, adapter_kind
 from export.onnx.slots import FULL, slot_name
-from export.peft_io import AdapterDir
+from export.peft_io import AdapterDir, read_adapter_dir
 
 FULL_TYPES = (nn.Linear, nn.LayerNorm)
 
@@ -49,6 +50,12 @@ def adapter_rank(adapter: AdapterDir) -> int:
     ranks = [g[kind.rank_part].shape[0] for kind in ADAPTER_KINDS.values()
              for g in groups.values() if kind.rank_part in g]
     return max(ranks, default=0)
+
+
+def dir_rank(adapter_dir: str | Path) -> int:
+    """The rank an adapter directory needs of a bundle's slots (LoRA r, bottleneck width);
+    0 when it holds only full modules."""
+    return adapter_rank(read_adapter_dir(adapter_dir))
 
 
 def slot_kind(parts: dict) -> str:

@@ -25,7 +25,7 @@ from edge.bundle import BASE_FILE, REFERENCE_INPUTS, read_manifest
 from edge.errors import ConfigError, ExportError
 from export.onnx.attach import export_attach
 from export.onnx.merge import ExportSettings, export_merged
-from export.peft_io import read_adapter_dir
+from export.onnx.slot_plan import dir_rank
 
 BUNDLE_DIR = "bundle"
 MERGED_FILE = "model.onnx"
@@ -57,7 +57,7 @@ def measure_running_cost(*, base: str, weights: str | Path | None, adapter_dir: 
     was measured, and whether it was extrapolated)."""
     if lines < 1:
         raise ConfigError(f"--lines {lines}: a gateway serves at least 1 line")
-    rank = max(ExportSettings().max_rank, slot_rank(Path(adapter_dir)))  # checks the dir
+    rank = max(ExportSettings().max_rank, dir_rank(adapter_dir))  # checks the dir
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     say = _progress(progress)
@@ -84,13 +84,6 @@ def export_pair(base: str, weights: str | Path | None, adapter_dir: Path, workdi
     export_merged(base=base, weights=weights, adapter=adapter_dir, out=merged)
     entry = read_manifest(bundle).adapter(LINE_NAME)
     return Exported(bundle / BASE_FILE, bundle / entry.file, merged, bundle / REFERENCE_INPUTS)
-
-
-def slot_rank(adapter_dir: Path) -> int:
-    """The adapter's rank (LoRA r, bottleneck width); 0 when it has only full modules."""
-    from export.onnx.slot_plan import adapter_rank
-
-    return adapter_rank(read_adapter_dir(adapter_dir))
 
 
 def measured_counts(lines: int, merged_bytes: int) -> tuple[int, int]:
