@@ -14,15 +14,20 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("safetensors")
 
+from adapter_versions import Offline  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from pilot_run import LENGTH, LINE, PRICES, SHORT  # noqa: E402
 
+from edge.bundle import read_manifest  # noqa: E402
 from edge.contract import Preprocessing  # noqa: E402
 from edge.errors import ConfigError, DataError  # noqa: E402
 from export.adapters import AdaptedModel  # noqa: E402
 from export.cli import main  # noqa: E402
 from export.data import ChannelStats, load_dataset  # noqa: E402
 from export.models import load_base  # noqa: E402
+from export.onnx.attach import export_attach  # noqa: E402
+from export.onnx.merge import ExportSettings  # noqa: E402
+from export.onnx.slot_plan import dir_rank  # noqa: E402
 from export.peft_io import load_adapter, read_adapter_dir  # noqa: E402
 from export.pilot import run_pilot  # noqa: E402
 from export.pilot.candidates import plan_candidates  # noqa: E402
@@ -135,6 +140,23 @@ def test_the_recommended_adapter_loads_and_scores_as_reported(pilot, base):
                         class_names=adapter.meta["class_names"])
     x, y = torch.from_numpy(stats.apply(test.X)), torch.from_numpy(test.y)
     assert evaluate(model, x, y) == pytest.approx(entry["test"]["accuracy"]["value"])
+
+
+def test_the_recommended_adapter_exports_and_answers_as_reported(pilot, base, tmp_path):
+    """Attached to a bundle and run by onnxruntime as the gateway runs it (its own
+    preprocessing from the manifest), the adapter scores the test windows as the report says."""
+    out, report = pilot
+    rec = report["recommendation"]
+    adapter_dir = out / rec["adapter_dir"]
+    rank = max(ExportSettings().max_rank, dir_rank(adapter_dir))
+    export_attach(base="reference", weights=base, adapters=[adapter_dir], names=["line"],
+                  out=tmp_path / "bundle", max_rank=rank)
+    entry = read_manifest(tmp_path / "bundle").adapter("line")
+    test = load_dataset(LINE["test_data"], length=LENGTH, class_names=entry.class_names)
+    scores = Offline(tmp_path / "bundle").scores(tmp_path / "bundle" / entry.file, entry, test.X)
+    chosen = next(c for c in report["candidates"] if c["name"] == rec["name"])
+    got = float(np.mean(scores.argmax(axis=1) == test.y))
+    assert got == pytest.approx(chosen["test"]["accuracy"]["value"])
 
 
 class _NoTimeLeft(_Clock):
