@@ -40,6 +40,7 @@ from export.demo.run import BASE_CONFIG
 from export.models import SensorTransformer, save_base
 from export.onnx.attach import export_attach
 from export.onnx.merge import export_merged
+from export.pilot.measure_runtime import rss
 
 SHAPE = (1, 256)  # (C, L) of the demo's model
 MAX_BATCH = 64  # batching.max_batch of firmware_configs/x86-cuda.toml; TensorRT's profile
@@ -233,8 +234,5 @@ def cuda_used_bytes() -> int:
 
 
 def rss_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    return rss()["VmRSS"]
 

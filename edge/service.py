@@ -322,7 +322,8 @@ class Service:
         return reason is None
 
     def _line_problem(self, topic: str, line: str | None) -> str | None:
-        if line in self.routes.routes:  # a configured line: a valid name by construction
+        table = self.routing.current()  # one read: a swap between reads cannot mix tables
+        if line in table.routes:  # a configured line: a valid name by construction
             return None
         prefix = self.cfg.topics.prefix
         if line is None:
@@ -331,8 +332,8 @@ class Service:
         problem = name_problem(line, "line")
         if problem:
             return f"{problem} (the topic level after {prefix!r})"
-        if self.routes.lookup(line) is None:
-            known = ", ".join(sorted(self.routes.routes)) or "(any)"
+        if table.lookup(line) is None:
+            known = ", ".join(sorted(table.routes)) or "(any)"
             return (f"unknown line {line!r}: no route in topics.lines (known lines: "
                     f"{known})")
         return None
