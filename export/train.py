@@ -317,7 +317,7 @@ def prepare(base: str, weights: Any, data: Any, test_data: Any, *, length: int |
     x_train, y_train = _tensors(stats, train_ds)
     x_eval, y_eval = _tensors(stats, eval_ds)
     x_val, y_val = _tensors(stats, val_ds) if val_ds is not None else (None, None)
-    _check_fits(model, x_train, train_ds)
+    _check_fits(model, x_train, train_ds, f"--data {data}")
     return model, Splits(train_ds, x_train, y_train, x_eval, y_eval, split, stats, x_val, y_val)
 
 
@@ -330,11 +330,12 @@ def _tensors(stats: ChannelStats, ds: SensorDataset) -> tuple[torch.Tensor, torc
     return torch.from_numpy(stats.apply(ds.X)), torch.from_numpy(ds.y)  # (N, C, L), (N,)
 
 
-def _check_fits(model: nn.Module, x: torch.Tensor, ds: SensorDataset) -> None:
-    """One forward pass on two windows, so a shape mismatch names the data, not a matmul."""
+def _check_fits(model: nn.Module, x: torch.Tensor, ds: SensorDataset, name: str) -> None:
+    """One forward pass on two windows, so a shape mismatch names the data (`name`: the
+    option and file the user gave, not a split of it), not a matmul."""
     config = getattr(model, "config", None)
     if isinstance(config, dict) and config.get("in_channels") not in (None, ds.num_channels):
-        raise DataError(f"{ds.source}: {ds.num_channels} channel(s), the base model takes "
+        raise DataError(f"{name}: {ds.num_channels} channel(s), the base model takes "
                         f"{config['in_channels']}")
     model.eval()
     try:
@@ -342,7 +343,7 @@ def _check_fits(model: nn.Module, x: torch.Tensor, ds: SensorDataset) -> None:
             logits = model(x[:2])
     except RuntimeError as exc:
         reason = (str(exc).splitlines() or [""])[0]
-        raise DataError(f"{ds.source}: windows of shape {tuple(x.shape[1:])} do not fit the base "
+        raise DataError(f"{name}: windows of shape {tuple(x.shape[1:])} do not fit the base "
                         f"model: {reason}") from None
     if logits.ndim != 2:
         raise DataError(f"base model returns shape {tuple(logits.shape)}; a classifier returns "
