@@ -29,7 +29,7 @@ GATEWAY = os.environ.get("EDGE_TESTS") == "gateway"
 WORKSTATION_ONLY = [
     "test_adapters.py", "test_benchmarks_smoke.py", "test_cli.py", "test_data.py",
     "test_data_tables.py", "test_export.py", "test_export_fixes.py", "test_gateway_data.py",
-    "test_gpu.py", "test_peft_io.py", "test_pilot.py", "test_pilot_report.py",
+    "test_gpu.py", "test_model_size.py", "test_peft_io.py", "test_pilot.py", "test_pilot_report.py",
     "test_readme_recipe.py", "test_reference_model.py", "test_running_cost.py", "test_train.py",
 ]
 WORKSTATION_PACKAGES = ("torch", "onnx", "peft", "sktime", "safetensors")
