@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
 from .contract import Preprocessing  # the record lives with the rest of the wire contract
+from .drift import DriftProfile
 from .errors import IncompatibleBundle, validation_problem
 
 FORMAT = "edge-bundle"
@@ -83,6 +84,9 @@ class AdapterEntry(_Strict):
         "them within its precision's tolerance")
     reference_sha256: str | None = Field(None, description="sha256 of those reference rows "
                                          "(float32, C order): both sides used the same inputs")
+    drift_profile: DriftProfile | None = Field(
+        None, description="the reference profile of this adapter's model on its training "
+        "windows (edge/drift/profile.py); the gateway compares each line's windows with it")
 
 
 class BaseInfo(_Strict):
@@ -93,6 +97,7 @@ class BaseInfo(_Strict):
     precision: Literal["fp32", "fp16"] = "fp32"
     class_names: list[str]
     preprocessing: Preprocessing | None = None
+    drift_profile: DriftProfile | None = None  # the base's own, for lines it serves as it is
 
 
 class Manifest(_Strict):
