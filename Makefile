@@ -66,7 +66,10 @@ demo: venv mosquitto
 	$(PY) -m export.demo --out $(DEMO_OUT)
 
 bench: venv mosquitto
-	$(PY) benchmarks/adaptation.py
+	$(PY) benchmarks/adaptation.py --base-dir $(DEMO_OUT)
+	$(PY) benchmarks/defaults.py --base-dir $(DEMO_OUT)
+	$(PY) benchmarks/pilot_validation.py --base-dir $(DEMO_OUT)
+	$(PY) benchmarks/model_size.py --base-dir $(DEMO_OUT)/bases
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/swap.py

@@ -47,12 +47,12 @@ from export.demo import run as demo  # noqa: E402
 from export.fitting import FitLog, fit, seeded  # noqa: E402
 from export.models import load_base  # noqa: E402
 from export.pilot.resources import measure  # noqa: E402
-from export.train import DEFAULT_LR, MODEL_FILE, Splits, build_model, prepare, train  # noqa: E402
+from export.train import DEFAULT_LR, DEFAULT_RANK, MODEL_FILE, Splits, build_model, prepare, train  # noqa: E402
 
 TITLE = "Model size (benchmarks/model_size.py)"
 LADDER = "128x2x4,256x4x4,384x6x6,512x8x8"  # d_model x depth x heads; the first is the demo's
-# Method -> train() keywords: the demo's adapters (lora rank 4, bottleneck 8), targets=None
-# (train()'s REFERENCE_TARGETS), head and LayerNorms trained with an adapter, as the pilot does.
+# Method -> train() keywords: train()'s defaults (lora rank 4, bottleneck 8, REFERENCE_TARGETS),
+# head and LayerNorms trained with an adapter, as the pilot does.
 METHODS: dict[str, dict[str, Any]] = {
     "full": {"method": "full"}, "lora": demo.LORA, "bottleneck": demo.BOTTLENECK,
     "head": {"method": "head"},
@@ -123,8 +123,7 @@ def _state_bytes(log: FitLog) -> int:
 
 def _build(method: str, base: nn.Module, num_classes: int) -> nn.Module:
     """The model the pilot trains for `method` (search.py `_train`): a copy of the base."""
-    options = METHODS[method]
-    rank = options.get("rank", 8)  # train()'s default; unused by full and head
+    rank = DEFAULT_RANK.get(method, 1)  # train()'s default; full and head have none
     return build_model(method, copy.deepcopy(base), num_classes, None, rank, float(2 * rank),
                        train_head=True, train_norms=True, modules_to_save=None, name="adapter")
 

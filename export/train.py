@@ -42,9 +42,9 @@ from export.models import load_base, save_base, weights_fingerprint
 from export.outputs import check_writable
 from export.peft_io import WEIGHTS_FILE, save_adapter
 
-__all__ = ["METHODS", "REFERENCE_TARGETS", "Splits", "TrainResult", "build_model", "evaluate",
-           "load_head", "output_meta", "parse_targets", "prepare", "size_metrics",
-           "target_paths", "train"]
+__all__ = ["DEFAULT_LR", "DEFAULT_RANK", "METHODS", "REFERENCE_TARGETS", "Splits", "TrainResult",
+           "build_model", "evaluate", "load_head", "output_meta", "parse_targets", "prepare",
+           "size_metrics", "target_paths", "train"]
 
 ADAPTER_METHODS = tuple(ADAPTER_KINDS)  # ("lora", "bottleneck"): an adapter directory
 METHODS = (*ADAPTER_METHODS, "head", "full")
@@ -52,6 +52,10 @@ METHODS = (*ADAPTER_METHODS, "head", "full")
 # fine-tune, which would wreck the pretrained weights at that rate (ACSF1 from a PLAID base,
 # benchmarks/adaptation.py: LoRA at 1e-2 beat 3e-3 by ~7 points; full FT is best near 1e-3).
 DEFAULT_LR = {**dict.fromkeys(ADAPTER_METHODS, 1e-2), "head": 1e-2, "full": 1e-3}
+# --rank when none is given: LoRA's rank, the bottleneck's width. Both keep the adapter file
+# (with the head and LayerNorms stored alongside) within 3% of the reference base's; LoRA at
+# rank 8 on the same targets takes ~5% and was no better on ACSF1 (benchmarks/adaptation.py).
+DEFAULT_RANK = {"lora": 4, "bottleneck": 8}
 # Default targets for the reference SensorTransformer (module-path suffixes, PEFT semantics).
 # Every kind adapts the conv stem: its first conv sees the raw signal and its patch conv (a
 # third of the base's weights) turns local shapes into tokens; both differ most between sensor
@@ -114,7 +118,7 @@ def train(
     data: str | Path,
     test_data: str | Path | None = None,
     method: str = "lora",
-    rank: int = 8,
+    rank: int | None = None,
     alpha: float | None = None,
     targets: str | list[str] | None = None,
     train_head: bool = True,
@@ -138,21 +142,22 @@ def train(
     """Train `method` on `data` starting from `base` (+ `weights`) and write the result to `out`.
 
     Without `test_data`, a stratified 20% of `data` is held out and its accuracy reported.
-    `alpha` defaults to 2 * rank; `lr` to a per-method default (DEFAULT_LR). `targets` is a
-    comma list of module-path suffixes or a regex over full paths (default: REFERENCE_TARGETS
-    for the reference model, every Linear/Conv but the head otherwise). The head is trained
-    with an adapter unless `train_head=False`; it is always re-created when the data's class
-    count differs from the base head's. `train_norms` also trains the LayerNorms, and
-    `modules_to_save` (comma list) any other modules, as full copies stored in the adapter
+    `rank` defaults to DEFAULT_RANK, `alpha` to 2 * rank, `lr` to DEFAULT_LR (per method).
+    `targets` is a comma list of module-path suffixes or a regex over full paths (default:
+    REFERENCE_TARGETS for the reference model, every Linear/Conv but the head otherwise). The
+    head is trained with an adapter unless `train_head=False`; it is always re-created when the
+    data's class count differs from the base head's. `train_norms` also trains the LayerNorms,
+    and `modules_to_save` (comma list) any other modules, as full copies stored in the adapter
     (PEFT's modules_to_save, e.g. a small input conv). `model_config` passes SensorTransformer
-    arguments (d_model, depth, ...) when building a reference base. `columns` names the
-    columns of CSV / Parquet data (docs/DATA.md; inferred when None).
+    arguments (d_model, depth, ...) when building a reference base. `columns` names the columns
+    of CSV / Parquet data (docs/DATA.md; inferred when None).
     `val_fraction` carves a stratified validation split out of the training part (never the
     test data): each epoch is scored on it, the best epoch's weights are kept, and `patience`
     stops training after that many epochs without a better one; metrics then hold the
     per-epoch `curves`. `threads` sets torch's thread count for the run (restored after).
     Bad data raises DataError, bad options ConfigError; the same seed gives the same tensors.
     """
+    rank = DEFAULT_RANK.get(method, 1) if rank is None else rank
     alpha = float(2 * rank if alpha is None else alpha)
     lr = DEFAULT_LR.get(method, 0.0) if lr is None else lr
     _check_options(method, rank, alpha, epochs, lr, batch_size, targets, modules_to_save,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 LENGTH = 64
 TINY = {"d_model": 16, "depth": 1, "heads": 2, "patch": 8, "length": LENGTH}
-SHORT = {"seeds": 2, "max_epochs": 12, "patience": 3, "progress": False}
+SHORT = {"seeds": 2, "epochs": 8, "progress": False}
 LINE = {"data": "ucr:ArrowHead:train", "test_data": "ucr:ArrowHead:test"}
 PRICES = 'currency = "EUR"\ncpu_hour = 0.5\ngpu_hour = 2.5\nkwh = 0.3\nwatts = 65\n'
 

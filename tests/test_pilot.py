@@ -30,7 +30,7 @@ from export.onnx.merge import ExportSettings  # noqa: E402
 from export.onnx.slot_plan import dir_rank  # noqa: E402
 from export.peft_io import load_adapter, read_adapter_dir  # noqa: E402
 from export.pilot import run_pilot  # noqa: E402
-from export.pilot.candidates import plan_candidates  # noqa: E402
+from export.pilot.candidates import Candidate, plan_candidates  # noqa: E402
 from export.pilot.metrics import (  # noqa: E402
     accuracy,
     bootstrap_ci,
@@ -41,15 +41,21 @@ from export.pilot.metrics import (  # noqa: E402
 )
 from export.pilot.pipeline import _load_line  # noqa: E402
 from export.pilot.prices import load_prices  # noqa: E402
-from export.pilot.recommend import MARGIN  # noqa: E402
-from export.pilot.search import SearchSettings, _Clock, _run_seeds  # noqa: E402
+from export.pilot.recommend import MARGIN, RULE, choose, closeness  # noqa: E402
+from export.pilot.search import (  # noqa: E402
+    CandidateResult,
+    SearchSettings,
+    SeedRun,
+    _Clock,
+    _run_seeds,
+)
 from export.train import evaluate  # noqa: E402
 
 SECTIONS = {"version", "created", "package_version", "machine", "line", "base", "budget",
             "prices", "candidates", "recommendation", "running_cost", "summary", "commands"}
 CANDIDATE_KEYS = {"name", "method", "family", "options", "seeds", "trainable_params",
-                  "trainable_fraction", "adapter_bytes", "val_accuracy", "test", "training",
-                  "curves"}
+                  "trainable_fraction", "adapter_bytes", "val_accuracy", "val_vs_best", "test",
+                  "training", "curves"}
 
 
 @pytest.fixture
@@ -67,7 +73,8 @@ def test_report_json_has_every_section(pilot):
     assert json.loads((out / "report.json").read_text()) == report
     assert set(report) >= SECTIONS and report["version"] == 1
     assert report["line"]["classes"] == ["0", "1", "2"] and not report["line"]["test_is_split"]
-    assert report["line"]["n_train"] + report["line"]["n_val"] == 36  # ArrowHead's train split
+    assert report["line"]["n_train"] == 36  # ArrowHead's train split, every seed's val within
+    assert 0 < report["line"]["n_val"] < 36
     assert report["line"]["n_test"] == 175
     assert report["prices"]["currency"] == "EUR"
     names = [c["name"] for c in report["candidates"]]
@@ -101,11 +108,19 @@ def test_adapters_keep_less_optimizer_state_than_the_full_fine_tune(pilot):
 def test_recommendation_follows_the_stated_rule(pilot):
     _, report = pilot
     rec = report["recommendation"]
-    best = max(c["val_accuracy"]["mean"] for c in report["candidates"])
+    best = max(report["candidates"], key=lambda c: c["val_accuracy"]["mean"])
     adapters = [c for c in report["candidates"] if c["family"] == "adapter"]
-    close = [c for c in adapters if c["val_accuracy"]["mean"] >= best - MARGIN - 1e-9]
+    for c in report["candidates"]:
+        near = c["val_vs_best"]
+        assert near["best"] == best["name"] and near["margin"] >= MARGIN
+        assert near["close"] == (near["difference"] >= -near["margin"] - 1e-9)
+        if c["seeds"] == best["seeds"]:  # the same windows: the difference of the means
+            assert near["difference"] == pytest.approx(
+                c["val_accuracy"]["mean"] - best["val_accuracy"]["mean"])
+    close = [c for c in adapters if c["val_vs_best"]["close"]]
     if close:
-        expected = min(close, key=lambda c: (c["adapter_bytes"], -c["val_accuracy"]["mean"]))
+        expected = min(close, key=lambda c: (not c["default"], c["adapter_bytes"],
+                                             -c["val_accuracy"]["mean"]))
     else:
         expected = max(adapters, key=lambda c: c["val_accuracy"]["mean"])
     assert rec["name"] == expected["name"] and rec["within_margin"] == bool(close)
@@ -121,7 +136,8 @@ def test_every_candidate_ran_or_was_skipped_with_a_reason(pilot):
     for skipped in report["budget"]["skipped"]:
         assert skipped["reason"].startswith("budget")
         ran.add(skipped["candidate"])
-    assert {"head", "full", "lora-r8-default", "bottleneck-r8-default", "lora-r8-all"} <= ran
+    assert {"head", "full", "lora-r4-default", "bottleneck-r8-default", "lora-r4-all"} <= ran
+    assert [c["name"] for c in report["candidates"] if c["default"]] in ([], ["lora-r4-default"])
 
 
 def test_the_recommended_adapter_loads_and_scores_as_reported(pilot, base):
@@ -166,13 +182,59 @@ class _NoTimeLeft(_Clock):
         return float("inf")
 
 
+def _result(name: str, method: str, acc: float, nbytes: int, n: int, default: bool = False):
+    """Two seeds of n validation windows each; the first acc * n right (so two candidates
+    differ exactly on the windows between their counts)."""
+    candidate = Candidate(name, method, rank=4, default=default)
+    correct = np.arange(n) < round(acc * n)
+    return CandidateResult(candidate, {"adapter_bytes": nbytes},
+                           runs=[SeedRun(0, correct), SeedRun(1, correct.copy())])
+
+
+@pytest.mark.parametrize("n, accs, expected, within", [
+    # 20 windows: 10 points behind is within the noise of the paired difference (2 SE ~ 14)
+    (10, {"full": 0.8, "default": 0.7, "small": 0.8, "big": 0.8}, "default", True),
+    # 2000 windows: the noise is ~1 point; 5 points is the margin; the default is behind it
+    (1000, {"full": 0.8, "default": 0.7, "small": 0.78, "big": 0.8}, "small", True),
+    (1000, {"full": 0.8, "default": 0.77, "small": 0.79, "big": 0.8}, "default", True),
+    # no adapter close: the best adapter, said to be outside the margin
+    (1000, {"full": 0.9, "default": 0.7, "small": 0.74, "big": 0.8}, "big", False),
+])  # fmt: skip
+def test_the_rule_keeps_the_default_until_validation_shows_it_behind(n, accs, expected, within):
+    results = [_result("full", "full", accs["full"], 10_000, n),
+               _result("default", "lora", accs["default"], 400, n, default=True),
+               _result("small", "bottleneck", accs["small"], 300, n),
+               _result("big", "lora", accs["big"], 900, n)]
+    chosen, inside = choose(results)
+    assert (chosen.candidate.name, inside) == (expected, within)
+    near = closeness(results)[chosen.candidate.name]
+    assert near["best"] == "full" and near["margin"] >= MARGIN == 0.05
+    assert near["difference"] == pytest.approx(accs[expected] - accs["full"])
+    assert f"{100 * MARGIN:.0f} points" in RULE
+
+
+def test_each_seed_validates_on_its_own_stratified_split(base):
+    line, _ = _load_line("reference", base, LINE["data"], LINE["test_data"], None)
+    y = line.splits.y_train
+    vals = []
+    for seed in range(3):
+        fold = line.fold(seed, 0.2)
+        assert len(fold.y_train) + len(fold.y_val) == len(y)
+        # stratified: every class in both parts, in proportion
+        assert fold.y_val.bincount().tolist() == [round(0.2 * n) for n in y.bincount().tolist()]
+        assert set(fold.y_train.tolist()) == set(y.tolist())
+        vals.append({tuple(x.flatten()[:8].tolist()) for x in fold.x_val})
+    assert vals[0] != vals[1] != vals[2]  # repeated hold-out, not one split scored three times
+    assert line.fold(1, 0.2).x_val.equal(line.fold(1, 0.2).x_val)  # deterministic per seed
+
+
 def test_a_candidate_cut_short_by_the_budget_is_still_scored(base):
     """Seeds the budget leaves out must not leave the seeds that ran without test scores
     (the recommendation compares test predictions)."""
     line, _ = _load_line("reference", base, LINE["data"], LINE["test_data"], None)
     candidate = next(c for c in plan_candidates(line.base, classes_match=False)
                      if c.family == "adapter")
-    settings = SearchSettings(budget_s=600, seeds=2, max_epochs=2, patience=1)
+    settings = SearchSettings(budget_s=600, seeds=2, epochs=2)
     result, reason = _run_seeds(line, candidate, settings, _NoTimeLeft(1.0, 2),
                                 time.perf_counter() + 600, must=True)
     assert [r.seed for r in result.runs] == [0] and "seeds 1 not run" in reason
@@ -181,7 +243,7 @@ def test_a_candidate_cut_short_by_the_budget_is_still_scored(base):
 
 def test_the_cli_prints_the_summary(base, tmp_path):
     args = ["pilot", "--weights", str(base), "--data", LINE["data"], "--test-data",
-            LINE["test_data"], "--budget-minutes", "0.5", "--seeds", "1", "--max-epochs", "4",
+            LINE["test_data"], "--budget-minutes", "0.5", "--seeds", "1", "--epochs", "4",
             "--patience", "2", "--threads", "1", "--no-progress", "--out", str(tmp_path / "p")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

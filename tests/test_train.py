@@ -17,9 +17,18 @@ from edge.contract import Preprocessing  # noqa: E402
 from edge.errors import ConfigError, DataError  # noqa: E402
 from export.adapters import AdaptedModel  # noqa: E402
 from export.data import ChannelStats, load_dataset  # noqa: E402
+from export.fitting import fit, seeded  # noqa: E402
 from export.models import load_base, weights_fingerprint  # noqa: E402
 from export.peft_io import load_adapter, read_adapter_dir  # noqa: E402
-from export.train import evaluate, load_head, parse_targets, train  # noqa: E402
+from export.train import (  # noqa: E402
+    DEFAULT_RANK,
+    build_model,
+    evaluate,
+    load_head,
+    parse_targets,
+    prepare,
+    train,
+)
 
 LENGTH = 64
 TINY = {"d_model": 16, "depth": 1, "heads": 2, "patch": 8}
@@ -264,6 +273,35 @@ def test_early_stopping_on_a_validation_split_of_the_training_data(files, base, 
     model = AdaptedModel(load_base("reference", weights=base))
     load_adapter(model, tmp_path / "es")
     assert m["accuracy"] == evaluate(model, *_test_tensors(files, tmp_path / "es"))
+
+
+def test_fit_can_keep_the_weights_the_schedule_ends_with(files, base):
+    """keep="last" (the pilot's default): validation is only watched; the weights are those a
+    run without a validation split ends with, bit for bit, and the curves hold both scores."""
+    _, splits = prepare("reference", base, files["gun_train"], files["gun_test"],
+                        val_fraction=0.25)
+    finals = []
+    for val, keep in ((None, "best"), (splits.val, "last")):
+        with seeded(3):
+            model = build_model("lora", load_base("reference", weights=base), 2, None, 4, 8.0,
+                                train_head=True, train_norms=True, modules_to_save=None,
+                                name="k")
+            log = fit(model, splits.x_train, splits.y_train, epochs=6, lr=1e-2, batch_size=16,
+                      weight_decay=0.01, seed=3, val=val, keep=keep)
+        finals.append(model.state_dict())
+    assert log.best_epoch is None and len(log.val_accuracy) == len(log.val_loss) == 6
+    assert all(v > 0 for v in log.val_loss)
+    assert all(finals[0][k].equal(finals[1][k]) for k in finals[0])
+    with pytest.raises(ValueError, match="keep"):
+        fit(model, splits.x_train, splits.y_train, epochs=1, lr=1e-2, batch_size=16,
+            weight_decay=0.01, seed=3, keep="first")
+
+
+def test_the_default_rank_is_the_methods(files, base, tmp_path):
+    lora = adapt(files, base, tmp_path / "lora", method="lora", epochs=1)
+    bottleneck = adapt(files, base, tmp_path / "bn", method="bottleneck", epochs=1)
+    assert (lora.metrics["rank"], lora.metrics["alpha"]) == (DEFAULT_RANK["lora"], 8.0) == (4, 8.0)
+    assert bottleneck.metrics["rank"] == DEFAULT_RANK["bottleneck"] == 8
 
 
 def _test_tensors(files, adapter_dir):

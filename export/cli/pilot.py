@@ -9,6 +9,7 @@ import click
 
 from export.cli.data_options import table_options
 from export.cli.group import main
+from export.pilot.settings import EPOCHS
 
 
 @main.command("pilot")
@@ -30,10 +31,12 @@ from export.cli.group import main
 @click.option("--seeds", type=int, default=3, show_default=True,
               help="Runs per candidate, where the budget allows.")
 @click.option("--threads", type=int, help="torch threads for training [default: torch's].")
-@click.option("--max-epochs", type=int, default=100, show_default=True,
-              help="Epochs per run at most (early stopping ends most runs sooner).")
-@click.option("--patience", type=int, default=10, show_default=True,
-              help="Early stopping: epochs without a better validation score.")
+@click.option("--epochs", type=int, default=EPOCHS, show_default=True,
+              help="Epochs per run: its whole cosine schedule, the weights it ends with kept.")
+@click.option("--patience", type=int,
+              help="Early stopping instead: stop after this many epochs without a better "
+              "validation score and keep the best epoch's weights  [default: off; on a few "
+              "validation windows per class the best epoch is mostly noise].")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Pilot directory: report.html, report.md, report.json, adapter/.")
 @click.option("--force", is_flag=True, help="Overwrite --out.")

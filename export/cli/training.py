@@ -45,8 +45,8 @@ def _model_config(pairs: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option("--method", type=click.Choice(METHODS), default="lora", show_default=True,
               help=f"{'/'.join(ADAPTER_KINDS)}: an adapter directory; head: linear probe; "
               "full: every weight (also how a base is pretrained).")
-@click.option("--rank", type=int, default=8, show_default=True,
-              help="LoRA rank, or the bottleneck width.")
+@click.option("--rank", type=int,
+              help="LoRA rank, or the bottleneck width  [default: 4 for lora, 8 for bottleneck]")
 @click.option("--alpha", type=float, help="LoRA alpha  [default: 2 * rank]")
 @click.option("--targets", help="Modules to adapt: comma list of name suffixes (q,v) or a regex.")
 @click.option("--train-head/--freeze-head", default=True, show_default=True,

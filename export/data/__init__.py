@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .columns import TableColumns
 from .dataset import SensorDataset, load_dataset
-from .split import ChannelStats, train_val_split
+from .split import ChannelStats, stratified_indices, train_val_split
 from .ts import bundled_dataset_path, read_ts
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "bundled_dataset_path",
     "load_dataset",
     "read_ts",
+    "stratified_indices",
     "train_val_split",
 ]

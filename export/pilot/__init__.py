@@ -2,7 +2,8 @@
 chosen by a stated rule, and the KPI report (report.json, report.html, report.md).
 
     candidates.py  the candidates, in the order the budget is spent on them
-    search.py      running them: seeds, early stopping, budget, skipped ones
+    settings.py    the search's settings and defaults (torch-free)
+    search.py      running them: a validation split per seed, budget, skipped ones
     metrics.py     accuracy, macro F1, recall, bootstrap intervals, paired differences
     resources.py   wall time, CPU seconds, peak memory of a run; the machine
     prices.py      prices.toml and the cost of a run

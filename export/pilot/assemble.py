@@ -16,13 +16,15 @@ from export.train import target_paths
 __all__ = ["base_section", "candidate_entry", "line_section"]
 
 
-def line_section(line: Line, *, data: str, test_data: str | None) -> dict:
+def line_section(line: Line, *, data: str, test_data: str | None, val_fraction: float) -> dict:
+    """`n_train`: every training window; `n_val`: how many of them each seed validates on
+    (its own stratified split), the rest it trains on."""
     s = line.splits
     return {"train": str(data), "test": None if test_data is None else str(test_data),
             "classes": list(s.train.class_names), "channels": s.train.num_channels,
             "length": s.train.length, "n_train": len(s.y_train),
-            "n_val": 0 if s.y_val is None else len(s.y_val), "n_test": len(s.y_eval),
-            "test_is_split": test_data is None}
+            "n_val": len(line.fold(0, val_fraction).y_val), "n_test": len(s.y_eval),
+            "val_per_seed": True, "test_is_split": test_data is None}
 
 
 def base_section(line: Line, *, spec: str, weights: str | Path, fingerprint: str) -> dict:
@@ -32,23 +34,28 @@ def base_section(line: Line, *, spec: str, weights: str | Path, fingerprint: str
             "fingerprint": fingerprint}
 
 
-def candidate_entry(result: CandidateResult, line: Line, prices: Prices | None) -> dict:
+def candidate_entry(result: CandidateResult, line: Line, prices: Prices | None,
+                    vs_best: dict | None = None) -> dict:
+    """`vs_best`: recommend.closeness()'s entry for this candidate."""
     c = result.candidate
     options = {"lr": c.lr}
     if c.family == "adapter":
         options.update(rank=c.rank, targets=target_paths(result.model))
     return {
-        "name": c.name, "method": c.method, "family": c.family, "options": options,
+        "name": c.name, "method": c.method, "family": c.family, "default": c.default,
+        "options": options,
         "seeds": [r.seed for r in result.runs],
         "trainable_params": result.sizes["trainable_params"],
         "trainable_fraction": result.sizes["trainable_params"] / line.base_params,
         "adapter_bytes": result.sizes["adapter_bytes"],
         "val_accuracy": {"mean": result.val_mean,
                          "per_seed": [r.val_accuracy for r in result.runs]},
+        "val_vs_best": vs_best,
         "test": _test_section(result, line),
         "training": _training_section(result, prices),
         "curves": [{"seed": r.seed, "train_loss": r.log.train_loss,
-                    "val_accuracy": r.log.val_accuracy, "best_epoch": r.log.best_epoch,
+                    "val_accuracy": r.log.val_accuracy, "val_loss": r.log.val_loss,
+                    "best_epoch": r.log.best_epoch,
                     "stopped": r.log.stopped}
                    for r in result.runs if r.log is not None],
     }  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from export.train import DEFAULT_LR, REFERENCE_TARGETS
+from export.train import DEFAULT_LR, DEFAULT_RANK, REFERENCE_TARGETS
 
 __all__ = ["Candidate", "TARGET_SETS", "estimate_seconds", "plan_candidates"]
 
@@ -26,7 +26,6 @@ TARGET_SETS: dict[str, list[str]] = {
     "all": ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc1", "mlp.fc2", "stem.conv1",
             "stem.conv2"],
 }
-DEFAULT_RANK = 8  # train()'s --rank
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,8 @@ class Candidate:
     rank: int | None = None
     targets: list[str] | None = field(default=None, hash=False)
     lr: float | None = None
+    default: bool = False  # train()'s own adapter: the recommendation's first choice
+
 
     @property
     def family(self) -> str:
@@ -62,20 +63,22 @@ def plan_candidates(base: nn.Module, *, classes_match: bool) -> list[Candidate]:
     plan = [Candidate("base", "base") if classes_match
             else Candidate("head", "head", lr=DEFAULT_LR["head"]),
             Candidate("full", "full", lr=DEFAULT_LR["full"])]
-    plan += [_adapter(kind, DEFAULT_RANK, "default") for kind in ("lora", "bottleneck")]
+    plan += [_adapter("lora", DEFAULT_RANK["lora"], "default", default=True),
+             _adapter("bottleneck", DEFAULT_RANK["bottleneck"], "default")]
     if not isinstance(base, SensorTransformer):
         return plan
-    plan += [_adapter("lora", rank, "default") for rank in (4, 16)]
-    plan += [_adapter("lora", DEFAULT_RANK, where) for where in TARGET_SETS]
+    plan += [_adapter("lora", rank, "default") for rank in (8, 16)]
+    plan += [_adapter("lora", DEFAULT_RANK["lora"], where) for where in TARGET_SETS]
     plan += [_adapter("bottleneck", rank, "default") for rank in (4, 16, 32)]
-    plan += [_adapter("bottleneck", DEFAULT_RANK, where) for where in ("mlp", "all")]
+    plan += [_adapter("bottleneck", DEFAULT_RANK["bottleneck"], where)
+             for where in ("mlp", "all")]
     return plan
 
 
-def _adapter(kind: str, rank: int, where: str) -> Candidate:
+def _adapter(kind: str, rank: int, where: str, default: bool = False) -> Candidate:
     targets = None if where == "default" else list(TARGET_SETS[where])
     return Candidate(f"{kind}-r{rank}-{where}", kind, rank=rank, targets=targets,
-                     lr=DEFAULT_LR[kind])
+                     lr=DEFAULT_LR[kind], default=default)
 
 
 def default_targets(kind: str, base: nn.Module) -> list[str] | None:

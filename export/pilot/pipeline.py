@@ -2,9 +2,9 @@
 report.html, report.md and the recommended adapter in OUT/adapter).
 
 Steps: check the options and the data (one clear error each, before anything is trained);
-carve a stratified validation split out of the line's training data (the test data, or a
-held-out 20% of the training data without it, is scored only after the choice); run the
-candidates within the budget (search.py); choose by the stated rule (recommend.py); write the
+run the candidates within the budget (search.py: each seed validates on its own stratified
+split of the line's training data; the test data, or a held-out 20% of the training data
+without it, is scored only after the choice); choose by the stated rule (recommend.py); write the
 adapter, measure the running cost, write the reports. Everything is written into a staging
 directory beside OUT and renamed at the end: an error leaves nothing behind.
 """
@@ -29,11 +29,11 @@ from export.peft_io import save_adapter
 from export.pilot.assemble import base_section, candidate_entry, line_section
 from export.pilot.candidates import plan_candidates
 from export.pilot.prices import Prices, load_prices
-from export.pilot.recommend import choose, recommendation_section
+from export.pilot.recommend import choose, closeness, recommendation_section
 from export.pilot.report import write_reports
 from export.pilot.resources import machine_info
 from export.pilot.running_cost import measure_running_cost
-from export.pilot.search import CandidateResult, Line, SearchSettings, run_search
+from export.pilot.search import EPOCHS, CandidateResult, Line, SearchSettings, run_search
 from export.pilot.summary import commands, summary
 from export.train import output_meta, prepare
 
@@ -41,15 +41,15 @@ __all__ = ["ADAPTER_DIR", "REPORT_FILE", "VAL_FRACTION", "run_pilot"]
 
 REPORT_FILE = "report.json"
 ADAPTER_DIR = "adapter"
-VAL_FRACTION = 0.2  # of the line's training windows, per class, for early stopping and choice
+VAL_FRACTION = 0.2  # of the line's training windows, per class and seed, for the choice
 
 
 def run_pilot(*, base: str = "reference", weights: str | Path, data: str | Path,
               test_data: str | Path | None = None, budget_minutes: float = 10.0,
               prices: str | Path | None = None, lines: int = 10, out: str | Path,
               force: bool = False, seeds: int = 3, threads: int | None = None,
-              progress: bool = True, columns: TableColumns | None = None, max_epochs: int = 100,
-              patience: int = 10) -> dict:
+              progress: bool = True, columns: TableColumns | None = None, epochs: int = EPOCHS,
+              patience: int | None = None) -> dict:
     """Run the pilot and write OUT/; returns the report (report.json's dict).
 
     `weights`: the pretrained base; `data` / `test_data`: the line's windows (without
@@ -57,21 +57,21 @@ def run_pilot(*, base: str = "reference", weights: str | Path, data: str | Path,
     bounds the search (training and scoring of every candidate); `prices` a prices.toml
     (export/pilot/prices.py); `lines` the N of the running-cost figures; `seeds` runs per
     candidate where the budget allows; `threads` torch's thread count for the pilot;
-    `max_epochs` / `patience` each run's epochs and early stopping. `columns` is passed to the
-    data reader (CSV/Parquet column names). Bad input raises ConfigError or DataError, with
-    nothing written.
+    `epochs` each run's schedule, `patience` early stopping (off by default). `columns` is
+    passed to the data reader (CSV/Parquet column names). Bad input raises ConfigError or
+    DataError, with nothing written.
     """
     options = dict(base=base, weights=weights, data=data, test_data=test_data,
                    budget_minutes=budget_minutes, prices=prices, lines=lines, seeds=seeds,
-                   threads=threads, max_epochs=max_epochs, patience=patience)
+                   threads=threads, epochs=epochs, patience=patience)
     _check_options(options)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; --out names a directory")
     check_writable(out, force, ConfigError)
     price_list = load_prices(prices)
-    settings = SearchSettings(budget_s=60.0 * budget_minutes, seeds=seeds, max_epochs=max_epochs,
-                              patience=patience, progress=progress)
+    settings = SearchSettings(budget_s=60.0 * budget_minutes, seeds=seeds, epochs=epochs,
+                              patience=patience, val_fraction=VAL_FRACTION, progress=progress)
     with limit_threads(threads):
         line, fingerprint = _load_line(base, weights, data, test_data, columns)
         plan = plan_candidates(line.base, classes_match=_classes_match(line, weights))
@@ -85,8 +85,10 @@ def _check_options(options: dict) -> None:
     budget = options["budget_minutes"]
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
         raise ConfigError(f"--budget-minutes must be a positive number, got {budget!r}")
-    for flag in ("lines", "seeds", "max_epochs", "patience"):
+    for flag in ("lines", "seeds", "epochs", "patience"):
         value = options[flag]
+        if flag == "patience" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be a positive integer, "
                               f"got {value!r}")
@@ -97,8 +99,7 @@ def _check_options(options: dict) -> None:
 def _load_line(base: str, weights: Any, data: Any, test_data: Any,
                columns: TableColumns | None) -> tuple[Line, str]:
     """The base and the line's splits, checked: every class has test windows."""
-    model, splits = prepare(base, weights, data, test_data, seed=0, val_fraction=VAL_FRACTION,
-                            columns=columns)
+    model, splits = prepare(base, weights, data, test_data, seed=0, columns=columns)
     counts = splits.y_eval.bincount(minlength=splits.train.num_classes).tolist()
     absent = [n for n, c in zip(splits.train.class_names, counts, strict=True) if c == 0]
     if absent:
@@ -124,6 +125,7 @@ def _classes_match(line: Line, weights: Any) -> bool:
 def _report(options: dict, line: Line, fingerprint: str, search, prices: Prices | None,
             machine: dict) -> dict:
     chosen, within = choose(search.results)
+    near = closeness(search.results)
     y_test = line.splits.y_eval.numpy()
     recommendation = None
     if chosen is not None:
@@ -134,13 +136,15 @@ def _report(options: dict, line: Line, fingerprint: str, search, prices: Prices 
         "version": 1,
         "created": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "package_version": __version__, "machine": machine,
-        "line": line_section(line, data=options["data"], test_data=options["test_data"]),
+        "line": line_section(line, data=options["data"], test_data=options["test_data"],
+                             val_fraction=VAL_FRACTION),
         "base": base_section(line, spec=options["base"], weights=options["weights"],
                              fingerprint=fingerprint),
         "budget": {"minutes": options["budget_minutes"], "used_s": search.used_s,
                    "skipped": search.skipped},
         "prices": None if prices is None else prices.to_dict(),
-        "candidates": [candidate_entry(r, line, prices) for r in search.results],
+        "candidates": [candidate_entry(r, line, prices, near[r.candidate.name])
+                       for r in search.results],
         "recommendation": recommendation, "running_cost": None, "summary": "", "commands": [],
     }  # fmt: skip
 

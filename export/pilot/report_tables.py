@@ -129,8 +129,12 @@ def _running_headline(report: dict) -> Headline:
 def rule_text(report: dict) -> str:
     """How the recommendation was chosen: the engine's rule, its margin, where it was written."""
     rec = report.get("recommendation") or {}
+    near = rec.get("vs_best") or {}
     return (f"{rec.get('rule', 'no rule recorded')} (margin "
-            f"{points(rec.get('margin'), signed=False)}). The recommended adapter is written to "
+            f"{points(rec.get('margin'), signed=False)}). On the validation windows it shares "
+            f"with the best candidate ({near.get('best')}) the recommendation scores "
+            f"{points(near.get('difference'))} against it, judged with a margin of "
+            f"{points(near.get('margin'), signed=False)}. The recommended adapter is written to "
             f"{rec.get('adapter_dir')}/ in the pilot folder, ready for attach, add-adapter or "
             "push.")
 
@@ -157,6 +161,10 @@ def results_table(report: dict) -> Table:
     for c in report.get("candidates", []):
         test = c["test"]
         per_seed = " · ".join(pct(v) for v in c["val_accuracy"]["per_seed"])
+        near = c.get("val_vs_best") or {}
+        if near:
+            per_seed += (f"; {points(near.get('difference'))} vs {near.get('best')}, margin "
+                         f"{points(near.get('margin'), signed=False)}")
         rows.append([
             c["name"], c["method"], _options(c.get("options") or {}),
             f"{count(c['trainable_params'])} ({pct(c['trainable_fraction'])})",
@@ -167,8 +175,8 @@ def results_table(report: dict) -> Table:
         ])
     return Table("Candidates: size and accuracy",
                  ["Candidate", "Method", "Options", "Trainable params", "Adapter size",
-                  "Validation accuracy (mean; per seed)", "Test accuracy (95% CI)",
-                  "Macro F1 (95% CI)"], rows,
+                  "Validation accuracy (mean; per seed; against the best)",
+                  "Test accuracy (95% CI)", "Macro F1 (95% CI)"], rows,
                  note="Test figures are those of each candidate's seed with the best "
                       "validation accuracy (see the training table).",
                  key="candidates", numeric=[False, False, False, True, True, True, True, True])
@@ -272,8 +280,9 @@ def setup_table(report: dict) -> Table:
     test = line.get("test") or "a stratified split of the training data"
     rows = [
         ["Line data", f"train {line.get('train')}; test {test}"],
-        ["Windows", f"{count(line.get('n_train'))} train, {count(line.get('n_val'))} "
-                    f"validation, {count(line.get('n_test'))} test"],
+        ["Windows", f"{count(line.get('n_train'))} train ({count(line.get('n_val'))} of them "
+                    "validate each seed, another stratified split per seed), "
+                    f"{count(line.get('n_test'))} test"],
         ["Shape", f"{count(line.get('channels'))} channel(s) × {count(line.get('length'))} "
                   f"samples; {len(line.get('classes', []))} classes: "
                   f"{', '.join(str(c) for c in line.get('classes', []))}"],

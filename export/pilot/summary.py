@@ -42,11 +42,13 @@ def _choice(rec: dict, chosen: dict) -> str:
     what = (f"Recommended: {chosen['name']}, a {chosen['method']} adapter of "
             f"{_size(chosen['adapter_bytes'])} per line training "
             f"{_pct(chosen['trainable_fraction'])} of the base's parameters")
-    if rec["within_margin"]:
-        return (f"{what}: the smallest adapter within {100 * rec['margin']:.1f} points of the "
-                "best validation accuracy.")
-    return (f"{what}: no adapter came within {100 * rec['margin']:.1f} points of the best "
-            "validation accuracy, so this is the best adapter, not a small one.")
+    if not rec["within_margin"]:
+        return (f"{what}: no adapter came within {100 * rec['margin']:.1f} points of the best "
+                "validation accuracy, so this is the best adapter, not a small one.")
+    why = "the default adapter" if chosen.get("default") else "the smallest adapter"
+    return (f"{what}: {why}, and on validation within the noise of the best candidate "
+            f"({_points(rec['vs_best']['difference'])} points, margin "
+            f"{100 * rec['vs_best']['margin']:.1f}).")
 
 
 def _accuracy(report: dict, rec: dict, chosen: dict) -> str:
@@ -116,7 +118,7 @@ def commands(options: dict[str, Any], out: str) -> list[str]:
     if options["base"] != "reference":
         line += ["--base", options["base"]]
     for flag in ("weights", "data", "test_data", "budget_minutes", "prices", "lines", "seeds",
-                 "threads", "max_epochs", "patience"):
+                 "threads", "epochs", "patience"):
         if options.get(flag) is not None:
             line += [f"--{flag.replace('_', '-')}", str(options[flag])]
     line += ["--out", out]

@@ -1,0 +1,166 @@
+"""How far can a pilot trust its validation split? The study behind the pilot's search protocol.
+
+    python benchmarks/pilot_validation.py [--folds 3] [--epochs 60] [--base-dir DIR] [--no-write]
+
+Every candidate of `edge-export pilot` (the demo's PLAID base adapted to ACSF1) is trained
+on each of `--folds` stratified splits of ACSF1's 100 training windows (80 train / 20
+validation, another split per fold, as the pilot's seeds do) for the pilot's whole schedule,
+and both the validation split and the 100 test windows are scored after every epoch. Per
+candidate, mean over folds:
+- validation accuracy at the end of the schedule (what the pilot ranks candidates by);
+- test accuracy at the end of the schedule (the weights the pilot keeps);
+- test accuracy of the weights early stopping would have kept (patience 10 on validation
+  accuracy, then loss: the pilot's former protocol) and of the best validation epoch.
+The table goes into docs/BENCHMARKS.md under "## Pilot validation (benchmarks/pilot_validation.py)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
+from benchmarks.report import machine_line, write_section  # noqa: E402
+from export.demo import run as demo  # noqa: E402
+from export.fitting import _epoch, _score, seeded  # noqa: E402  (one epoch; (acc, -loss))
+from export.pilot.candidates import Candidate, plan_candidates  # noqa: E402
+from export.pilot.pipeline import VAL_FRACTION, _load_line  # noqa: E402
+from export.pilot.search import EPOCHS, Fold, Line, SearchSettings  # noqa: E402
+from export.train import build_model, size_metrics  # noqa: E402
+
+TITLE = "Pilot validation (benchmarks/pilot_validation.py)"
+PATIENCE = 10  # the pilot's former early stopping
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--folds", type=int, default=3, help="validation splits (seeds) 0..N-1")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="each run's schedule")
+    parser.add_argument("--base-dir", type=Path, help="keep (or reuse) the pretrained base here")
+    parser.add_argument("--threads", type=int, help="torch threads [default: torch's]")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    return parser.parse_args(argv)
+
+
+def curves(line: Line, candidate: Candidate, fold: Fold, seed: int, epochs: int
+           ) -> dict[str, list[float]]:
+    """One run as the pilot's search trains it (search._train), scored on the fold's
+    validation windows and on the test windows after every epoch."""
+    settings = SearchSettings(budget_s=math.inf, epochs=epochs)
+    rank = candidate.rank or 1
+    with seeded(seed):
+        model = build_model(candidate.method, copy.deepcopy(line.base), line.num_classes,
+                            candidate.targets, rank, float(2 * rank), train_head=True,
+                            train_norms=True, modules_to_save=None, name="adapter")
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=candidate.lr, weight_decay=settings.weight_decay)
+        steps = epochs * math.ceil(len(fold.y_train) / settings.batch_size)
+        warmup = max(1, steps // 20)  # fit()'s schedule: warm-up, then cosine to zero
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
+            1 + math.cos(math.pi * min(s, steps) / steps))))
+        order = torch.Generator().manual_seed(seed)
+        out: dict[str, list[float]] = {"val_acc": [], "val_loss": [], "test_acc": []}
+        for _ in range(epochs):
+            _epoch(model, opt, sched, params, fold.x_train, fold.y_train,
+                   settings.batch_size, order)
+            acc, neg_loss = _score(model, *fold.val)
+            out["val_acc"].append(acc)
+            out["val_loss"].append(-neg_loss)
+            out["test_acc"].append(_score(model, line.splits.x_eval, line.splits.y_eval)[0])
+    out["bytes"] = [size_metrics(model, candidate.method, line.base_params,
+                                 line.base_bytes)["adapter_bytes"]]
+    return out
+
+
+def kept_epochs(run: dict[str, list[float]]) -> tuple[int, int]:
+    """(the epoch early stopping with PATIENCE keeps, the best validation epoch), 0-based;
+    best: highest accuracy, then lowest loss, as fit() ranks epochs."""
+    score = [(a, -v) for a, v in zip(run["val_acc"], run["val_loss"], strict=True)]
+    best, stopped_best = 0, None
+    for epoch in range(len(score)):
+        if score[epoch] > score[best]:
+            best = epoch
+        if stopped_best is None and epoch - best >= PATIENCE:
+            stopped_best = best
+    return (best if stopped_best is None else stopped_best), best
+
+
+def row(name: str, runs: list[dict[str, list[float]]]) -> dict[str, Any]:
+    stopped = [r["test_acc"][kept_epochs(r)[0]] for r in runs]
+    best = [r["test_acc"][kept_epochs(r)[1]] for r in runs]
+    mean = statistics.mean
+    return {"name": name, "bytes": runs[0]["bytes"][0],
+            "val_end": 100 * mean(r["val_acc"][-1] for r in runs),
+            "test_end": 100 * mean(r["test_acc"][-1] for r in runs),
+            "test_stopped": 100 * mean(stopped), "test_best_val": 100 * mean(best)}
+
+
+def table(rows: list[dict[str, Any]], args: argparse.Namespace, n_val: int) -> str:
+    lines = [
+        f"The demo's base (PLAID) adapted to ACSF1 by every pilot candidate, each on "
+        f"{args.folds} stratified splits of the 100 training windows ({100 - n_val} train / "
+        f"{n_val} validation, another split per fold), {args.epochs}-epoch schedule; mean "
+        "over the folds. Test: ACSF1's 100 test windows, scored here after every epoch only "
+        "to study the protocol (the pilot never looks at them before its choice).",
+        "",
+        "| candidate | adapter bytes | validation acc. at the end | test acc. at the end | "
+        f"test acc., early stopping (patience {PATIENCE}) | test acc., best validation epoch |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['bytes']:,} | {r['val_end']:.1f}% | "
+                     f"{r['test_end']:.1f}% | {r['test_stopped']:.1f}% | "
+                     f"{r['test_best_val']:.1f}% |")
+    adapters = [r for r in rows if r["name"] not in ("head", "full")]
+
+    def spread(key: str) -> float:
+        return max(r[key] for r in adapters) - min(r[key] for r in adapters)
+
+    def mean(key: str) -> float:
+        return statistics.mean(r[key] for r in rows)
+
+    lines += ["", f"Across the adapters: validation accuracy spans {spread('val_end'):.1f} "
+              f"points, test accuracy {spread('test_end'):.1f}. Over every candidate the "
+              f"weights at the end of the schedule score {mean('test_end'):.1f}% on the test "
+              f"set, early stopping's {mean('test_stopped'):.1f}%, the best validation "
+              f"epoch's {mean('test_best_val'):.1f}%."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pilot-validation-") as tmp:
+        root = args.base_dir or Path(tmp)
+        weights, _ = demo.pretrain_base(root / "base", data=demo.recipe_data(), progress=False)
+        line, _ = _load_line("reference", weights, demo.ADAPT_DATA, demo.ADAPT_TEST, None)
+    folds = [line.fold(seed, VAL_FRACTION) for seed in range(args.folds)]
+    rows = []
+    for candidate in plan_candidates(line.base, classes_match=False):
+        runs = [curves(line, candidate, fold, seed, args.epochs)
+                for seed, fold in enumerate(folds)]
+        rows.append(row(candidate.name, runs))
+        print(f"  {candidate.name}: val {rows[-1]['val_end']:.1f}%, test "
+              f"{rows[-1]['test_end']:.1f}%", file=sys.stderr)
+    body = "\n".join([
+        f"{machine_line(('torch',))}; {torch.get_num_threads()} torch threads; whole run "
+        f"{time.perf_counter() - start:.0f} s.", "", table(rows, args, len(folds[0].y_val))])
+    print(f"## {TITLE}\n\n{body}")
+    if not args.no_write:
+        print(f"\nwrote {write_section(TITLE, body)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
