@@ -72,6 +72,8 @@ def envelope_for(entry: AdapterEntry, body: bytes, *, key: str | Path | None = N
               # them, so a gateway can tell tensors that do not compute what was exported
               "reference_logits": entry.reference_logits,
               "reference_sha256": entry.reference_sha256}
+    if entry.drift_profile is not None:  # signed with the rest; absent: an older exporter's
+        header["drift_profile"] = entry.drift_profile.model_dump()
     if key is not None:
         private = load_private_key(key)
         header["key_id"] = key_id(private.public_key())
