@@ -211,3 +211,14 @@ def test_inspect_shows_one_line_per_profile(base, adapters, tmp_path):
     weights = runner.invoke(main, ["inspect", str(base.parent)]).output
     n_train = json.loads(base.with_name("metrics.json").read_text())["n_train"]
     assert f"drift_profile: {n_train} windows, 1 channel(s), classes 0 " in weights
+
+
+def test_the_pilots_adapter_carries_its_profile(pilot_run):
+    """`edge-export pilot` saves its recommended adapter with the profile of that model on
+    the line's training windows."""
+    out, report = pilot_run
+    meta = adapter_meta(out / "adapter")
+    profile = DriftProfile.model_validate(meta["drift_profile"])
+    assert profile.n_windows == report["line"]["n_train"] == meta["metrics"]["n_train"]
+    assert profile.channels == 1 and profile.classes.names == meta["class_names"]
+    assert abs(sum(profile.classes.shares) - 1.0) < 1e-9

@@ -21,10 +21,10 @@ import pytest
 from test_push import DEVICE, gateway, keys, workstation  # noqa: F401 (fixtures)
 
 from edge.bundle import read_manifest
-from edge.envelope import canonical, key_id, pack, unpack
-from edge.errors import AdapterRejected
+from edge.envelope import MAX_HEADER, canonical, key_id, pack, unpack
+from edge.errors import AdapterRejected, ExportError
 from export.fleet.push import push
-from export.signing import envelope_bytes, load_private_key
+from export.signing import envelope_bytes, envelope_for, load_private_key
 
 Edit = Callable[[dict], None]
 
@@ -118,3 +118,16 @@ def test_an_envelope_without_a_profile_is_still_taken(
     assert "drift_profile" not in unpack(old, len(old))[0]
     assert push_file(old, tmp_path / "old.envelope", mosquitto).version == 2
     assert svc.store.resolve("line-a", 2).entry.drift_profile is None
+
+
+def test_an_envelope_a_gateway_could_not_read_is_not_built(workstation):  # noqa: F811
+    """A profile of thousands of channels would push the header past the gateway's limit:
+    the exporter says so instead of building an envelope every gateway refuses unread."""
+    entry = read_manifest(workstation).adapter("line-a", 2)
+    inputs = entry.drift_profile.inputs
+    wide = entry.drift_profile.model_copy(update={"inputs": inputs.model_copy(update={
+        "window_mean": inputs.window_mean * 500, "window_std": inputs.window_std * 500})})
+    body = (workstation / entry.file).read_bytes()
+    with pytest.raises(ExportError, match=f"exceeds {MAX_HEADER} bytes"):
+        envelope_for(entry.model_copy(update={"drift_profile": wide}), body)
+    assert unpack(envelope_for(entry, body), 1 << 30)[0]["drift_profile"]["n_windows"] == 40
