@@ -20,7 +20,9 @@ def file_stem(name: str, version: int) -> str:
 
 def check_header(header: dict, manifest: Manifest, expect_name: str | None) -> AdapterEntry:
     """The manifest-style entry an envelope header describes, checked against the running
-    bundle: name, version range, base fingerprint, fields, kind, rank, classes, preprocessing."""
+    bundle: name, version range, base fingerprint, fields (a drift profile's values through
+    its schema), kind, rank, classes, preprocessing, the drift profile's channels and
+    classes."""
     name, version = header["name"], header["version"]
     problem = name_problem(name, "adapter")
     if problem:
@@ -66,6 +68,16 @@ def check_fit(entry: AdapterEntry, manifest: Manifest) -> None:
         Normalizer.from_preprocessing(pre, channels)
     except IncompatibleBundle as exc:
         raise AdapterRejected(f"adapter preprocessing: {exc}") from None
+    check_profile(entry, channels)
+
+
+def check_profile(entry: AdapterEntry, channels: int) -> None:
+    """The adapter's drift profile (when it has one; its schema already checked values are
+    finite and histograms well formed) describes this model: its channels, its classes."""
+    profile = entry.drift_profile
+    problem = None if profile is None else profile.problem(channels, entry.class_names)
+    if problem:
+        raise AdapterRejected(f"adapter {problem}")
 
 
 def check_tensors(entry: AdapterEntry, arrays: dict[str, np.ndarray],

@@ -11,14 +11,16 @@ resolve, loaded, normalizer, bank, prepare_bank); the store itself knows nothing
 
 The check chain, in order; the first failure is the reason sent back, and nothing changes:
 size limit, framing and sha256 of the body (envelope.unpack); Ed25519 signature against the
-trusted keys (envelope.verify); name, base fingerprint, kind, rank <= R, classes and
-preprocessing against the running bundle; version rules (the same version with other bytes
+trusted keys (envelope.verify); name, base fingerprint, kind, rank <= R, classes,
+preprocessing and the drift profile (finite, well formed, the model's channels and classes)
+against the running bundle; version rules (the same version with other bytes
 or a version older than the newest held is refused: no silent replacement, no replay);
 tensor names, shapes, dtypes against the slots and all values finite; a warm-up inference
 on the bundle's reference samples with finite outputs.
 
 Accepted adapters persist under `<device.state_dir>/adapters/` as `<name>.v<N>.onnx_adapter`
-plus `<name>.v<N>.json` (the envelope header), each written atomically, the header last:
+plus `<name>.v<N>.json` (the envelope header: its entry, drift profile included), each
+written atomically, the header last:
 a header on disk means a complete, checked adapter, so a restart holds the same set.
 """
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.bundle import AdapterEntry, read_manifest, sha256_file
-from edge.envelope import canonical, key_id, pack
+from edge.envelope import MAX_HEADER, canonical, key_id, pack
 from edge.errors import ConfigError, ExportError
 
 
@@ -72,11 +72,18 @@ def envelope_for(entry: AdapterEntry, body: bytes, *, key: str | Path | None = N
               # them, so a gateway can tell tensors that do not compute what was exported
               "reference_logits": entry.reference_logits,
               "reference_sha256": entry.reference_sha256}
+    if entry.drift_profile is not None:  # signed with the rest; absent: an older exporter's
+        header["drift_profile"] = entry.drift_profile.model_dump()
     if key is not None:
         private = load_private_key(key)
         header["key_id"] = key_id(private.public_key())
         header["signature"] = base64.b64encode(private.sign(canonical(header))).decode()
-    return pack(header, body)
+    data = pack(header, body)
+    if len(data) - len(body) - 12 > MAX_HEADER:  # a gateway would refuse it unread
+        raise ExportError(f"adapter {entry.name} v{entry.version}: the envelope header "
+                          f"(class names, expected outputs, drift profile) exceeds "
+                          f"{MAX_HEADER} bytes")
+    return data
 
 
 def sign(*, bundle: str | Path, name: str, key: str | Path, out: str | Path,

@@ -37,6 +37,7 @@ from edge.errors import ConfigError, DataError
 from export.adapters.model import AdaptedModel
 from export.adapters.registry import ADAPTER_KINDS, adapter_kind
 from export.data import ChannelStats, SensorDataset, TableColumns, load_dataset, train_val_split
+from export.drift_profile import META_KEY, compute_profile
 from export.fitting import FitLog, evaluate, fit, limit_threads, seeded
 from export.models import load_base, save_base, weights_fingerprint
 from export.outputs import check_writable
@@ -44,7 +45,7 @@ from export.peft_io import WEIGHTS_FILE, save_adapter
 
 __all__ = ["DEFAULT_LR", "DEFAULT_RANK", "METHODS", "REFERENCE_TARGETS", "Splits", "TrainResult",
            "build_model", "evaluate", "load_head", "output_meta", "parse_targets", "prepare",
-           "size_metrics", "target_paths", "train"]
+           "size_metrics", "target_paths", "train", "training_profile"]
 
 ADAPTER_METHODS = tuple(ADAPTER_KINDS)  # ("lora", "bottleneck"): an adapter directory
 METHODS = (*ADAPTER_METHODS, "head", "full")
@@ -199,7 +200,8 @@ def train(
         metrics.update(**model.configs[model.active_adapter].train_options(),
                        targets=target_paths(model),
                        modules_to_save=model.configs[model.active_adapter].modules_to_save)
-    meta = output_meta(base, weights, base_config, fingerprint, splits, metrics)
+    meta = output_meta(base, weights, base_config, fingerprint, splits, metrics,
+                       profile=training_profile(model, splits))
     _write(model, method, out, meta, metrics)
     return TrainResult(out, method, metrics, model, splits.train.class_names, splits.stats,
                        log.train_loss)
@@ -447,8 +449,15 @@ def size_metrics(model: nn.Module, method: str, base_params: int, base_bytes: in
     }
 
 
+def training_profile(model: nn.Module, splits: Splits) -> dict:
+    """The drift profile of `model` on its training windows (raw and normalised)."""
+    return compute_profile(model, splits.train.X, splits.x_train, splits.train.class_names)
+
+
 def output_meta(base: str, weights: Any, base_config: dict | None, fingerprint: str,
-          splits: Splits, metrics: dict) -> dict:
+          splits: Splits, metrics: dict, *, profile: dict | None = None) -> dict:
+    """The metadata an output carries (adapter metadata, edge_model.json); `profile` (the
+    drift profile, export/drift_profile.py) under META_KEY when given."""
     return {
         "base_fingerprint": fingerprint,
         "base": {"spec": base, "weights": None if weights is None else str(weights),
@@ -457,7 +466,7 @@ def output_meta(base: str, weights: Any, base_config: dict | None, fingerprint: 
                                           splits.train.channel_names).to_dict(),
         "class_names": list(splits.train.class_names),
         "metrics": metrics,
-    }
+    } | ({META_KEY: profile} if profile is not None else {})
 
 
 def _write(model: nn.Module, method: str, out: Path, meta: dict, metrics: dict) -> None:

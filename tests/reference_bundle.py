@@ -1,7 +1,8 @@
 """A small reference bundle trained on real BasicMotions data (tests and benchmarks).
 
     build_bundle(root) -> root/bundle  with base.onnx, manifest.json and one LoRA adapter
-                                       "line-a", trained for a few seconds on 2 cores
+                                       "line-a", trained for a few seconds on 2 cores; the
+                                       base and the adapter carry drift profiles
     build_bank_bundle(root, K)   -> root/bank<K>    the same, exported with --bank K
     build_static_bundle(root, B) -> root/static<B>  the same, exported with a fixed batch B
     sample_windows(n)            -> raw BasicMotions test windows (tests/data/basicmotions.npz)
@@ -69,6 +70,7 @@ def build_bundle(root: str | Path, *, seconds: float = 4.0, seed: int = 0,
     import torch
 
     from export.adapters import LoraConfig, inject
+    from export.drift_profile import compute_profile
     from export.models import SensorTransformer, save_base, weights_fingerprint
     from export.onnx.attach import export_attach
     from export.peft_io import save_adapter
@@ -81,20 +83,27 @@ def build_bundle(root: str | Path, *, seconds: float = 4.0, seed: int = 0,
     base_stats = ChannelStats.from_data(train.X)
     base = SensorTransformer(in_channels=train.num_channels, num_classes=train.num_classes,
                              **(MODEL if model is None else model))
-    _fit(base, base_stats.apply(train.X), train.y, seconds * 0.6, lr=3e-3)
+    x_base = base_stats.apply(train.X)
+    _fit(base, x_base, train.y, seconds * 0.6, lr=3e-3)
     weights = save_base(base, root / "base" / "base.safetensors")
-    # export_attach reads the base's class names and preprocessing from metrics.json beside it.
+    # export_attach reads the base's class names, preprocessing and drift profile from
+    # metrics.json beside it (train writes them in edge_model.json).
     (root / "base" / "metrics.json").write_text(json.dumps({
         "class_names": train.class_names,
-        "preprocessing": _preprocessing(base_stats, channels, train.length)}))
+        "preprocessing": _preprocessing(base_stats, channels, train.length),
+        "drift_profile": compute_profile(base, train.X, torch.from_numpy(x_base),
+                                         train.class_names)}))
 
     fingerprint = weights_fingerprint(base)  # before inject wraps the base's layers
     adapter_stats = ChannelStats.from_data(train.X[: len(train) // 2])
     adapted = inject(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v", "fc1"]))
-    _fit(adapted, adapter_stats.apply(train.X), train.y, seconds * 0.4, lr=1e-2)
+    x_adapter = adapter_stats.apply(train.X)
+    _fit(adapted, x_adapter, train.y, seconds * 0.4, lr=1e-2)
     meta = {"base_fingerprint": fingerprint,
             "class_names": train.class_names,
-            "preprocessing": _preprocessing(adapter_stats, channels, train.length)}
+            "preprocessing": _preprocessing(adapter_stats, channels, train.length),
+            "drift_profile": compute_profile(adapted, train.X, torch.from_numpy(x_adapter),
+                                             train.class_names)}
     adapter_dir = save_adapter(adapted, root / "adapters" / ADAPTER_NAME, meta=meta)
     out = root / "bundle"
     export_attach(base="reference", weights=weights, adapters=[adapter_dir], out=out,

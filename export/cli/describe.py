@@ -16,6 +16,29 @@ from edge.errors import ConfigError
 # --------------------------------------------------------------------------------------------
 
 
+def profile_line(profile: Any) -> str | None:
+    """One line for a drift profile (a DriftProfile, its dict or JSON text; None: None):
+    windows, channels, class shares, top-score mean; an invalid one says why."""
+    from pydantic import ValidationError
+
+    from edge.drift import DriftProfile
+    from edge.errors import validation_problem
+
+    if profile is None:
+        return None
+    try:
+        if isinstance(profile, str):
+            profile = DriftProfile.model_validate_json(profile)
+        elif not isinstance(profile, DriftProfile):
+            profile = DriftProfile.model_validate(profile)
+    except ValidationError as exc:
+        return f"invalid ({validation_problem(exc)})"
+    shares = ", ".join(f"{name} {share:.0%}" for name, share
+                       in zip(profile.classes.names, profile.classes.shares, strict=True))
+    return (f"{profile.n_windows} windows, {profile.channels} channel(s), classes {shares}, "
+            f"top score mean {profile.top_score_mean:.3f}")
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -27,6 +50,7 @@ def describe_adapter_dir(path: Path) -> dict[str, Any]:
     adapter = read_adapter_dir(path)
     config = json.loads((path / CONFIG_FILE).read_text())
     meta = dict(adapter.meta)
+    profile = meta.pop("drift_profile", None)
     return {
         "path": str(path),
         "kind": adapter.kind,
@@ -38,6 +62,7 @@ def describe_adapter_dir(path: Path) -> dict[str, Any]:
         "file_bytes": (path / WEIGHTS_FILE).stat().st_size,
         "sha256": _sha256(path / WEIGHTS_FILE),
         "base_fingerprint": meta.pop("base_fingerprint", None),
+        "drift_profile": profile_line(profile),
         "metadata": meta,
     }
 
@@ -61,7 +86,18 @@ def describe_model_file(path: Path) -> dict[str, Any]:
         "tensors": tensors,
         "file_bytes": path.stat().st_size,
         "sha256": _sha256(path),
+        "drift_profile": profile_line(_train_meta(path).get("drift_profile")),
     }
+
+
+def _train_meta(weights: Path) -> dict[str, Any]:
+    """edge_model.json beside weights written by `train` ({} when none or unreadable)."""
+    path = weights.with_name("edge_model.json")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def describe_bundle(path: Path) -> dict[str, Any]:
@@ -79,6 +115,9 @@ def describe_bundle(path: Path) -> dict[str, Any]:
                  "max_rank": manifest.max_rank, "classes": manifest.num_classes},
         "adapters": {f"{a.name} v{a.version}": f"{a.kind} r{a.rank}, {a.file}, "
                      f"sha256 {a.sha256[:12]}…" for a in manifest.adapters},
+        "drift_profiles": {"base": profile_line(manifest.base.drift_profile) or "none"}
+        | {f"{a.name} v{a.version}": profile_line(a.drift_profile) or "none"
+           for a in manifest.adapters},
         "tensors": {s.name: [s.dtype, s.shape] for s in manifest.slots},
     }
 
@@ -103,7 +142,8 @@ def describe_onnx(path: Path) -> dict[str, Any]:
         return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
     return {"path": str(path), "kind": "onnx", "file_bytes": path.stat().st_size,
             "sha256": _sha256(path), "opset": model.opset_import[0].version,
-            "metadata": {p.key: p.value for p in model.metadata_props},
+            "metadata": {p.key: (profile_line(p.value) if p.key == "edge.drift_profile"
+                                 else p.value) for p in model.metadata_props},
             "outputs": {o.name: dims(o) for o in model.graph.output},
             "tensors": {i.name: ["input" + (" (slot)" if i.name in inits else ""), dims(i)]
                         for i in model.graph.input}}

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from edge import __version__
+from edge.adapter_checks import check_profile
 from edge.bank import AdapterBank
 from edge.bundle import (
     ADAPTER_DIR,
@@ -31,9 +32,11 @@ from edge.bundle import (
     verify_base,
     write_manifest,
 )
+from edge.drift import DriftProfile
 from edge.engine import Engine, load_adapter_file, read_adapter_arrays
 from edge.errors import AdapterRejected, ExportError, IncompatibleBundle
 from export.adapters.model import AdaptedModel
+from export.drift_profile import META_KEY, profile_of
 from export.models import load_base, sidecar_path, weights_fingerprint
 from export.onnx.adapter_files import (
     adapter_file_name,
@@ -77,19 +80,28 @@ def check_fingerprint(adapter: AdapterDir, fingerprint: str) -> list[str]:
 
 
 def adapter_entry(adapter: AdapterDir, name: str, version: int, file: str, sha: str,
-                  fingerprint: str, num_classes: int) -> AdapterEntry:
+                  fingerprint: str, num_classes: int, channels: int) -> AdapterEntry:
+    """The manifest entry of `adapter`, with the drift profile its metadata records (None
+    when it records none), checked against the model's `channels` and the adapter's classes."""
     groups = sorted({k.split(".lora_")[0].split(".adapter_")[0].removeprefix("base_model.model.")
                      for k in adapter.tensors})
     classes = adapter.meta.get("class_names") or [str(i) for i in range(num_classes)]
-    return AdapterEntry(name=name, version=version, kind=adapter.kind, rank=adapter_rank(adapter),
+    entry = AdapterEntry(name=name, version=version, kind=adapter.kind, rank=adapter_rank(adapter),
                         targets=groups, file=file, sha256=sha, base_fingerprint=fingerprint,
                         class_names=list(classes),
                         preprocessing=Preprocessing.from_dict(adapter.meta.get("preprocessing")),
-                        metrics=adapter.meta.get("metrics", {}))
+                        metrics=adapter.meta.get("metrics", {}),
+                        drift_profile=profile_of(adapter.meta, str(adapter.path)))
+    try:
+        check_profile(entry, channels)
+    except AdapterRejected as exc:
+        raise AdapterRejected(f"{adapter.path}: {exc}") from None
+    return entry
 
 
 def base_labels(weights: str | Path | None, num_classes: int) -> tuple[list[str], dict]:
-    """Class names and training metadata of the base, from the files beside its weights."""
+    """Class names and training metadata of the base (preprocessing, drift profile), from
+    the files beside its weights."""
     meta: dict = {}
     if weights is not None:
         # `train --method full` writes edge_model.json beside model.safetensors.
@@ -97,9 +109,20 @@ def base_labels(weights: str | Path | None, num_classes: int) -> tuple[list[str]
                      Path(weights).with_name("edge_model.json")):
             if path.is_file():
                 meta.update({k: v for k, v in json.loads(path.read_text()).items()
-                             if k in ("class_names", "preprocessing")})
+                             if k in ("class_names", "preprocessing", META_KEY)})
     names = meta.get("class_names") or [str(i) for i in range(num_classes)]
     return list(names), meta
+
+
+def base_profile(meta: dict, weights: str | Path | None, channels: int,
+                 class_names: list[str]) -> DriftProfile | None:
+    """The base's drift profile from the metadata beside its weights (`train --method full`
+    writes one in edge_model.json), checked against the base; None when there is none."""
+    profile = profile_of(meta, f"{weights} (the files beside it)")
+    problem = None if profile is None else profile.problem(channels, class_names)
+    if problem:
+        raise ExportError(f"--weights {weights}: the base's {problem}")
+    return profile
 
 
 def export_attach(*, base: str, weights: str | Path | None, adapters: list[str | Path],
@@ -170,13 +193,13 @@ def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: lis
     if bank:
         np.savez(tmp / SLOT_DEFAULTS, **defaults)
     inputs, outputs = io_specs(graph, exclude={s.name for s in slots} | {INDEX_INPUT})
-    num_classes = int(outputs[0].shape[-1])
+    num_classes, channels = int(outputs[0].shape[-1]), int(inputs[0].shape[1])
     entries = []
     for adapter, name in zip(dirs, names, strict=True):
         file = adapter_file_name(name, 1)
         write_onnx_adapter(tmp / file, adapter_tensors(adapter, slots), 1)
         entries.append(adapter_entry(adapter, name, 1, file, sha256_file(tmp / file),
-                                     fingerprint, num_classes))
+                                     fingerprint, num_classes, channels))
     np.save(tmp / REFERENCE_INPUTS, x)
     with torch.no_grad():
         base_classes = int(model(torch.from_numpy(x[:1])).shape[-1])
@@ -186,7 +209,8 @@ def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: lis
         base=BaseInfo(sha256=sha256_file(tmp / BASE_FILE), weights_fingerprint=fingerprint,
                       opset=settings.opset, precision=settings.precision,
                       class_names=class_names,
-                      preprocessing=Preprocessing.from_dict(base_meta.get("preprocessing"))),
+                      preprocessing=Preprocessing.from_dict(base_meta.get("preprocessing")),
+                      drift_profile=base_profile(base_meta, weights, channels, class_names)),
         inputs=inputs, outputs=outputs, dynamic_batch=settings.dynamic,
         max_rank=settings.max_rank, bank=bank, num_classes=num_classes, slots=slots,
         adapters=entries)
@@ -296,7 +320,8 @@ def add_adapter(*, bundle: str | Path, adapter: str | Path, name: str,
     try:
         write_onnx_adapter(staging, tensors, version)
         entry = adapter_entry(source, name, version, file, sha256_file(staging),
-                              manifest.base.weights_fingerprint, manifest.num_classes)
+                              manifest.base.weights_fingerprint, manifest.num_classes,
+                              int(manifest.inputs[0].shape[1]))
         parity, entry = _check_added(bundle, manifest, staging, entry, source, base, weights,
                                      atol)
         atomic_write(bundle / file, staging.read_bytes())  # only now: every check passed

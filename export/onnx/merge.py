@@ -21,9 +21,10 @@ from edge.bundle import Manifest, TensorSpec
 from edge.config import Export, load_config
 from edge.contract import Preprocessing
 from edge.engine import Engine
-from edge.errors import ConfigError, ExportError
+from edge.errors import AdapterRejected, ConfigError, ExportError
 from export.adapters.model import AdaptedModel
 from export.adapters.registry import adapter_kind
+from export.drift_profile import profile_of
 from export.models import load_base, weights_fingerprint
 from export.onnx.parity import ParityResult, compare, raise_on_failure
 from export.outputs import check_writable, shared_mode
@@ -163,7 +164,8 @@ def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
                   data: str | Path | None = None, input_shape_: tuple[int, ...] | None = None,
                   force: bool = False) -> ExportReport:
     """`edge-export merge`: LoRA folded into the base (safe merge) as one ONNX file; a
-    bottleneck adapter, which cannot fold, stays in the static graph."""
+    bottleneck adapter, which cannot fold, stays in the static graph. The adapter's class
+    names, preprocessing and drift profile go into the file's `edge.*` metadata_props."""
     settings = load_settings(target, atol=atol)
     out = Path(out)
     check_output(out, force)
@@ -188,6 +190,7 @@ def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
             "edge.package_version": __version__,
             "edge.class_names": json.dumps(adapter_dir.meta.get("class_names", [])),
             "edge.preprocessing": json.dumps(pre.to_dict() if pre else {})}
+    meta.update(_profile_meta(adapter_dir, shape[0]))
     with staging_file(out) as tmp:
         to_onnx(plain, (torch.from_numpy(x),), [INPUT], tmp, settings)
         finish_onnx(tmp, metadata=meta, precision=settings.precision)
@@ -196,6 +199,18 @@ def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
         result = compare("merged", OUTPUT, Engine(tmp).run(x), want, settings.tolerance)
         raise_on_failure([result])
     return ExportReport(out, [result], {out.name: out.stat().st_size}, notes)
+
+
+def _profile_meta(adapter_dir, channels: int) -> dict[str, str]:
+    """{"edge.drift_profile": JSON} when the adapter records a drift profile (checked
+    against the model's channels and the adapter's classes), else {}."""
+    profile = profile_of(adapter_dir.meta, str(adapter_dir.path))
+    if profile is None:
+        return {}
+    problem = profile.problem(channels, list(adapter_dir.meta.get("class_names") or []))
+    if problem:
+        raise AdapterRejected(f"{adapter_dir.path}: adapter {problem}")
+    return {"edge.drift_profile": profile.model_dump_json()}
 
 
 def real_samples(data: str | Path | None, meta: dict, shape: tuple[int, ...],

@@ -35,7 +35,7 @@ from export.pilot.resources import machine_info
 from export.pilot.running_cost import measure_running_cost
 from export.pilot.search import EPOCHS, CandidateResult, Line, SearchSettings, run_search
 from export.pilot.summary import commands, summary
-from export.train import output_meta, prepare
+from export.train import output_meta, prepare, training_profile
 
 __all__ = ["ADAPTER_DIR", "REPORT_FILE", "VAL_FRACTION", "run_pilot"]
 
@@ -191,7 +191,8 @@ def _save_adapter(chosen: CandidateResult, report: dict, line: Line, options: di
     base_config = getattr(line.base, "config", None)
     base_config = dict(base_config) if isinstance(base_config, dict) else None
     meta = output_meta(options["base"], options["weights"], base_config,
-                       report["base"]["fingerprint"], line.splits, metrics)
+                       report["base"]["fingerprint"], line.splits, metrics,
+                       profile=training_profile(chosen.model, line.splits))
     save_adapter(chosen.model, path, meta=meta)
 
 
