@@ -458,10 +458,14 @@ class Service:
             log.exception("inference failed for %s", sorted({r.key for r in row_routes}))
             return self._fail_items(items, f"inference failed: {exc}")
         probs: list = [None] * len(items)
+        top, cls = np.empty(len(items)), np.empty(len(items), np.int64)  # for the drift watch
         for rows in groups:  # (len(rows), K) for the K classes of that model
             width = len(row_routes[rows[0]].labels)
-            for row, p in zip(rows, softmax(logits[rows, :width]), strict=True):
+            scores = softmax(logits[rows, :width])
+            for row, p in zip(rows, scores, strict=True):
                 probs[row] = p
+            if raw is not None:
+                top[rows], cls[rows] = scores.max(axis=1), scores.argmax(axis=1)
         for item, route, scores in zip(items, row_routes, probs, strict=True):
             latency_ms = (time.monotonic() - item.received) * 1000.0
             payload = encode_result(id=item.reading.id, ts=item.reading.ts, line=item.line,
@@ -472,13 +476,13 @@ class Service:
             self.latency.record(latency_ms)
         self.counters.add(results=len(items))
         if raw is not None:
-            self._watch_drift(items, row_routes, raw, probs)
+            self._watch_drift(items, row_routes, raw, top, cls)
 
     def _watch_drift(self, items: list[WorkItem], row_routes: list[Route],
-                     raw: tuple[np.ndarray, np.ndarray], probs: list[np.ndarray]) -> None:
-        """Each line's rows to its drift monitor: raw mean, std (rows, C), top score, class."""
-        top = np.fromiter((p.max() for p in probs), np.float64, len(probs))
-        cls = np.fromiter((p.argmax() for p in probs), np.int64, len(probs))
+                     raw: tuple[np.ndarray, np.ndarray], top: np.ndarray, cls: np.ndarray
+                     ) -> None:
+        """Each line's rows to its drift monitor: raw mean, std (n, C), top score and
+        class (n,)."""
         mean, std = raw
         for rows in group_rows(items, lambda it: it.line).values():
             try:

@@ -107,6 +107,39 @@ def corrected_psi(hist: Histogram | list[float], n_ref: int, values: np.ndarray 
     return max(raw - (k - 1) * (1.0 / n + 1.0 / n_ref), 0.0)
 
 
+class HistogramSet:
+    """H reference histograms evaluated together: edges padded with +inf to a common bin
+    count, so binning the n x H values and every PSI is one vectorised step."""
+
+    def __init__(self, hists: list[Histogram], n_ref: int) -> None:
+        k = np.array([len(h.shares) for h in hists])  # (H,) bins of each
+        width = int(k.max())
+        self.edges = np.full((len(hists), width - 1), np.inf)  # (H, width - 1)
+        self.valid = np.arange(width)[None, :] < k[:, None]  # (H, width)
+        shares = np.zeros((len(hists), width))
+        for i, h in enumerate(hists):
+            self.edges[i, :k[i] - 1] = h.edges
+            shares[i, :k[i]] = h.shares
+        self.k, self.n_ref, self.width = k, n_ref, width
+        # smoothed like the window's counts, so an empty bin on either side stays finite
+        self.reference = (shares * n_ref + PSEUDO) / (n_ref + PSEUDO * k[:, None])
+
+    def counts(self, values: np.ndarray) -> np.ndarray:
+        """Counts (H, width) of values (n, H): bin i holds edges[i-1] < v <= edges[i]."""
+        index = (values[:, :, None] > self.edges[None]).sum(axis=2)  # (n, H)
+        flat = index + np.arange(len(self.k))[None, :] * self.width
+        return np.bincount(flat.ravel(), minlength=self.edges.shape[0] * self.width
+                           ).reshape(-1, self.width).astype(np.float64)
+
+    def psi(self, counts: np.ndarray) -> np.ndarray:
+        """Bias-corrected PSI (H,) of counts (H, width); 0 = no more different than chance."""
+        n = counts.sum(axis=1)  # (H,)
+        a = (counts + PSEUDO) / (n + PSEUDO * self.k)[:, None]
+        terms = np.where(self.valid, (a - self.reference) * np.log(a / self.reference), 0.0)
+        bias = (self.k - 1) * (1.0 / np.maximum(n, 1.0) + 1.0 / self.n_ref)
+        return np.where((n > 0) & (self.k > 1), np.maximum(terms.sum(axis=1) - bias, 0.0), 0.0)
+
+
 class _Ring:
     """The last `size` windows' statistics; filled from row 0, so rows [:count] are valid."""
 
@@ -144,7 +177,13 @@ class DriftMonitor:
         self._evaluated_at = 0  # `seen` at the last evaluation
         self._up = [0] * len(LEVELS)  # evaluations in a row at or above each level
         self._down = [0] * len(LEVELS)  # ... at or below each level
-        self._class_index = np.arange(len(profile.classes.shares))
+        n = profile.n_windows
+        self._inputs = HistogramSet([*profile.inputs.window_mean, *profile.inputs.window_std], n)
+        self._top = HistogramSet([profile.top_score], n)
+        self._classes = len(profile.classes.shares)
+        class_hist = Histogram(edges=list(np.arange(self._classes - 1) + 0.5),
+                               shares=list(profile.classes.shares)) if self._classes > 1 else None
+        self._class_set = None if class_hist is None else HistogramSet([class_hist], n)
 
     def observe(self, mean: np.ndarray, std: np.ndarray, top: np.ndarray,
                 cls: np.ndarray) -> Evaluation | None:
@@ -160,19 +199,17 @@ class DriftMonitor:
 
     def indicators_now(self) -> dict[str, float]:
         """The four indicators of the rolling window as it is."""
-        r, p, n = self.ring, self.profile, self.profile.n_windows
-        count = r.count
-        mean, std = r.mean[:count], r.std[:count]
-        input_psi = max(max(corrected_psi(h, n, mean[:, c]) for c, h in
-                            enumerate(p.inputs.window_mean)),
-                        max(corrected_psi(h, n, std[:, c]) for c, h in
-                            enumerate(p.inputs.window_std)))
-        classes = np.bincount(r.cls[:count], minlength=len(self._class_index)).astype(float)
+        r, count = self.ring, self.ring.count
+        values = np.concatenate([r.mean[:count], r.std[:count]], axis=1)  # (n, 2C)
+        input_psi = self._inputs.psi(self._inputs.counts(values))
+        top = r.top[:count]
+        class_psi = 0.0 if self._class_set is None else float(
+            self._class_set.psi(self._class_set.counts(r.cls[:count, None].astype(float)))[0])
         return {
-            "input_psi": input_psi,
-            "class_psi": corrected_psi(p.classes.shares, n, counts=classes),
-            "score_psi": corrected_psi(p.top_score, n, r.top[:count]),
-            "score_drop": float(p.top_score_mean - r.top[:count].mean()),
+            "input_psi": float(input_psi.max()),
+            "class_psi": class_psi,
+            "score_psi": float(self._top.psi(self._top.counts(top[:, None]))[0]),
+            "score_drop": float(self.profile.top_score_mean - top.mean()),
         }
 
     def level(self, indicators: Mapping[str, float]) -> int:
