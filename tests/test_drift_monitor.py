@@ -147,3 +147,76 @@ def test_bad_drift_config_names_the_key(tmp_path, drift, key):
     path.write_text(f'[device]\nid = "gw"\n\n[drift]\n{body}\n{tables}')
     problems = check_config(path)
     assert problems and any(f": {key}" in p for p in problems), problems
+
+
+def test_the_vectorised_histograms_give_the_same_psi(line):
+    from edge.drift.monitor import HistogramSet
+
+    mean, std = window_stats(line.test * 1.3)
+    hists = [*line.profile.inputs.window_mean, *line.profile.inputs.window_std]
+    hset = HistogramSet(hists, line.profile.n_windows)
+    together = hset.psi(hset.counts(np.concatenate([mean, std], axis=1)))
+    one_by_one = [corrected_psi(h, line.profile.n_windows, v) for h, v in
+                  zip(hists, np.concatenate([mean, std], axis=1).T, strict=True)]
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-9, atol=1e-12)
+
+
+# -- the watch: one monitor per line and route, its topic, its saved state -----------------------
+def _route(adapter: str | None, version: int | None, labels: list[str]):
+    from edge.contract import Normalizer
+    from edge.routing import Route
+
+    return Route(adapter=adapter, version=version, session_adapter=None, labels=tuple(labels),
+                 normalizer=Normalizer.from_preprocessing(None, 6))
+
+
+def _watch(line, tmp_path, published, events, **drift):
+    from edge.contract import TopicLayout
+    from edge.drift.watch import DriftWatch
+
+    cfg = Config.model_validate({"device": {"id": "gw"}, "drift": drift})
+    return DriftWatch(cfg.drift, TopicLayout("factory", "gw").drift, tmp_path, channels=6,
+                      profile_of=lambda r: None if r.adapter == "bare" else line.profile,
+                      publish=lambda t, p: published.append((t, __import__("json").loads(p))),
+                      event=lambda t, text: events.append(text), changed=lambda: None)
+
+
+def test_watch_keys_monitors_by_route_and_keeps_state_per_route(line, tmp_path):
+    published, events = [], []
+    watch = _watch(line, tmp_path, published, events)
+    v1, v2 = _route("a", 1, line.class_names), _route("a", 2, line.class_names)
+    gained = line.observations(line.test * 2.0)
+    for _ in range(3):
+        watch.observe("press-3", v1, *gained)
+    drifted = published[-1][1]
+    assert published[-1][0] == "factory/gw/drift/press-3"
+    assert (drifted["state"], drifted["version"]) == ("drift", 1)
+    assert events and "ok -> drift" in events[-1]
+
+    watch.observe("press-4", _route("bare", 1, line.class_names), *gained)  # no profile
+    assert (published[-1][1]["line"], published[-1][1]["state"]) == ("press-4", "unknown")
+    watch.observe("press-5", _route("a", 1, line.class_names[:2]), *gained)  # wrong classes
+    assert published[-1][1]["state"] == "unknown"
+
+    # a restart: the saved state is announced, and restored for the same route
+    again = []
+    restarted = _watch(line, tmp_path, again, [])
+    restarted.announce()
+    assert {d["line"]: d["state"] for _, d in again} == {"press-3": "drift"}
+    restarted.observe("press-3", v1, *line.observations(line.test[:8]))
+    assert (again[-1][1]["state"], again[-1][1]["since"]) == ("drift", drifted["since"])
+
+    # a new adapter version starts a new monitor, and the saved file follows it
+    restarted.observe("press-3", v2, *line.observations(line.test[:8]))
+    assert (again[-1][1]["version"], again[-1][1]["state"]) == (2, "ok")
+    assert restarted.lines["press-3"].monitor.seen == 8
+    third = []
+    _watch(line, tmp_path, third, []).announce()
+    assert [(d["line"], d["version"], d["state"]) for _, d in third] == [("press-3", 2, "ok")]
+
+
+def test_watch_leaves_unlisted_lines_alone(line, tmp_path):
+    published = []
+    watch = _watch(line, tmp_path, published, [], lines=["press-3"])
+    watch.observe("press-9", _route("a", 1, line.class_names), *line.observations(line.test))
+    assert published == [] and "press-9" not in watch.lines

@@ -123,9 +123,12 @@ class DriftWatch:
             monitor = DriftMonitor(profile, self.monitor_settings, **state)
         watched = _Watched(route.key, monitor)
         with self._lock:
+            replaced = self.lines.pop(line, None)
             if len(self.lines) >= MAX_LINES:
                 self.lines.pop(next(iter(self.lines)))
             self.lines[line] = watched
+        if saved is not None or replaced is not None:  # the file follows the line's route
+            self._save()
         self.publish(self.topic(line), _encode(self._doc(line, watched)))
         return watched
 
