@@ -46,6 +46,7 @@ from .contract import (
     name_problem,
     prefix_problem,
 )
+from .drift.monitor import DEFAULT_THRESHOLDS, MonitorSettings, Threshold
 from .errors import ConfigError
 from .provider_options import OPTIONS, check_options, ort_option_value
 
@@ -353,6 +354,67 @@ class OutboxSettings(_Section):
                                "computed once; 0 = no dedupe")
 
 
+class DriftLimits(_Section):
+    """[drift.thresholds.<indicator>]: the levels at which an indicator says warn and drift."""
+
+    warn: float = Field(ge=0, description="at or above: the evaluation says warn")
+    drift: float = Field(ge=0, description="at or above: the evaluation says drift")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftLimits:
+        if self.drift < self.warn:
+            raise _conflict("drift", self.drift, "drift must be >= warn")
+        return self
+
+
+def _limits(name: str, what: str):
+    default = DEFAULT_THRESHOLDS[name]
+    return Field(default_factory=lambda: DriftLimits(warn=default.warn, drift=default.drift),
+                 description=f"{what}; default warn {default.warn}, drift {default.drift}")
+
+
+class DriftThresholds(_Section):
+    """[drift.thresholds]: warn / drift per indicator (edge/drift/monitor.py)."""
+
+    input_psi: DriftLimits = _limits("input_psi", "bias-corrected PSI of the raw windows' "
+                                     "per-channel mean and std, the largest over channels")
+    class_psi: DriftLimits = _limits("class_psi", "bias-corrected PSI of the predicted class "
+                                     "mix")
+    score_psi: DriftLimits = _limits("score_psi", "bias-corrected PSI of the top score")
+    score_drop: DriftLimits = _limits("score_drop", "the profile's mean top score minus the "
+                                      "rolling window's")
+
+
+class DriftSettings(_Section):
+    """[drift]: each line's windows compared with its model's training profile."""
+
+    enabled: StrictBool = Field(True, description="watch lines whose model carries a drift "
+                                "profile; false = no monitoring, no drift topics")
+    window: int = Field(50, ge=8, le=100_000, description="rolling windows per line compared "
+                        "with the profile (8..100000)")
+    every: int = Field(10, ge=1, le=100_000, description="windows between two evaluations")
+    min_windows: int = Field(50, ge=1, le=100_000, description="windows a line must have "
+                             "seen before its first evaluation")
+    confirm: int = Field(2, ge=1, le=1000, description="evaluations in a row that must agree "
+                         "before the state changes (hysteresis)")
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds,
+                                        description="warn / drift levels per indicator")
+    lines: list[LineName] = Field(default_factory=list, description="lines to watch; empty = "
+                                  "every line")
+
+    def monitor_settings(self) -> MonitorSettings:
+        """What each line's DriftMonitor runs with."""
+        limits = {name: Threshold(warn=getattr(self.thresholds, name).warn,
+                               drift=getattr(self.thresholds, name).drift)
+                  for name in DriftThresholds.model_fields}
+        return MonitorSettings(window=self.window, every=self.every,
+                               min_windows=self.min_windows, confirm=self.confirm,
+                               thresholds=limits)
+
+    def watches(self, line: str) -> bool:
+        return self.enabled and (not self.lines or line in self.lines)
+
+
 class Export(_Section):
     """[export]: read by `edge-export --target FILE`; the runtime checks the keys a file
     sets against its bundle (edge/engine_config.py)."""
@@ -384,6 +446,7 @@ class Config(_Section):
     adapters: Adapters = Field(default_factory=Adapters, description="adapter intake")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings,
                                    description="delivery guarantees")
+    drift: DriftSettings = Field(default_factory=DriftSettings, description="drift watch")
     export: Export = Field(default_factory=Export, description="workstation export settings")
     _source: Path | None = PrivateAttr(None)
 

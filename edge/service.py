@@ -36,6 +36,9 @@ from .config import Config, load_config
 from .contract import line_of, name_problem
 from .control import ControlPlane, ControlSettings
 from .dedupe import Dedupe
+from .drift.monitor import window_stats
+from .drift.profile import DriftProfile
+from .drift.watch import DriftWatch
 from .engine_config import check_bundle_matches, open_engine
 from .errors import (
     AdapterRejected,
@@ -138,6 +141,25 @@ class Service:
             counters=self.counters)
         for topic_filter in self.cfg.topics.inputs:
             self.link.handle(topic_filter, self._on_sensor)
+        self.drift = self._drift_watch()
+
+    def _drift_watch(self) -> DriftWatch | None:
+        """Each watched line's monitor ([drift]); None when drift.enabled is false."""
+        if not self.cfg.drift.enabled:
+            return None
+        layout = self.cfg.topic_layout
+        return DriftWatch(
+            self.cfg.drift, layout.drift, self.cfg.device.state_dir,
+            channels=self.spec.channels, profile_of=self._drift_profile,
+            publish=lambda topic, doc: self.link.publish(topic, doc, qos=1, retain=True),
+            event=lambda topic, text: self.link.report(None, topic, text),
+            changed=lambda: self.counters.add(drift_changes=1))
+
+    def _drift_profile(self, route: Route) -> DriftProfile | None:
+        """The profile of the model serving `route`: the adapter's, or the base's."""
+        if route.adapter is None:
+            return self.manifest.base.drift_profile
+        return self.store.resolve(route.adapter, route.version).entry.drift_profile
 
     def _line_state(self) -> LineState:
         """The saved line assignments, or topics.lines when they no longer fit the held
@@ -290,6 +312,8 @@ class Service:
         self.link.publish(self.cfg.topic_layout.status, status_payload(
             "online", self.cfg.device.id, details=details), qos=1, retain=True)
         self.control.publish_state()
+        if self.drift is not None:
+            self.drift.announce()
 
     def _engine_details(self) -> dict:
         """Where every model of this gateway runs (one session serves all of them)."""
@@ -424,7 +448,8 @@ class Service:
                    items: list[WorkItem]) -> None:
         """Rows with their routes (one shared route unless the bundle has a bank)."""
         x = np.stack([it.reading.values for it in items])  # (n, C, L) raw
-        groups = group_rows(row_routes, lambda r: r.key).values()
+        raw = window_stats(x) if self.drift is not None else None  # 2 x (n, C), before
+        groups = group_rows(row_routes, lambda r: r.key).values()  # normalising in place
         for rows in groups:
             x[rows] = row_routes[rows[0]].normalizer.apply(x[rows])  # as each model trained
         try:
@@ -433,10 +458,14 @@ class Service:
             log.exception("inference failed for %s", sorted({r.key for r in row_routes}))
             return self._fail_items(items, f"inference failed: {exc}")
         probs: list = [None] * len(items)
+        top, cls = np.empty(len(items)), np.empty(len(items), np.int64)  # for the drift watch
         for rows in groups:  # (len(rows), K) for the K classes of that model
             width = len(row_routes[rows[0]].labels)
-            for row, p in zip(rows, softmax(logits[rows, :width]), strict=True):
+            scores = softmax(logits[rows, :width])
+            for row, p in zip(rows, scores, strict=True):
                 probs[row] = p
+            if raw is not None:
+                top[rows], cls[rows] = scores.max(axis=1), scores.argmax(axis=1)
         for item, route, scores in zip(items, row_routes, probs, strict=True):
             latency_ms = (time.monotonic() - item.received) * 1000.0
             payload = encode_result(id=item.reading.id, ts=item.reading.ts, line=item.line,
@@ -446,6 +475,21 @@ class Service:
             self._last_publish = self.link.publish(self._topic(item.line), payload)
             self.latency.record(latency_ms)
         self.counters.add(results=len(items))
+        if raw is not None:
+            self._watch_drift(items, row_routes, raw, top, cls)
+
+    def _watch_drift(self, items: list[WorkItem], row_routes: list[Route],
+                     raw: tuple[np.ndarray, np.ndarray], top: np.ndarray, cls: np.ndarray
+                     ) -> None:
+        """Each line's rows to its drift monitor: raw mean, std (n, C), top score and
+        class (n,)."""
+        mean, std = raw
+        for rows in group_rows(items, lambda it: it.line).values():
+            try:
+                self.drift.observe(items[rows[0]].line, row_routes[rows[0]], mean[rows],
+                                   std[rows], top[rows], cls[rows])
+            except Exception:  # a bug in the watch must not cost the results
+                log.exception("drift watch failed for line %s", items[rows[0]].line)
 
     def _infer(self, table: RoutingTable, row_routes: list[Route], x: np.ndarray) -> np.ndarray:
         """Logits (n, num_classes) of x (n, C, L), normalised; one onnxruntime run."""

@@ -6,7 +6,8 @@
                                         {"state": "offline", "device", "reason", ...}
     <prefix>/<device>/stats             {"provider", "messages_per_s", "latency_ms": {p50, ...},
                                          "errors", "queue_depth", "batch_size", "duplicates",
-                                         "outbox": {depth, dropped, full, errors}, ...}
+                                         "outbox": {depth, dropped, full, errors},
+                                         "drift_changes", ...}
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Counters:
     """Counts shared by paho's network thread and the worker, reset at each stats report."""
 
     _FIELDS = ("received", "results", "errors", "queue_full", "batches", "rows", "max_batch",
-               "duplicates", "outbox_dropped", "outbox_full", "outbox_errors", "deferred")
+               "duplicates", "outbox_dropped", "outbox_full", "outbox_errors", "deferred",
+               "drift_changes")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -93,6 +95,7 @@ def stats_payload(device: str, counts: dict, elapsed: float, latency: dict,
         "batch_size": {"mean": round(counts["rows"] / batches, 2) if batches else 0.0,
                        "max": counts["max_batch"]},
         "duplicates": counts["duplicates"],
+        "drift_changes": counts.get("drift_changes", 0),
         "outbox": {"depth": outbox_depth, "dropped": counts["outbox_dropped"],
                    "full": counts["outbox_full"], "errors": counts["outbox_errors"]},
     }

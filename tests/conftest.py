@@ -24,11 +24,13 @@ from export.demo.local_broker import BrokerMissing, start_broker, write_runtime_
 
 GATEWAY = os.environ.get("EDGE_TESTS") == "gateway"
 # Modules that need torch, onnx, peft or sktime: the exporter's, training's and the data
-# readers' tests, the GPU tests (onnx), the benchmarks' smoke runs (they train) and the
-# check of tests/data against the exporter. Every other module is a gateway test.
+# readers' tests, the drift calibration (sktime's data), the GPU tests (onnx), the benchmarks'
+# smoke runs (they train) and the check of tests/data against the exporter. Every other
+# module is a gateway test.
 WORKSTATION_ONLY = [
     "test_adapters.py", "test_benchmarks_smoke.py", "test_cli.py", "test_data.py",
-    "test_data_tables.py", "test_export.py", "test_export_fixes.py", "test_gateway_data.py",
+    "test_data_tables.py", "test_drift_calibration.py", "test_export.py", "test_export_fixes.py",
+    "test_gateway_data.py",
     "test_gpu.py", "test_model_size.py", "test_peft_io.py", "test_pilot.py", "test_pilot_report.py",
     "test_readme_recipe.py", "test_reference_model.py", "test_running_cost.py", "test_train.py",
     "test_drift_export.py",

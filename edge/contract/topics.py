@@ -6,6 +6,7 @@ name, never by hand.
     layout.status               factory/gw-1/status       retained online/offline
     layout.errors               factory/gw-1/errors       refusals and handler failures
     layout.stats                factory/gw-1/stats        counters
+    layout.drift("press-3")     factory/gw-1/drift/press-3  retained drift state of a line
     layout.put("line7")         factory/gw-1/adapters/put/line7
     layout.activate, .rollback, .revoke, .state           factory/gw-1/adapters/<command>
     layout.results("press-3")   factory/press-3/inference
@@ -73,6 +74,10 @@ class TopicLayout:
     def stats(self) -> str:
         """Counters every topics.stats_interval_s."""
         return self._device_topic("stats")
+
+    def drift(self, line: str) -> str:
+        """Retained: this device's drift state of `line` (ANY: the subscription filter)."""
+        return self._device_topic("drift", _level(line, "line"))
 
     def put(self, name: str) -> str:
         """An adapter envelope for adapter `name` (ANY: the subscription filter)."""
