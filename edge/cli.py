@@ -3,6 +3,9 @@
     edge-runtime run --config firmware_configs/cpu.toml [--bundle DIR] [--log-level info]
     edge-runtime check-config firmware_configs/cpu.toml
     edge-runtime doctor --config firmware_configs/jetson-orin-nano.toml [--bundle DIR] [--json]
+    edge-runtime capture list --config FILE
+    edge-runtime capture export --config FILE --out captured.npz [--line L] [--since ISO]
+    edge-runtime capture clear --config FILE
 
 An EdgeError becomes one `error: ...` line on stderr and its exit code; `--debug` keeps the
 traceback (edge/cli_errors.py, shared with `edge-export`).
@@ -104,6 +107,79 @@ def doctor(*, config: str | Path, bundle: str | Path | None = None,
     from .doctor import diagnose
 
     return diagnose(load_config(config), bundle, atol=atol)
+
+
+@main.group("capture")
+def capture_group() -> None:
+    """The windows kept as drift evidence in <device.state_dir>/capture (docs/MQTT.md)."""
+
+
+@capture_group.command("list")
+@CONFIG_OPTION
+def capture_list_command(config: Path) -> None:
+    """Print the captured windows per line and reason."""
+    rows = capture_list(config=config)
+    if not rows:
+        click.echo("no captured windows")
+    for r in rows:
+        click.echo(f"{r['line']}  {r['reason']}  {r['windows']} window(s)  {r['first']} .. "
+                   f"{r['last']}  {r['adapters']}")
+
+
+def capture_list(*, config: str | Path) -> list[dict]:
+    """One summary row per (line, reason) of the config's capture store."""
+    from .drift.capture_export import summary
+
+    return summary(_capture_store(config))
+
+
+@capture_group.command("export")
+@CONFIG_OPTION
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The .npz to write (the format `edge-export train --data` reads).")
+@click.option("--line", default=None, help="Only this line's windows.")
+@click.option("--since", default=None, help="Only windows received at or after this ISO 8601 "
+              "time (UTC without a zone).")
+def capture_export_command(config: Path, out: Path, line: str | None, since: str | None) -> None:
+    """Write the captured windows to an npz; y holds the PREDICTED classes (provisional)."""
+    done = capture_export(config=config, out=out, line=line, since=since)
+    click.echo(f"wrote {done.windows} window(s) of {done.shape[0]} channel(s) x "
+               f"{done.shape[1]} to {out}")
+    if done.left_out:
+        click.echo(f"left out {done.left_out} older window(s) of another shape")
+    click.echo("y holds the model's PREDICTED classes, not true labels: label the windows "
+               "before `edge-export train --data`")
+    if done.classes < 2:
+        click.echo("only one predicted class: training needs at least 2 after labelling")
+
+
+def capture_export(*, config: str | Path, out: str | Path, line: str | None = None,
+                   since: str | None = None):
+    """Export the config's capture store to `out`; the ExportSummary."""
+    from .drift.capture_export import export_npz, parse_since
+
+    return export_npz(_capture_store(config), Path(out), line=line, since=parse_since(since))
+
+
+@capture_group.command("clear")
+@CONFIG_OPTION
+def capture_clear_command(config: Path) -> None:
+    """Remove every captured window."""
+    click.echo(f"removed {capture_clear(config=config)} captured window(s)")
+
+
+def capture_clear(*, config: str | Path) -> int:
+    """Empty the config's capture store; how many records it held."""
+    return _capture_store(config).clear()
+
+
+def _capture_store(config: str | Path):
+    from .config import load_config
+    from .drift.capture import FOLDER
+    from .drift.capture_store import CaptureStore
+
+    cfg = load_config(config)
+    return CaptureStore(Path(cfg.device.state_dir) / FOLDER, cfg.drift.capture.max_bytes)
 
 
 if __name__ == "__main__":

@@ -385,6 +385,28 @@ class DriftThresholds(_Section):
                                       "rolling window's")
 
 
+class CaptureConfig(_Section):
+    """[drift.capture]: windows kept as evidence in `<state_dir>/capture/` (edge/drift/
+    capture.py)."""
+
+    enabled: StrictBool = Field(True, description="keep out-of-distribution and low-confidence "
+                                "windows of watched lines; false = none")
+    max_bytes: int = Field(64 * MiB, ge=65536, description="size cap of the store in bytes "
+                           "(>= 65536); past it the oldest records are removed")
+    reasons: list[Literal["outlier", "low_score", "drifting"]] = Field(
+        default_factory=lambda: ["outlier", "low_score", "drifting"],
+        description="why a window is kept: outlier, low_score, drifting")
+    low_score: float = Field(0.5, ge=0, le=1, description="a window whose top score is below "
+                             "this is kept (low_score); 0 = never")
+    drifting_share: float = Field(0.1, gt=0, le=1, description="share of a warn / drift "
+                                  "line's windows kept (drifting), evenly spaced")
+    outlier_margin: float = Field(1.5, ge=0, le=100, description="a window whose mean or std "
+                                  "of a channel lies beyond the profile's 10%..90% range by "
+                                  "this many times its width is kept (outlier)")
+    queue: int = Field(256, ge=1, le=100_000, description="windows waiting for the writer "
+                       "thread; past it captures are dropped and counted")
+
+
 class DriftSettings(_Section):
     """[drift]: each line's windows compared with its model's training profile."""
 
@@ -401,6 +423,8 @@ class DriftSettings(_Section):
                                         description="warn / drift levels per indicator")
     lines: list[LineName] = Field(default_factory=list, description="lines to watch; empty = "
                                   "every line")
+    capture: CaptureConfig = Field(default_factory=CaptureConfig,
+                                   description="evidence kept on the gateway")
 
     def monitor_settings(self) -> MonitorSettings:
         """What each line's DriftMonitor runs with."""

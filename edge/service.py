@@ -8,6 +8,8 @@ Threads:
                           -> one result per row
                           (every unusable message, on either thread: one error report)
     stats                 every topics.stats_interval_s: counters, latency, queue depth
+    capture               windows the worker kept as drift evidence -> <state_dir>/capture
+                          (a bounded queue; edge/drift/capture.py)
     control               adapter put / activate / rollback and watch-folder drops, one at
                           a time: checks, then a new routing table is installed in the
                           route holder between batches (edge/control.py, docs/ADAPTERS.md)
@@ -36,6 +38,8 @@ from .config import Config, load_config
 from .contract import line_of, name_problem
 from .control import ControlPlane, ControlSettings
 from .dedupe import Dedupe
+from .drift.capture import Capture
+from .drift.capture_store import Record
 from .drift.monitor import window_stats
 from .drift.profile import DriftProfile
 from .drift.watch import DriftWatch
@@ -142,6 +146,7 @@ class Service:
         for topic_filter in self.cfg.topics.inputs:
             self.link.handle(topic_filter, self._on_sensor)
         self.drift = self._drift_watch()
+        self.capture = self._capture()
 
     def _drift_watch(self) -> DriftWatch | None:
         """Each watched line's monitor ([drift]); None when drift.enabled is false."""
@@ -154,6 +159,15 @@ class Service:
             publish=lambda topic, doc: self.link.publish(topic, doc, qos=1, retain=True),
             event=lambda topic, text: self.link.report(None, topic, text),
             changed=lambda: self.counters.add(drift_changes=1))
+
+    def _capture(self) -> Capture | None:
+        """The capture store's writer ([drift.capture]); None when drift or capture is off."""
+        settings = self.cfg.drift.capture
+        if self.drift is None or not settings.enabled:
+            return None
+        return Capture(settings, self.cfg.device.state_dir,
+                       captured=lambda n: self.counters.add(captured=n),
+                       dropped=lambda n: self.counters.add(capture_dropped=n))
 
     def _drift_profile(self, route: Route) -> DriftProfile | None:
         """The profile of the model serving `route`: the adapter's, or the base's."""
@@ -244,6 +258,8 @@ class Service:
         self._fail_queued("the service stopped before this message was processed")
         self._wait_published(self._last_publish, max(deadline - time.monotonic(), 0.5))
         self._closed.set()
+        if self.capture is not None:  # the worker has ended: nothing more is offered
+            self.capture.close(max(deadline - time.monotonic(), 0.5))
         self.control.stop()
         info = self.link.publish(self.cfg.topic_layout.status, status_payload(
             "offline", self.cfg.device.id, reason="shutdown"), qos=1, retain=True)
@@ -488,8 +504,33 @@ class Service:
             try:
                 self.drift.observe(items[rows[0]].line, row_routes[rows[0]], mean[rows],
                                    std[rows], top[rows], cls[rows])
+                if self.capture is not None:
+                    self._capture_rows([items[i] for i in rows], row_routes[rows[0]],
+                                       mean[rows], std[rows], top[rows], cls[rows])
             except Exception:  # a bug in the watch must not cost the results
                 log.exception("drift watch failed for line %s", items[rows[0]].line)
+
+    def _capture_rows(self, items: list[WorkItem], route: Route, mean: np.ndarray,
+                      std: np.ndarray, top: np.ndarray, cls: np.ndarray) -> None:
+        """One line's windows that the capture keeps go to its writer: mean, std (n, C)
+        raw, top, cls (n,)."""
+        line = items[0].line
+        watched = self.drift.state_of(line)
+        if watched is None:  # not a watched line (drift.lines)
+            return
+        state, profile = watched
+        chosen = self.capture.select(line, top, mean, std, state, profile)
+        if not chosen:
+            return
+        wall = time.time() - time.monotonic()  # monotonic arrival -> wall clock
+        adapter, version = route.key
+        for row, reason in chosen:
+            item = items[row]
+            self.capture.offer(Record(
+                line=line, adapter=adapter, version=version, top=round(float(top[row]), 6),
+                predicted=route.labels[int(cls[row])], classes=list(route.labels),
+                received=round(item.received + wall, 3), reason=reason, id=item.reading.id,
+                drift_state=state), item.reading.values)  # raw (C, L): never normalised
 
     def _infer(self, table: RoutingTable, row_routes: list[Route], x: np.ndarray) -> np.ndarray:
         """Logits (n, num_classes) of x (n, C, L), normalised; one onnxruntime run."""

@@ -45,7 +45,7 @@ class Counters:
 
     _FIELDS = ("received", "results", "errors", "queue_full", "batches", "rows", "max_batch",
                "duplicates", "outbox_dropped", "outbox_full", "outbox_errors", "deferred",
-               "drift_changes")
+               "drift_changes", "captured", "capture_dropped")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -96,6 +96,8 @@ def stats_payload(device: str, counts: dict, elapsed: float, latency: dict,
                        "max": counts["max_batch"]},
         "duplicates": counts["duplicates"],
         "drift_changes": counts.get("drift_changes", 0),
+        "capture": {"stored": counts.get("captured", 0),
+                    "dropped": counts.get("capture_dropped", 0)},
         "outbox": {"depth": outbox_depth, "dropped": counts["outbox_dropped"],
                    "full": counts["outbox_full"], "errors": counts["outbox_errors"]},
     }

@@ -97,6 +97,15 @@ class DriftWatch:
             self._evaluated(line, watched, ev)
         return ev
 
+    def state_of(self, line: str) -> tuple[str, DriftProfile | None] | None:
+        """(state, profile) of a watched line's monitor: ("unknown", None) when its model has
+        no profile; None when the line is not watched (yet)."""
+        watched = self.lines.get(line)
+        if watched is None:
+            return None
+        m = watched.monitor
+        return (UNKNOWN, None) if m is None else (m.state, m.profile)
+
     def announce(self) -> None:
         """Publish every known line's state (after a connect: the broker may have lost it)."""
         with self._lock:
