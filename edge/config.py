@@ -403,6 +403,8 @@ class CaptureConfig(_Section):
     outlier_margin: float = Field(1.5, ge=0, le=100, description="a window whose mean or std "
                                   "of a channel lies beyond the profile's 10%..90% range by "
                                   "this many times its width is kept (outlier)")
+    per_minute: int = Field(120, ge=1, le=1_000_000, description="most windows kept per line "
+                            "and minute (a token bucket, full at start)")
     queue: int = Field(256, ge=1, le=100_000, description="windows waiting for the writer "
                        "thread; past it captures are dropped and counted")
 

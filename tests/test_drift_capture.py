@@ -71,6 +71,39 @@ def test_a_record_cut_short_is_skipped_with_a_warning(tmp_path, caplog):
     assert restarted.write(record(4), np.ones((6, 100))).name == "000000000005.cap"
 
 
+def test_selection_reasons_and_the_rate_per_line(tmp_path):
+    """Real BasicMotions windows against a profile of the line's own training windows:
+    own ones are not kept, gained ones are outliers, a drifting line keeps 1 in 5, and a
+    line's bucket of `per_minute` tokens bounds what is kept until the clock refills it."""
+    from drift_data import make_profile
+
+    from edge.config import CaptureConfig
+    from edge.drift.capture import Capture
+    from edge.drift.monitor import window_stats
+
+    train, test = basicmotions_split("train").X, basicmotions_split("test").X
+    onehot = np.eye(len(CLASSES))[basicmotions_split("train").y] * 0.9 + 0.025  # scores
+    profile = make_profile(train, onehot, list(CLASSES))
+    now = [0.0]
+    capture = Capture(CaptureConfig(drifting_share=0.2, per_minute=30), tmp_path,
+                      clock=lambda: now[0])
+    try:
+        top = np.full(len(test), 0.9)
+        own = capture.select("a", top, *window_stats(test), "ok", profile)
+        assert len(own) <= 2, own
+        gained = capture.select("b", top, *window_stats(test * 2.0), "ok", profile)
+        assert gained and {r for _, r in gained} == {"outlier"}
+        drifting = capture.select("c", top, *window_stats(test), "drift", profile)
+        assert len(drifting) >= 8 and {r for _, r in drifting} <= {"drifting", "outlier"}
+        low = capture.select("d", np.full(len(test), 0.3), *window_stats(test), "ok", None)
+        assert [r for _, r in low] == ["low_score"] * 30  # 40 wanted, 30 tokens
+        assert capture.select("d", top * 0.3, *window_stats(test), "ok", None) == []
+        now[0] = 10.0  # 10 s later: 5 tokens back
+        assert len(capture.select("d", top * 0.3, *window_stats(test), "ok", None)) == 5
+    finally:
+        capture.close()
+
+
 def config_file(tmp_path):
     path = tmp_path / "gw.toml"
     path.write_text(f'[device]\nid = "gw-1"\nstate_dir = "{tmp_path / "state"}"\n')

@@ -14,6 +14,10 @@ A window is kept when (in this order of reasons, the first that applies is recor
     drifting   its line's drift state is warn or drift: a share `drifting_share` of those
                windows, evenly spaced (a counter, not a coin: the rate is exact)
 
+and its line has not used up `per_minute` captures (a token bucket per line, full at start):
+a sustained shift on a fast line would otherwise rewrite the whole store every few minutes
+and wear the gateway's flash.
+
 Cost on the worker: a few vectorised comparisons per batch of a watched line, and for a kept
 window one record and a queue put (the window's array is not copied: the reading owns it
 and nobody writes to it after decoding). The writer fsyncs each record; when it falls
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -51,6 +56,7 @@ class CaptureSettings(Protocol):
     outlier_margin: float
     reasons: Sequence[str]
     queue: int
+    per_minute: int
 
 
 class OutlierRange:
@@ -76,7 +82,8 @@ class Capture:
 
     def __init__(self, settings: CaptureSettings, state_dir: Path, *,
                  captured: Callable[[int], None] | None = None,
-                 dropped: Callable[[int], None] | None = None) -> None:
+                 dropped: Callable[[int], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.store = CaptureStore(Path(state_dir) / FOLDER, settings.max_bytes)
         self.store.tidy()
@@ -84,6 +91,8 @@ class Capture:
         self.dropped = dropped or (lambda n: None)
         self.queue: queue.Queue = queue.Queue(maxsize=settings.queue)
         self._share: dict[str, float] = {}  # line -> drifting-share counter's fraction
+        self._tokens: dict[str, tuple[float, float]] = {}  # line -> (tokens, at clock())
+        self.clock = clock
         self._ranges: dict[int, tuple[DriftProfile, OutlierRange]] = {}  # by id(profile)
         self._thread = threading.Thread(target=self._write_loop, name="edge-capture",
                                         daemon=True)
@@ -102,7 +111,21 @@ class Capture:
             reason[top < s.low_score] = "low_score"
         if "outlier" in s.reasons and profile is not None:
             reason[self._range(profile).rows(mean, std)] = "outlier"
-        return [(int(i), str(reason[i])) for i in np.flatnonzero(reason != "")]
+        rows = np.flatnonzero(reason != "")
+        return [(int(i), str(reason[i])) for i in rows[:self._allowed(line, len(rows))]]
+
+    def _allowed(self, line: str, wanted: int) -> int:
+        """How many of `wanted` captures the line's token bucket lets through now."""
+        if wanted == 0:
+            return 0
+        cap, now = float(self.settings.per_minute), self.clock()
+        tokens, at = self._tokens.get(line, (cap, now))
+        tokens = min(cap, tokens + (now - at) * cap / 60.0)
+        allowed = min(wanted, int(tokens))
+        if len(self._tokens) > 4096:
+            self._tokens.clear()
+        self._tokens[line] = (tokens - allowed, now)
+        return allowed
 
     def _sampled(self, line: str, n: int) -> np.ndarray:
         """(n,) bool: every 1/share-th window of the line, counting across batches."""
