@@ -36,6 +36,7 @@ from edge.contract import Preprocessing
 from edge.errors import ConfigError, DataError
 from export.adapters.model import AdaptedModel
 from export.adapters.registry import ADAPTER_KINDS, adapter_kind
+from export.check_sample import SAMPLE_FILE, SAMPLE_KEY, CheckSample, make_sample
 from export.data import ChannelStats, SensorDataset, TableColumns, load_dataset, train_val_split
 from export.drift_profile import META_KEY, compute_profile
 from export.fitting import FitLog, evaluate, fit, limit_threads, seeded
@@ -44,8 +45,9 @@ from export.outputs import check_writable
 from export.peft_io import WEIGHTS_FILE, save_adapter
 
 __all__ = ["DEFAULT_LR", "DEFAULT_RANK", "METHODS", "REFERENCE_TARGETS", "Splits", "TrainResult",
-           "build_model", "evaluate", "load_head", "output_meta", "parse_targets", "prepare",
-           "size_metrics", "target_paths", "train", "training_profile"]
+           "build_model", "check_sample", "evaluate", "load_head", "output_meta",
+           "parse_targets", "prepare", "size_metrics", "target_paths", "train",
+           "training_profile"]
 
 ADAPTER_METHODS = tuple(ADAPTER_KINDS)  # ("lora", "bottleneck"): an adapter directory
 METHODS = (*ADAPTER_METHODS, "head", "full")
@@ -106,6 +108,7 @@ class Splits:
     stats: ChannelStats
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
+    eval_data: SensorDataset | None = None  # the eval windows as read (raw), for the sample
 
     @property
     def val(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -200,9 +203,10 @@ def train(
         metrics.update(**model.configs[model.active_adapter].train_options(),
                        targets=target_paths(model),
                        modules_to_save=model.configs[model.active_adapter].modules_to_save)
+    files, sample = _adapter_sample(model, splits)  # its record holds its size in bytes
     meta = output_meta(base, weights, base_config, fingerprint, splits, metrics,
-                       profile=training_profile(model, splits))
-    _write(model, method, out, meta, metrics)
+                       profile=training_profile(model, splits), sample=sample)
+    _write(model, method, out, meta, metrics, files)
     return TrainResult(out, method, metrics, model, splits.train.class_names, splits.stats,
                        log.train_loss)
 
@@ -325,7 +329,8 @@ def prepare(base: str, weights: Any, data: Any, test_data: Any, *, length: int |
     x_eval, y_eval = _tensors(stats, eval_ds)
     x_val, y_val = _tensors(stats, val_ds) if val_ds is not None else (None, None)
     _check_fits(model, x_train, train_ds, f"--data {data}")
-    return model, Splits(train_ds, x_train, y_train, x_eval, y_eval, split, stats, x_val, y_val)
+    return model, Splits(train_ds, x_train, y_train, x_eval, y_eval, split, stats, x_val, y_val,
+                         eval_ds)
 
 
 def _model_length(model: nn.Module) -> int | None:
@@ -454,10 +459,29 @@ def training_profile(model: nn.Module, splits: Splits) -> dict:
     return compute_profile(model, splits.train.X, splits.x_train, splits.train.class_names)
 
 
+def check_sample(model: nn.Module, splits: Splits) -> CheckSample:
+    """The validation sample an adapter keeps (export/check_sample.py): held-out windows,
+    raw, with the answers `model` gives them."""
+    return make_sample(model, splits.eval_data.X, splits.x_eval, splits.y_eval,
+                       list(splits.train.class_names), splits.eval_split)
+
+
+def _adapter_sample(model: nn.Module, splits: Splits) -> tuple[dict[str, bytes], dict | None]:
+    """An adapter's check sample: the files to write beside it and its metadata record;
+    nothing for the other methods (no adapter directory, no base update to survive)."""
+    if not isinstance(model, AdaptedModel):
+        return {}, None
+    sample = check_sample(model, splits)
+    blob = sample.to_bytes()
+    return {SAMPLE_FILE: blob}, sample.record(blob)
+
+
 def output_meta(base: str, weights: Any, base_config: dict | None, fingerprint: str,
-          splits: Splits, metrics: dict, *, profile: dict | None = None) -> dict:
+          splits: Splits, metrics: dict, *, profile: dict | None = None,
+          sample: dict | None = None) -> dict:
     """The metadata an output carries (adapter metadata, edge_model.json); `profile` (the
-    drift profile, export/drift_profile.py) under META_KEY when given."""
+    drift profile, export/drift_profile.py) under META_KEY and `sample` (the check sample's
+    record, export/check_sample.py) under SAMPLE_KEY when given."""
     return {
         "base_fingerprint": fingerprint,
         "base": {"spec": base, "weights": None if weights is None else str(weights),
@@ -466,11 +490,14 @@ def output_meta(base: str, weights: Any, base_config: dict | None, fingerprint: 
                                           splits.train.channel_names).to_dict(),
         "class_names": list(splits.train.class_names),
         "metrics": metrics,
-    } | ({META_KEY: profile} if profile is not None else {})
+    } | {key: value for key, value in ((META_KEY, profile), (SAMPLE_KEY, sample))
+         if value is not None}
 
 
-def _write(model: nn.Module, method: str, out: Path, meta: dict, metrics: dict) -> None:
-    """Write everything into a staging directory beside OUT, then swap it in."""
+def _write(model: nn.Module, method: str, out: Path, meta: dict, metrics: dict,
+           files: dict[str, bytes]) -> None:
+    """Write everything (and `files`: name -> bytes, beside the outputs) into a staging
+    directory beside OUT, then swap it in."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         target = staging / "out"
@@ -485,6 +512,8 @@ def _write(model: nn.Module, method: str, out: Path, meta: dict, metrics: dict) 
             meta["weights_fingerprint"] = weights_fingerprint(model)
             body = {"format": "edge-model/1", "method": method, **meta}
             (target / MODEL_META_FILE).write_text(json.dumps(body, indent=2, sort_keys=True))
+        for name, blob in files.items():
+            (target / name).write_bytes(blob)
         text = json.dumps(metrics, indent=2, sort_keys=True, default=_json_default)
         (target / METRICS_FILE).write_text(text + "\n")
         if out.exists():

@@ -298,6 +298,9 @@ def test_bank_rows_equal_single_adapter_runs(ref, tmp_path):
     with pytest.raises(ExportError, match="--bank 2"):
         export_attach(base="reference", weights=ref["weights"], out=tmp_path / "small",
                       adapters=adapters, bank=2)
+    full = export_attach(base="reference", weights=ref["weights"], out=tmp_path / "full",
+                         adapters=adapters, bank=3)  # K adapters fill the bank: no base rows
+    assert all(r.ok for r in full.parity) and len(full.parity) == 3
 
 
 def test_cli_merge_attach_add_inspect(ref, tmp_path):

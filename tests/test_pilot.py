@@ -22,6 +22,8 @@ from edge.bundle import read_manifest  # noqa: E402
 from edge.contract import Preprocessing  # noqa: E402
 from edge.errors import ConfigError, DataError  # noqa: E402
 from export.adapters import AdaptedModel  # noqa: E402
+from export.check_adapters import check_adapters  # noqa: E402
+from export.check_sample import read_sample  # noqa: E402
 from export.cli import main  # noqa: E402
 from export.data import ChannelStats, load_dataset  # noqa: E402
 from export.models import load_base  # noqa: E402
@@ -173,6 +175,25 @@ def test_the_recommended_adapter_exports_and_answers_as_reported(pilot, base, tm
     chosen = next(c for c in report["candidates"] if c["name"] == rec["name"])
     got = float(np.mean(scores.argmax(axis=1) == test.y))
     assert got == pytest.approx(chosen["test"]["accuracy"]["value"])
+
+
+def test_the_recommended_adapter_keeps_its_test_windows_for_base_updates(pilot, base, tmp_path):
+    """Its check sample is the line's test windows (175, under the cap) with the accuracy
+    the report gives; checked against a bundle of the same base, it is ok."""
+    out, report = pilot
+    rec = report["recommendation"]
+    adapter_dir = out / rec["adapter_dir"]
+    meta = read_adapter_dir(adapter_dir).meta
+    sample = read_sample(adapter_dir, meta)
+    test = load_dataset(LINE["test_data"], length=LENGTH, class_names=meta["class_names"])
+    np.testing.assert_array_equal(sample.X, test.X)
+    chosen = next(c for c in report["candidates"] if c["name"] == rec["name"])
+    assert meta["check_sample"]["accuracy"] == pytest.approx(chosen["test"]["accuracy"]["value"])
+    rank = max(ExportSettings().max_rank, dir_rank(adapter_dir))
+    export_attach(base="reference", weights=base, adapters=[adapter_dir], names=["line"],
+                  out=tmp_path / "bundle", max_rank=rank)
+    check, = check_adapters(bundle=tmp_path / "bundle", adapters=[adapter_dir]).adapters
+    assert (check.status, check.changed, check.windows) == ("ok", 0, len(test))
 
 
 class _NoTimeLeft(_Clock):

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from export.cli import exporting, inspect, pilot, training  # noqa: F401  (register commands on main)
+from export.cli import (  # noqa: F401  (register commands on main)
+    checking,
+    exporting,
+    inspect,
+    pilot,
+    training,
+)
 from export.cli.group import main
 
 __all__ = ["main"]

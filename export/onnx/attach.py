@@ -253,20 +253,22 @@ def validate_bundle(bundle: Path, manifest: Manifest, model: torch.nn.Module,
 
 def validate_bank(bundle: Path, manifest: Manifest, model: torch.nn.Module,
                   dirs: list[AdapterDir], x: np.ndarray, atol: float) -> list:
-    """One mixed batch: row i uses bank entry i % (n + 1), entry n being the base; each row
-    must equal torch with that row's adapter."""
+    """One mixed batch: row i uses bank entry i % (n + 1), entry n being the base (when the
+    bank has an entry left for it: K = n adapters fill it); each row must equal torch with
+    that row's adapter."""
     import copy
 
     bank = AdapterBank.for_bundle(bundle, manifest)
     for k, entry in enumerate(manifest.adapters):
         bank.load(k, read_adapter_arrays(bundle / entry.file))
     n = len(manifest.adapters)
+    entries = min(n + 1, manifest.bank)
     rows = np.concatenate([x, x])  # every entry sees several rows
-    index = np.arange(len(rows)) % (n + 1)
+    index = np.arange(len(rows)) % entries
     got = Engine(bundle / BASE_FILE).run(rows, feeds=bank.feeds(index))
     adapted = AdaptedModel(copy.deepcopy(model)).eval()
     results = []
-    for k in range(n + 1):
+    for k in range(entries):
         mine = index == k
         if k == n:
             with torch.no_grad():

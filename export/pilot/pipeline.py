@@ -5,8 +5,9 @@ Steps: check the options and the data (one clear error each, before anything is 
 run the candidates within the budget (search.py: each seed validates on its own stratified
 split of the line's training data; the test data, or a held-out 20% of the training data
 without it, is scored only after the choice); choose by the stated rule (recommend.py); write the
-adapter, measure the running cost, write the reports. Everything is written into a staging
-directory beside OUT and renamed at the end: an error leaves nothing behind.
+adapter (with its check sample: export/check_sample.py), measure the running cost, write the
+reports. Everything is written into a staging directory beside OUT and renamed at the end: an
+error leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from edge import __version__
 from edge.errors import ConfigError, DataError
+from export.check_sample import SAMPLE_FILE
 from export.data import TableColumns
 from export.fitting import limit_threads
 from export.models import weights_fingerprint
@@ -35,7 +37,7 @@ from export.pilot.resources import machine_info
 from export.pilot.running_cost import measure_running_cost
 from export.pilot.search import EPOCHS, CandidateResult, Line, SearchSettings, run_search
 from export.pilot.summary import commands, summary
-from export.train import output_meta, prepare, training_profile
+from export.train import check_sample, output_meta, prepare, training_profile
 
 __all__ = ["ADAPTER_DIR", "REPORT_FILE", "VAL_FRACTION", "run_pilot"]
 
@@ -190,10 +192,14 @@ def _save_adapter(chosen: CandidateResult, report: dict, line: Line, options: di
     }  # fmt: skip
     base_config = getattr(line.base, "config", None)
     base_config = dict(base_config) if isinstance(base_config, dict) else None
+    sample = check_sample(chosen.model, line.splits)  # of the test windows it was scored on
+    blob = sample.to_bytes()
     meta = output_meta(options["base"], options["weights"], base_config,
                        report["base"]["fingerprint"], line.splits, metrics,
-                       profile=training_profile(chosen.model, line.splits))
+                       profile=training_profile(chosen.model, line.splits),
+                       sample=sample.record(blob))
     save_adapter(chosen.model, path, meta=meta)
+    (path / SAMPLE_FILE).write_bytes(blob)  # inside the staging directory, like the rest
 
 
 def _running_cost(options: dict, adapter_dir: Path, staging: Path, progress: bool) -> dict:
