@@ -62,3 +62,31 @@ def test_soak_quick(tmp_path):
     assert res["exit_code"] == 0 and res["swaps"] >= 3
     assert res["sent"] > 0 and res["lost"] == 0 and res["errors"] == 0
     assert res["received"] == res["sent"]
+
+
+@pytest.mark.timeout(240)
+def test_pipeline_quick(tmp_path):
+    """The pipeline benchmark in miniature, drift on against off included: every message
+    answered on both runtimes, and the "on" runtime's monitor evaluated the line (the
+    benchmark itself refuses an empty comparison; the ratio is not asserted)."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip(f"{MOSQUITTO} is not installed (make mosquitto)")
+    out = tmp_path / "pipeline.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--quick",
+                           "--no-write", "--json", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=230)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert [r["kind"] for r in res["rows"]] == ["json", "binary"]
+    assert all(r[k]["lost"] == 0 for r in res["rows"] for k in ("a", "c", "half", "a_half"))
+    drift = res["drift"]
+    assert {(r["kind"], r["rounds"], r["lost"], r["errors"]) for r in drift["rows"]} == {
+        ("json", 2, 0, 0), ("binary", 2, 0, 0)}
+    assert {(r["side"], r["round"]) for r in drift["runs"]} == {
+        (side, n) for side in ("on", "off") for n in (0, 1)}
+    assert all(r["closed"]["rate"] > 0 and r["half"]["rate"] > 0 for r in drift["runs"])
+    seen = drift["drift"]
+    assert set(seen["states"]) <= {"ok", "warn", "drift"} and seen["windows"] > 0
+    assert set(seen["indicators"]) == {"input_psi", "class_psi", "score_psi", "score_drop"}
+    assert "written to" not in proc.stdout  # --no-write: printed, docs/ untouched
+    assert "Drift monitoring on against off" in proc.stdout
