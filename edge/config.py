@@ -421,6 +421,9 @@ class DriftSettings(_Section):
                              "seen before its first evaluation")
     confirm: int = Field(2, ge=1, le=1000, description="evaluations in a row that must agree "
                          "before the state changes (hysteresis)")
+    publish_s: float = Field(10.0, ge=0.0, le=86_400.0, description="seconds between two "
+                             "drift messages of a line whose state did not change (a change "
+                             "is published at once)")
     thresholds: DriftThresholds = Field(default_factory=DriftThresholds,
                                         description="warn / drift levels per indicator")
     lines: list[LineName] = Field(default_factory=list, description="lines to watch; empty = "

@@ -10,7 +10,8 @@ version), its retained drift topic, the events of state changes, and the states 
 `<prefix>/<device>/drift/<line>` (retained, JSON): line, adapter, version, state (ok / warn
 / drift, or unknown when the line's model has no profile), since (ISO time of the last
 change), windows (seen by this monitor), indicators, thresholds. Published on every state
-change and at each evaluation (every `every` windows) otherwise.
+change at once, and otherwise at most every `publish_s` seconds per line: a retained QoS 1
+message per batch would cost the pipeline more than the monitoring itself.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import datetime
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,8 @@ class RouteView(Protocol):
 class WatchSettings(Protocol):
     """What the watch reads of the config's [drift] (edge/config.py DriftSettings)."""
 
+    publish_s: float
+
     def monitor_settings(self) -> MonitorSettings: ...
 
     def watches(self, line: str) -> bool: ...
@@ -58,6 +62,7 @@ class WatchSettings(Protocol):
 class _Watched:
     key: tuple[str, int | None]  # the route this monitor belongs to
     monitor: DriftMonitor | None  # None: the model has no profile
+    published: float = float("-inf")  # time.monotonic() of its last drift message
 
 
 def iso(ts: float) -> str:
@@ -152,7 +157,10 @@ class DriftWatch:
             log.warning("line %s: drift state %s -> %s (%s)", line, ev.previous, ev.state,
                         ev.indicators)
             self._save()
-        self.publish(self.topic(line), _encode(self._doc(line, watched)))
+        now = time.monotonic()
+        if ev.changed or now - watched.published >= self.settings.publish_s:
+            watched.published = now
+            self.publish(self.topic(line), _encode(self._doc(line, watched)))
 
     def _doc(self, line: str, watched: _Watched) -> dict:
         adapter, version = watched.key
