@@ -162,8 +162,9 @@ def _costs(costs: list[tuple[str, float, float]]) -> str:
     out = ["", "Cost per batch of 16 windows (median of 200, interleaved): the test bundle's "
            "tiny base model (normalise, onnxruntime, softmax) against what drift monitoring "
            "adds to it (per-channel mean/std, one observe, and one evaluation per batch, as "
-           "16 windows >= every). Not yet the pipeline's throughput with drift on and off "
-           "(MQTT and decoding cost far more per window than this model).", "",
+           "16 windows >= every). The pipeline's throughput with drift on and off, where MQTT "
+           "and decoding cost far more per window than this model, is in the Pipeline "
+           "section (benchmarks/pipeline.py).", "",
            "| line | model, ms | drift, ms | drift / model |", "|---|---|---|---|"]
     out += [f"| {name} | {m * 1e3:.3f} | {d * 1e3:.3f} | {100 * d / m:.1f}% |"
             for name, m, d in costs]
