@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from adapter_versions import derive_version, envelope  # noqa: E402
-from pipeline import DEVICE, TOPICS, Payloads, RunningService  # noqa: E402
+from pipeline import DEVICE, TOPICS  # noqa: E402
+from pipeline_load import Payloads, RunningService  # noqa: E402
 from reference_bundle import build_bundle  # noqa: E402
 from report import machine_line, write_section  # noqa: E402
 
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         soak = Soak(Path(tmp), args.minutes, args.swap_every)
         service = RunningService(soak.config, in_process=False, log=Path(tmp) / "runtime.log")
         try:
-            service.wait_online(soak.broker.port)
+            service.wait_online(soak.broker.port, TOPICS.status)
             capacity = soak.capacity(seconds=min(10.0, soak.seconds / 4))
             rate = args.rate or capacity / 2
             print(f"capacity {capacity:.0f} msg/s; soaking {args.minutes:g} min at "

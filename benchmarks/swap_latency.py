@@ -83,7 +83,7 @@ class Stream:
     """Real windows published on the line at RATE messages/s until stopped."""
 
     def __init__(self, port: int) -> None:
-        from pipeline import Payloads, client
+        from pipeline_load import Payloads, client
 
         self.payloads = Payloads("binary")
         self.pub = client(port)

@@ -386,6 +386,13 @@ def encode_error(*, id: str | None, topic: str, reason: str) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+def encode_event(doc: dict) -> bytes:
+    """The events-topic JSON: the event's fields (names and numbers the gateway made, not
+    message content) and "ts"."""
+    return json.dumps({**doc, "ts": time.time()}, separators=(",", ":"),
+                      allow_nan=False).encode()
+
+
 def best_effort_id(payload: bytes, user_properties: dict[str, str] | None) -> str | None:
     """The message id for an error report, or None; never raises.
 

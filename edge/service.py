@@ -33,7 +33,14 @@ import numpy as np
 from .adapters import AdapterStore
 from .batching import LatencyStats, MicroBatcher, WorkItem, group_rows
 from .bundle import INDEX_INPUT, read_manifest, verify_base
-from .codec import InputSpec, best_effort_id, decode_sensor, encode_result, softmax
+from .codec import (
+    InputSpec,
+    best_effort_id,
+    decode_sensor,
+    encode_event,
+    encode_result,
+    softmax,
+)
 from .config import Config, load_config
 from .contract import line_of, name_problem
 from .control import ControlPlane, ControlSettings
@@ -157,7 +164,7 @@ class Service:
             self.cfg.drift, layout.drift, self.cfg.device.state_dir,
             channels=self.spec.channels, profile_of=self._drift_profile,
             publish=lambda topic, doc: self.link.publish(topic, doc, qos=1, retain=True),
-            event=lambda topic, text: self.link.report(None, topic, text),
+            event=lambda doc: self.link.publish(layout.events, encode_event(doc), qos=1),
             changed=lambda: self.counters.add(drift_changes=1))
 
     def _capture(self) -> Capture | None:

@@ -178,7 +178,7 @@ def _watch(line, tmp_path, published, events, **drift):
     return DriftWatch(cfg.drift, TopicLayout("factory", "gw").drift, tmp_path, channels=6,
                       profile_of=lambda r: None if r.adapter == "bare" else line.profile,
                       publish=lambda t, p: published.append((t, __import__("json").loads(p))),
-                      event=lambda t, text: events.append(text), changed=lambda: None)
+                      event=events.append, changed=lambda: None)
 
 
 def test_watch_keys_monitors_by_route_and_keeps_state_per_route(line, tmp_path):
@@ -191,7 +191,8 @@ def test_watch_keys_monitors_by_route_and_keeps_state_per_route(line, tmp_path):
     drifted = published[-1][1]
     assert published[-1][0] == "factory/gw/drift/press-3"
     assert (drifted["state"], drifted["version"]) == ("drift", 1)
-    assert events and "ok -> drift" in events[-1]
+    assert events and (events[-1]["previous"], events[-1]["state"]) == ("ok", "drift")
+    assert events[-1]["type"] == "drift" and events[-1]["line"] == "press-3"
 
     watch.observe("press-4", _route("bare", 1, line.class_names), *gained)  # no profile
     assert (published[-1][1]["line"], published[-1][1]["state"]) == ("press-4", "unknown")

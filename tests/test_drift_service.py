@@ -1,7 +1,7 @@
 """The drift watch in the running gateway, against the real Mosquitto broker: a line served by
 a bundle whose manifest carries the base's profile (computed here from the training windows,
 as the export side does) stays `ok` on its own test windows, goes to `drift` within
-DETECT_WINDOWS windows of x2 gain, announces the change on the errors topic and in stats, and
+DETECT_WINDOWS windows of x2 gain, announces the change on the events topic and in stats, and
 is still `drift` after a restart. A line whose model has no profile is `unknown`.
 """
 
@@ -79,9 +79,10 @@ def test_drift_state_on_the_broker_and_across_a_restart(mosquitto, runtime_confi
             drift_docs(collector, "line-b")[-1]
         drifted = next(d for d in drift_docs(collector, "line-b") if d["state"] == "drift")
         assert drifted["indicators"]["input_psi"] >= 1.25
-        events = [d for d in collector.docs(f"factory/{DEVICE}/errors")
-                  if d["topic"] == f"{DRIFT}/line-b"]
-        assert events and "-> drift after" in events[-1]["reason"]
+        events = [d for d in collector.docs(f"factory/{DEVICE}/events")
+                  if d["type"] == "drift" and d["line"] == "line-b"]
+        assert events and events[-1]["state"] == "drift" and events[-1]["indicator"]
+        assert not [d for d in collector.docs(f"factory/{DEVICE}/errors")]  # not an error
         assert collector.wait(lambda c: sum(d.get("drift_changes", 0) for d in
                                             c.docs(f"factory/{DEVICE}/stats")) >= 1)
         svc.stop()

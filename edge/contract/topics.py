@@ -7,6 +7,7 @@ name, never by hand.
     layout.errors               factory/gw-1/errors       refusals and handler failures
     layout.stats                factory/gw-1/stats        counters
     layout.drift("press-3")     factory/gw-1/drift/press-3  retained drift state of a line
+    layout.events               factory/gw-1/events       state changes a person may act on
     layout.put("line7")         factory/gw-1/adapters/put/line7
     layout.activate, .rollback, .revoke, .state           factory/gw-1/adapters/<command>
     layout.results("press-3")   factory/press-3/inference
@@ -74,6 +75,11 @@ class TopicLayout:
     def stats(self) -> str:
         """Counters every topics.stats_interval_s."""
         return self._device_topic("stats")
+
+    @property
+    def events(self) -> str:
+        """Changes worth a person's attention that are not errors: {"type", ..., "ts"}."""
+        return self._device_topic("events")
 
     def drift(self, line: str) -> str:
         """Retained: this device's drift state of `line` (ANY: the subscription filter)."""

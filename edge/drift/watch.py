@@ -72,12 +72,12 @@ def iso(ts: float) -> str:
 
 class DriftWatch:
     """Every watched line's monitor. `profile_of(route)` gives the model's profile (None when
-    it has none); `publish(topic, payload)` sends a retained message; `event(topic, text)`
-    goes to the errors topic; `changed()` counts a state change for stats."""
+    it has none); `publish(topic, payload)` sends a retained message; `event(doc)` sends a
+    state change to the events topic; `changed()` counts a state change for stats."""
 
     def __init__(self, settings: WatchSettings, topic: Callable[[str], str], state_dir: Path,
                  *, channels: int, profile_of: Callable[[Any], DriftProfile | None],
-                 publish: Callable[[str, bytes], None], event: Callable[[str, str], None],
+                 publish: Callable[[str, bytes], None], event: Callable[[dict], None],
                  changed: Callable[[], None]) -> None:
         self.settings, self.monitor_settings = settings, settings.monitor_settings()
         self.topic, self.channels, self.profile_of = topic, channels, profile_of
@@ -151,9 +151,10 @@ class DriftWatch:
             self.changed()
             worst = max(ev.indicators, key=lambda k: ev.indicators[k] / max(
                 self.monitor_settings.thresholds[k].drift, 1e-9))
-            self.event(self.topic(line), f"drift: line {line} ({watched.key[0]} v"
-                       f"{watched.key[1]}) {ev.previous} -> {ev.state} after {ev.windows} "
-                       f"windows; {worst} {ev.indicators[worst]}")
+            self.event({"type": "drift", "line": line, "adapter": watched.key[0],
+                        "version": watched.key[1], "previous": ev.previous, "state": ev.state,
+                        "windows": ev.windows, "indicator": worst,
+                        "value": ev.indicators[worst], "topic": self.topic(line)})
             log.warning("line %s: drift state %s -> %s (%s)", line, ev.previous, ev.state,
                         ev.indicators)
             self._save()
