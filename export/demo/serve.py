@@ -36,6 +36,8 @@ TOPICS = TopicLayout(device=DEVICE)  # the default prefix, "factory"
 # adapter line names no version: it follows the newest version the gateway holds.
 LINES = {"press-acsf1": ("ucr:ACSF1:test", ADAPTER), "press-plaid": ("ucr:PLAID:test", None)}
 SAMPLE_EVERY = 50  # print every 50th result as it arrives
+REMOUNTED, GAIN = "p3", 2.0  # phase 3: a remounted sensor, twice the gain
+DRIFT_TOPICS = TOPICS.drift(ANY).removesuffix(ANY)  # factory/demo-gw/drift/
 WAIT_S = 120.0
 
 
@@ -81,22 +83,26 @@ def make_key(stem: Path) -> Path:
 
 
 class Collector:
-    """Subscribes to results, errors and the adapter state; prints a sample as they come."""
+    """Subscribes to results, errors, the adapter state and the lines' drift states; prints a
+    sample of the results as they come."""
 
     def __init__(self, port: int) -> None:
         self.truth: dict[str, str] = {}
         self.results: dict[str, dict] = {}
         self.errors: list[dict] = []  # about sensor messages
         self.state: dict = {}  # the newest factory/<device>/adapters/state
+        self.drift: dict[str, dict] = {}  # line -> its newest factory/<device>/drift/<line>
         self.changed = threading.Condition()
-        self.client = subscriber(port, [TOPICS.results(ANY), TopicLayout().errors, TOPICS.state],
-                                 self._on_message)
+        self.client = subscriber(port, [TOPICS.results(ANY), TopicLayout().errors, TOPICS.state,
+                                        TOPICS.drift(ANY)], self._on_message)
 
     def _on_message(self, client, userdata, msg) -> None:
         body = json.loads(msg.payload)
         with self.changed:
             if msg.topic == TOPICS.state:
                 self.state = body
+            elif msg.topic.startswith(DRIFT_TOPICS):
+                self.drift[body["line"]] = body
             elif msg.topic.endswith("/errors"):  # any device's
                 if "/sensors/" in str(body.get("topic")):  # adapter refusals: push reports them
                     self.errors.append(body)
@@ -117,6 +123,13 @@ class Collector:
             return self.changed.wait_for(
                 lambda: len(self.results) + len(self.errors) >= answered, timeout)
 
+    def wait_drift(self, line: str, state: str, timeout: float = 20.0) -> dict:
+        """The line's newest drift document, once it says `state` (or at the timeout)."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.drift.get(line, {}).get("state") == state,
+                                  timeout)
+            return self.drift.get(line, {})
+
     def wait_state(self, ready: Callable[[dict], bool], timeout: float = 10.0) -> dict:
         with self.changed:
             self.changed.wait_for(lambda: ready(self.state), timeout)
@@ -126,6 +139,8 @@ class Collector:
         """"line adapter vN" -> (right, total), in order of first result."""
         scores: dict[str, tuple[int, int]] = {}
         for r in list(self.results.values()):
+            if r["id"].startswith(REMOUNTED):  # twice the gain on purpose: not scored
+                continue
             key = f"{r['line']} {_served_by(r)}"
             right, total = scores.get(key, (0, 0))
             scores[key] = (right + (r["label"] == self.truth[r["id"]]), total + 1)
@@ -137,13 +152,16 @@ class Collector:
 
 
 def _served_by(result: dict) -> str:
-    version = result.get("adapter_version")
+    """"acsf1 v2" / "base" from a result (adapter_version) or a drift document (version)."""
+    version = result.get("adapter_version", result.get("version"))
     return result["adapter"] + (f" v{version}" if version is not None else "")
 
 
-def replay(port: int, collector: Collector, lines: list[str], per_line: int, tag: str) -> int:
-    """Publish `per_line` test windows on each of `lines`, interleaved as presses would;
-    ids start with `tag` (the gateway drops a repeated id). Returns the number published."""
+def replay(port: int, collector: Collector, lines: list[str], per_line: int, tag: str,
+           gain: float = 1.0) -> int:
+    """Publish `per_line` test windows (times `gain`) on each of `lines`, interleaved as
+    presses would; ids start with `tag` (the gateway drops a repeated id). Returns the
+    number published."""
     windows = {}
     for line in lines:
         ds = load_dataset(LINES[line][0], length=256)
@@ -157,7 +175,8 @@ def replay(port: int, collector: Collector, lines: list[str], per_line: int, tag
         for line, rows in windows.items():
             if k < len(rows):
                 ident, x = rows[k]
-                payload = json.dumps({"id": ident, "ts": time.time(), "values": x.tolist()})
+                payload = json.dumps({"id": ident, "ts": time.time(),
+                                      "values": (gain * x).tolist()})
                 pub.publish(TOPICS.sensors(line, "current"), payload, qos=1).wait_for_publish()
     pub.loop_stop()
     pub.disconnect()
@@ -218,6 +237,7 @@ def serve_and_push(out: Path, bundle: Path, workstation: Path, key: Path,
         try:
             _phases(broker.port, collector, workstation, key, per_line)
             _stop(runtime, out / "runtime.log")
+            _show_capture(config, shown / config.name)
             return _report(collector)
         finally:
             collector.close()
@@ -238,6 +258,31 @@ def _phases(port: int, collector: Collector, workstation: Path, key: Path,
     sent += replay(port, collector, ["press-acsf1"], per_line, "p2")
     if not collector.wait_for(sent):
         print(f"    only {len(collector.results)} of {sent} answered within {WAIT_S:.0f} s")
+    _show_drift(collector, "drift, each line against its model's training profile")
+    print(f"    phase 3: the press-acsf1 sensor remounted: the same windows at {GAIN:g}x gain")
+    sent += replay(port, collector, ["press-acsf1"], per_line, REMOUNTED, gain=GAIN)
+    collector.wait_for(sent)
+    doc = collector.wait_drift("press-acsf1", "drift")
+    _show_drift(collector, f"drift after {per_line} remounted windows")
+    if doc.get("state") != "drift":
+        print("    press-acsf1 did NOT reach drift")
+
+
+def _show_drift(collector: Collector, title: str) -> None:
+    print(f"    {title}:")
+    for line, doc in sorted(collector.drift.items()):
+        worst = max((doc.get("indicators") or {"-": 0.0}).items(), key=lambda kv: kv[1])
+        print(f"      {line:<12} {doc.get('state'):<7} ({_served_by(doc)}, "
+              f"{doc.get('windows')} windows; largest indicator {worst[0]} {worst[1]:.2f})")
+
+
+def _show_capture(config: Path, shown: Path) -> None:
+    """What the gateway kept as evidence in its capture store (edge-runtime capture list)."""
+    print(f"    edge-runtime capture list --config {shown}:")
+    listing = subprocess.run([sys.executable, "-m", "edge.cli", "capture", "list", "--config",
+                              str(config)], capture_output=True, text=True, timeout=60)
+    for text in (listing.stdout + listing.stderr).strip().splitlines():
+        print(f"      {text}")
 
 
 def _stop(runtime: subprocess.Popen, log: Path) -> None:
