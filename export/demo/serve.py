@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import paho.mqtt.client as mqtt
 
 from edge.bundle import BASE_FILE, sha256_file
@@ -165,9 +166,13 @@ def replay(port: int, collector: Collector, lines: list[str], per_line: int, tag
     windows = {}
     for line in lines:
         ds = load_dataset(LINES[line][0], length=256)
-        ids = [f"{tag}-{line[6:]}-{i}" for i in range(min(per_line, len(ds)))]
-        windows[line] = [(i, ds.X[k]) for k, i in enumerate(ids)]
-        collector.truth.update({i: ds.class_names[ds.y[k]] for k, i in enumerate(ids)})
+        # UCR test files are sorted by class (PLAID's first 100 are 2 of its 11 appliances):
+        # a seeded shuffle makes every replay the same mix a line would send
+        order = np.random.default_rng(0).permutation(len(ds))[:per_line]
+        ids = [f"{tag}-{line[6:]}-{i}" for i in range(len(order))]
+        windows[line] = [(i, ds.X[k]) for i, k in zip(ids, order, strict=True)]
+        collector.truth.update({i: ds.class_names[ds.y[k]] for i, k in zip(ids, order,
+                                                                           strict=True)})
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     pub.connect("127.0.0.1", port)
     pub.loop_start()
