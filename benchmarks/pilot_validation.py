@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
 from benchmarks.report import machine_line, write_section  # noqa: E402
 from export.demo import run as demo  # noqa: E402
-from export.fitting import _epoch, _score, seeded  # noqa: E402  (one epoch; (acc, -loss))
+from export.fitting import evaluate, fit, seeded  # noqa: E402
 from export.pilot.candidates import Candidate, plan_candidates  # noqa: E402
 from export.pilot.pipeline import VAL_FRACTION, _load_line  # noqa: E402
 from export.pilot.search import EPOCHS, Fold, Line, SearchSettings  # noqa: E402
@@ -54,32 +54,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def curves(line: Line, candidate: Candidate, fold: Fold, seed: int, epochs: int
            ) -> dict[str, list[float]]:
-    """One run as the pilot's search trains it (search._train), scored on the fold's
-    validation windows and on the test windows after every epoch."""
+    """One run as the pilot's search trains it (search._train, fit's own schedule), scored
+    on the fold's validation windows and on the test windows after every epoch."""
     settings = SearchSettings(budget_s=math.inf, epochs=epochs)
     rank = candidate.rank or 1
+    test: list[float] = []
     with seeded(seed):
         model = build_model(candidate.method, copy.deepcopy(line.base), line.num_classes,
                             candidate.targets, rank, float(2 * rank), train_head=True,
                             train_norms=True, modules_to_save=None, name="adapter")
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=candidate.lr, weight_decay=settings.weight_decay)
-        steps = epochs * math.ceil(len(fold.y_train) / settings.batch_size)
-        warmup = max(1, steps // 20)  # fit()'s schedule: warm-up, then cosine to zero
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warmup, 0.5 * (
-            1 + math.cos(math.pi * min(s, steps) / steps))))
-        order = torch.Generator().manual_seed(seed)
-        out: dict[str, list[float]] = {"val_acc": [], "val_loss": [], "test_acc": []}
-        for _ in range(epochs):
-            _epoch(model, opt, sched, params, fold.x_train, fold.y_train,
-                   settings.batch_size, order)
-            acc, neg_loss = _score(model, *fold.val)
-            out["val_acc"].append(acc)
-            out["val_loss"].append(-neg_loss)
-            out["test_acc"].append(_score(model, line.splits.x_eval, line.splits.y_eval)[0])
-    out["bytes"] = [size_metrics(model, candidate.method, line.base_params,
-                                 line.base_bytes)["adapter_bytes"]]
-    return out
+        log = fit(model, fold.x_train, fold.y_train, epochs=epochs, lr=candidate.lr,
+                  batch_size=settings.batch_size, weight_decay=settings.weight_decay,
+                  seed=seed, val=fold.val, keep="last", on_epoch=lambda m: test.append(
+                      evaluate(m, line.splits.x_eval, line.splits.y_eval)))
+    return {"val_acc": log.val_accuracy, "val_loss": log.val_loss, "test_acc": test,
+            "bytes": [size_metrics(model, candidate.method, line.base_params,
+                                   line.base_bytes)["adapter_bytes"]]}
 
 
 def kept_epochs(run: dict[str, list[float]]) -> tuple[int, int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -72,7 +72,7 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
         batch_size: int, weight_decay: float, seed: int, progress: bool = False,
         desc: str = "train", val: tuple[torch.Tensor, torch.Tensor] | None = None,
         patience: int | None = None, deadline: float | None = None,
-        keep: str = "best") -> FitLog:
+        keep: str = "best", on_epoch: Callable[[nn.Module], None] | None = None) -> FitLog:
     """Train the parameters of `model` that require grad on (x, y).
 
     With `val` (x_val, y_val) every epoch is scored on it; with `keep="best"` the weights of
@@ -82,6 +82,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
     the "best" epoch is mostly noise, and the annealed end of the cosine schedule scores better
     on the test data (ACSF1, docs/PILOT.md). `deadline` (time.perf_counter() value)
     stops training when another epoch, as long as the last one, would end after it.
+    `on_epoch(model)` is called after every epoch's training step (a study that scores more
+    than the validation split; benchmarks/pilot_validation.py).
     """
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
@@ -100,6 +102,8 @@ def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int, lr: 
         began = time.perf_counter()
         log.train_loss.append(_epoch(model, opt, sched, params, x, y, batch_size, order))
         bar.set_postfix(loss=f"{log.train_loss[-1]:.3f}")
+        if on_epoch is not None:
+            on_epoch(model)
         if val is not None:
             score = _score(model, *val)
             log.val_accuracy.append(score[0])

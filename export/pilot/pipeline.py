@@ -126,13 +126,14 @@ def _classes_match(line: Line, weights: Any) -> bool:
 
 def _report(options: dict, line: Line, fingerprint: str, search, prices: Prices | None,
             machine: dict) -> dict:
-    chosen, within = choose(search.results)
     near = closeness(search.results)
+    chosen, within = choose(search.results, near)
     y_test = line.splits.y_eval.numpy()
     recommendation = None
     if chosen is not None:
         recommendation = recommendation_section(chosen, within, search.results, y_test,
-                                                list(line.splits.train.class_names))
+                                                list(line.splits.train.class_names),
+                                                near[chosen.candidate.name])
         recommendation["adapter_dir"] = ADAPTER_DIR
     return {
         "version": 1,

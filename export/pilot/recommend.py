@@ -61,12 +61,14 @@ def closeness(results: list[CandidateResult]) -> dict[str, dict]:
     return out
 
 
-def choose(results: list[CandidateResult]) -> tuple[CandidateResult | None, bool]:
-    """(the recommended adapter or None when no adapter ran, whether it is close)."""
+def choose(results: list[CandidateResult], near: dict[str, dict] | None = None
+           ) -> tuple[CandidateResult | None, bool]:
+    """(the recommended adapter or None when no adapter ran, whether it is close); `near`:
+    closeness(results), when the caller has it already."""
     adapters = [r for r in results if r.candidate.family == "adapter"]
     if not adapters:
         return None, False
-    near = closeness(results)
+    near = closeness(results) if near is None else near
     close = [r for r in adapters if near[r.candidate.name]["close"]]
     if close:
         return min(close, key=lambda r: (not r.candidate.default, r.sizes["adapter_bytes"],
@@ -76,8 +78,9 @@ def choose(results: list[CandidateResult]) -> tuple[CandidateResult | None, bool
 
 def recommendation_section(chosen: CandidateResult, within: bool,
                            results: list[CandidateResult], y_test: np.ndarray,
-                           class_names: list[str]) -> dict:
-    """The report's `recommendation` (without `adapter_dir`, which the writer adds)."""
+                           class_names: list[str], vs_best: dict) -> dict:
+    """The report's `recommendation` (without `adapter_dir`, which the writer adds);
+    `vs_best`: the chosen adapter's closeness() entry."""
     k = len(class_names)
     by_method = {r.candidate.method: r for r in results}
     baseline = by_method.get("base") or by_method.get("head")
@@ -93,6 +96,6 @@ def recommendation_section(chosen: CandidateResult, within: bool,
         vs_full = paired_difference(y_test, chosen.test_pred, full.test_pred, k)
     matrix = confusion(y_test, chosen.test_pred, k)
     return {"name": chosen.candidate.name, "rule": RULE, "margin": MARGIN,
-            "vs_best": closeness(results)[chosen.candidate.name], "within_margin": within,
+            "vs_best": vs_best, "within_margin": within,
             "gain_vs_base": gain, "vs_full": vs_full,
             "confusion_matrix": {"labels": list(class_names), "matrix": matrix.tolist()}}

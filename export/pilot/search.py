@@ -62,18 +62,23 @@ class Line:
     splits: Splits
     base_params: int
     base_bytes: int
+    _folds: dict[tuple[int, float], Fold] = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
         return self.splits.train.num_classes
 
     def fold(self, seed: int, fraction: float) -> Fold:
-        """The training windows split for seed `seed` (stratified, `fraction` in val)."""
-        y = self.splits.y_train
-        train, val = stratified_indices(y.numpy(), self.num_classes, fraction, seed,
-                                        self.splits.train.source)
-        x = self.splits.x_train
-        return Fold(x[train], y[train], x[val], y[val])
+        """The training windows split for seed `seed` (stratified, `fraction` in val); made
+        once per seed, shared by every candidate's run of that seed."""
+        key = (seed, fraction)
+        if key not in self._folds:
+            y = self.splits.y_train
+            train, val = stratified_indices(y.numpy(), self.num_classes, fraction, seed,
+                                            self.splits.train.source)
+            x = self.splits.x_train
+            self._folds[key] = Fold(x[train], y[train], x[val], y[val])
+        return self._folds[key]
 
 
 @dataclass
