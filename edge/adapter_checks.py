@@ -68,14 +68,16 @@ def check_fit(entry: AdapterEntry, manifest: Manifest) -> None:
         Normalizer.from_preprocessing(pre, channels)
     except IncompatibleBundle as exc:
         raise AdapterRejected(f"adapter preprocessing: {exc}") from None
-    check_profile(entry, channels)
+    check_profile(entry, channels, manifest.features)
 
 
-def check_profile(entry: AdapterEntry, channels: int) -> None:
+def check_profile(entry: AdapterEntry, channels: int, features: int | None = None) -> None:
     """The adapter's drift profile (when it has one; its schema already checked values are
-    finite and histograms well formed) describes this model: its channels, its classes."""
+    finite and histograms well formed) describes this model: its channels, its classes, its
+    `features` penultimate features (None: the graph outputs none)."""
     profile = entry.drift_profile
-    problem = None if profile is None else profile.problem(channels, entry.class_names)
+    problem = None if profile is None else profile.problem(channels, entry.class_names,
+                                                           features)
     if problem:
         raise AdapterRejected(f"adapter {problem}")
 

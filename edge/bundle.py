@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import __version__
 from .contract import Preprocessing  # the record lives with the rest of the wire contract
 from .drift import DriftProfile
+from .drift.features import FEATURES_OUTPUT
 from .errors import IncompatibleBundle, validation_problem
 
 FORMAT = "edge-bundle"
@@ -128,6 +129,19 @@ class Manifest(_Strict):
 
     def slot_table(self) -> dict[str, Slot]:
         return {s.name: s for s in self.slots}
+
+    @property
+    def features(self) -> int | None:
+        """D of the graph's penultimate-feature output (N, D); None when it has none."""
+        return features_width(self.outputs)
+
+
+def features_width(outputs: list[TensorSpec]) -> int | None:
+    """D of the `features` output (N, D) among a graph's outputs; None when it has none."""
+    for spec in outputs:
+        if spec.name == FEATURES_OUTPUT and isinstance(spec.shape[-1], int):
+            return int(spec.shape[-1])
+    return None
 
 
 def read_reference_inputs(bundle: str | Path, manifest: Manifest) -> np.ndarray | None:

@@ -383,6 +383,8 @@ class DriftThresholds(_Section):
     score_psi: DriftLimits = _limits("score_psi", "bias-corrected PSI of the top score")
     score_drop: DriftLimits = _limits("score_drop", "the profile's mean top score minus the "
                                       "rolling window's")
+    ood_share: DriftLimits = _limits("ood_share", "share of windows whose penultimate "
+                                     "features lie beyond the profile's Mahalanobis threshold")
 
 
 class CaptureConfig(_Section):
@@ -393,9 +395,10 @@ class CaptureConfig(_Section):
                                 "windows of watched lines; false = none")
     max_bytes: int = Field(64 * MiB, ge=65536, description="size cap of the store in bytes "
                            "(>= 65536); past it the oldest records are removed")
-    reasons: list[Literal["outlier", "low_score", "drifting"]] = Field(
-        default_factory=lambda: ["outlier", "low_score", "drifting"],
-        description="why a window is kept: outlier, low_score, drifting")
+    reasons: list[Literal["ood", "outlier", "low_score", "drifting"]] = Field(
+        default_factory=lambda: ["ood", "outlier", "low_score", "drifting"],
+        description="why a window is kept: ood (beyond the profile's Mahalanobis threshold), "
+        "outlier, low_score, drifting")
     low_score: float = Field(0.5, ge=0, le=1, description="a window whose top score is below "
                              "this is kept (low_score); 0 = never")
     drifting_share: float = Field(0.1, gt=0, le=1, description="share of a warn / drift "
@@ -403,6 +406,9 @@ class CaptureConfig(_Section):
     outlier_margin: float = Field(1.5, ge=0, le=100, description="a window whose mean or std "
                                   "of a channel lies beyond the profile's 10%..90% range by "
                                   "this many times its width is kept (outlier)")
+    ood_margin: float = Field(2.0, ge=0, le=100, description="a window whose Mahalanobis "
+                              "distance exceeds the profile's threshold this many times is "
+                              "kept (ood)")
     per_minute: int = Field(120, ge=1, le=1_000_000, description="most windows kept per line "
                             "and minute (a token bucket, full at start)")
     queue: int = Field(256, ge=1, le=100_000, description="windows waiting for the writer "

@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .bundle import INDEX_INPUT
+from .drift.features import FEATURES_OUTPUT
 from .errors import AdapterError, ConfigError, IncompatibleBundle, ProviderError
 from .placement import profiling_options, read_placement
 from .providers import (
@@ -114,6 +115,9 @@ class Engine:
         batch = self.input.shape[0]
         self.static_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # the penultimate features (N, D) beside the logits, for the drift watch
+        self.features_output = FEATURES_OUTPUT if FEATURES_OUTPUT in self.output_names[1:] \
+            else None
         self.slot_names = {i.name for i in self.session.get_overridable_initializers()}
 
     def placement(self) -> dict[str, dict[str, int]]:
@@ -172,38 +176,56 @@ class Engine:
             feeds: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
         """Logits (N, K) for x (N, C, L). `adapter`: a LoraAdapter, DeviceSlots, or slot
         arrays by name; `feeds` other inputs (adapter_index (N,) for a bank)."""
+        return self._run(x, adapter, feeds, self.output_names[:1])[0]
+
+    def run_with_features(self, x: np.ndarray,
+                          adapter: ort.LoraAdapter | DeviceSlots | Mapping[str, np.ndarray]
+                          | None = None, feeds: Mapping[str, np.ndarray] | None = None
+                          ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (N, K) and, from the same run, the penultimate features (N, D) when the
+        graph outputs them (None when it does not); arguments as `run`."""
+        if self.features_output is None:
+            return self._run(x, adapter, feeds, self.output_names[:1])[0], None
+        logits, features = self._run(x, adapter, feeds,
+                                     [self.output_names[0], self.features_output])
+        return logits, features
+
+    def _run(self, x: np.ndarray, adapter, feeds: Mapping[str, np.ndarray] | None,
+             names: list[str]) -> list[np.ndarray]:
         feeds = dict(feeds or {})
         if isinstance(adapter, Mapping):
             feeds.update(adapter)
             adapter = None
         size = self.static_batch
         if size is None or len(x) == size:
-            return self._run_once(x, adapter, feeds)
-        outs = []
+            return self._run_once(x, adapter, feeds, names)
+        parts = []
         for start in range(0, len(x), size):  # the bank index is per row like x; slots are not
             part = {k: _padded(v[start:start + size], size) if k == INDEX_INPUT else v
                     for k, v in feeds.items()}
-            out = self._run_once(_padded(x[start:start + size], size), adapter, part)
-            outs.append(out[: min(size, len(x) - start)])
-        return np.concatenate(outs) if outs else self._empty()
+            outs = self._run_once(_padded(x[start:start + size], size), adapter, part, names)
+            parts.append([o[: min(size, len(x) - start)] for o in outs])
+        if not parts:
+            return [self._empty(name) for name in names]
+        return [np.concatenate(column) for column in zip(*parts, strict=True)]
 
-    def _empty(self) -> np.ndarray:
-        width = self.session.get_outputs()[0].shape[-1]
+    def _empty(self, name: str) -> np.ndarray:
+        width = self.session.get_outputs()[self.output_names.index(name)].shape[-1]
         return np.zeros((0, width if isinstance(width, int) else 0), np.float32)
 
     def _run_once(self, x: np.ndarray, adapter: ort.LoraAdapter | DeviceSlots | None,
-                  feeds: dict[str, np.ndarray]) -> np.ndarray:
+                  feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
         if self.bound or isinstance(adapter, DeviceSlots):
-            return self._run_bound(x, adapter, feeds)
+            return self._run_bound(x, adapter, feeds, names)
         options = None
         if adapter is not None:
             options = ort.RunOptions()
             options.add_active_adapter(adapter)
         inputs = {self.input.name: x, **feeds}
-        return self.session.run(self.output_names[:1], inputs, options)[0]
+        return self.session.run(names, inputs, options)
 
     def _run_bound(self, x: np.ndarray, slots: DeviceSlots | ort.LoraAdapter | None,
-                   feeds: dict[str, np.ndarray]) -> np.ndarray:
+                   feeds: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
         """IOBinding: per run only x (and the bank index) travel to the device."""
         if isinstance(slots, ort.LoraAdapter):
             raise AdapterError("a memory-mapped adapter cannot run on a bound engine; load it "
@@ -216,9 +238,10 @@ class Engine:
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
         for name, value in (slots.values.items() if slots is not None else ()):
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output(self.output_names[0], self.device_type, self.device_id)
+        for name in names:
+            binding.bind_output(name, self.device_type, self.device_id)
         self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return binding.copy_outputs_to_cpu()
 
 
 def _padded(a: np.ndarray, size: int) -> np.ndarray:

@@ -475,8 +475,8 @@ class Service:
         groups = group_rows(row_routes, lambda r: r.key).values()  # normalising in place
         for rows in groups:
             x[rows] = row_routes[rows[0]].normalizer.apply(x[rows])  # as each model trained
-        try:
-            logits = self._infer(table, row_routes, x)  # (n, num_classes), padded
+        try:  # logits (n, num_classes), padded; features (n, D) or None
+            logits, features = self._infer(table, row_routes, x)
         except Exception as exc:  # onnxruntime raises untyped errors
             log.exception("inference failed for %s", sorted({r.key for r in row_routes}))
             return self._fail_items(items, f"inference failed: {exc}")
@@ -499,34 +499,36 @@ class Service:
             self.latency.record(latency_ms)
         self.counters.add(results=len(items))
         if raw is not None:
-            self._watch_drift(items, row_routes, raw, top, cls)
+            self._watch_drift(items, row_routes, raw, top, cls, features)
 
     def _watch_drift(self, items: list[WorkItem], row_routes: list[Route],
-                     raw: tuple[np.ndarray, np.ndarray], top: np.ndarray, cls: np.ndarray
-                     ) -> None:
+                     raw: tuple[np.ndarray, np.ndarray], top: np.ndarray, cls: np.ndarray,
+                     features: np.ndarray | None) -> None:
         """Each line's rows to its drift monitor: raw mean, std (n, C), top score and
-        class (n,)."""
+        class (n,), penultimate features (n, D) or None."""
         mean, std = raw
         for rows in group_rows(items, lambda it: it.line).values():
             try:
-                self.drift.observe(items[rows[0]].line, row_routes[rows[0]], mean[rows],
-                                   std[rows], top[rows], cls[rows])
+                ood = self.drift.observe(items[rows[0]].line, row_routes[rows[0]], mean[rows],
+                                         std[rows], top[rows], cls[rows],
+                                         None if features is None else features[rows])
                 if self.capture is not None:
                     self._capture_rows([items[i] for i in rows], row_routes[rows[0]],
-                                       mean[rows], std[rows], top[rows], cls[rows])
+                                       (mean[rows], std[rows]), top[rows], cls[rows], ood)
             except Exception:  # a bug in the watch must not cost the results
                 log.exception("drift watch failed for line %s", items[rows[0]].line)
 
-    def _capture_rows(self, items: list[WorkItem], route: Route, mean: np.ndarray,
-                      std: np.ndarray, top: np.ndarray, cls: np.ndarray) -> None:
-        """One line's windows that the capture keeps go to its writer: mean, std (n, C)
-        raw, top, cls (n,)."""
+    def _capture_rows(self, items: list[WorkItem], route: Route,
+                      raw: tuple[np.ndarray, np.ndarray], top: np.ndarray, cls: np.ndarray,
+                      ood: np.ndarray | None) -> None:
+        """One line's windows that the capture keeps go to its writer: raw mean, std
+        (n, C), top, cls (n,), ood (n,) Mahalanobis distances or None."""
         line = items[0].line
         watched = self.drift.state_of(line)
         if watched is None:  # not a watched line (drift.lines)
             return
         state, profile = watched
-        chosen = self.capture.select(line, top, mean, std, state, profile)
+        chosen = self.capture.select(line, top, *raw, state, profile, ood)
         if not chosen:
             return
         wall = time.time() - time.monotonic()  # monotonic arrival -> wall clock
@@ -537,16 +539,22 @@ class Service:
                 line=line, adapter=adapter, version=version, top=round(float(top[row]), 6),
                 predicted=route.labels[int(cls[row])], classes=list(route.labels),
                 received=round(item.received + wall, 3), reason=reason, id=item.reading.id,
-                drift_state=state), item.reading.values)  # raw (C, L): never normalised
+                drift_state=state, ood=None if ood is None else round(float(ood[row]), 4)),
+                item.reading.values)  # raw (C, L): never normalised
 
-    def _infer(self, table: RoutingTable, row_routes: list[Route], x: np.ndarray) -> np.ndarray:
-        """Logits (n, num_classes) of x (n, C, L), normalised; one onnxruntime run."""
+    def _infer(self, table: RoutingTable, row_routes: list[Route], x: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits (n, num_classes) of x (n, C, L), normalised, and from the same onnxruntime
+        run the penultimate features (n, D) when the drift watch is on and the graph has
+        them (else None)."""
+        run = self.engine.run_with_features if self.drift is not None else \
+            lambda *a, **k: (self.engine.run(*a, **k), None)
         if table.bank is None:
-            return self.engine.run(x, row_routes[0].session_adapter)
+            return run(x, row_routes[0].session_adapter)
         index = np.fromiter((r.entry for r in row_routes), np.int64, len(row_routes))
         if len(row_routes) == 1 and len(x) > 1:
             index = np.full(len(x), row_routes[0].entry, np.int64)
-        return self.engine.run(x, table.bank, feeds={INDEX_INPUT: index})
+        return run(x, table.bank, feeds={INDEX_INPUT: index})
 
     def _topic(self, line: str) -> str:
         topic = self._topics.get(line)

@@ -2,7 +2,7 @@
 computed once at export on the windows it was trained on; the gateway compares each line's
 rolling window with it.
 
-    profile = compute_profile(model, raw, x, class_names)  # a DriftProfile as a plain dict
+    profile = compute_profile(model, raw, x, class_names, held_out)  # a plain dict
     profile_of(meta, where)                                # the one an output's metadata holds
 """
 
@@ -17,6 +17,8 @@ from torch import nn
 
 from edge.drift.profile import ClassProfile, DriftProfile, InputProfile, histogram
 from edge.errors import ExportError, validation_problem
+from export.feature_stats import fit_features
+from export.features import features_of, head_path
 
 __all__ = ["META_KEY", "compute_profile", "profile_of"]
 
@@ -25,17 +27,22 @@ BATCH = 256  # windows per forward pass: bounds memory on long training sets
 
 
 def compute_profile(model: nn.Module, raw: np.ndarray, x: torch.Tensor,
-                    class_names: list[str]) -> dict[str, Any]:
+                    class_names: list[str], held_out: torch.Tensor | None = None
+                    ) -> dict[str, Any]:
     """`DriftProfile(...).model_dump()` of `model` on its training windows: `raw` (N, C, L)
     as recorded (before normalisation), `x` the same windows normalised as the model trained
     (N, C, L). Class shares and top scores use the first len(class_names) logits, as the
-    gateway does (it slices padded logits before its softmax)."""
+    gateway does (it slices padded logits before its softmax). `held_out` (M, C, L),
+    normalised windows the model did not train on, calibrate the out-of-distribution
+    threshold of the feature statistics (export/feature_stats.py)."""
     raw = np.asarray(raw, dtype=np.float64)
     if raw.ndim != 3 or len(raw) != len(x) or not len(raw):
         raise ExportError(f"a drift profile needs (N, C, L) windows, got raw {raw.shape} "
                           f"and normalised {tuple(x.shape)}")
     classes = len(class_names)
-    probs = _probabilities(model, x)[:, :classes]  # (N, K) float64
+    logits, features = _outputs(model, x)
+    unseen = None if held_out is None or features is None else _outputs(model, held_out)[1]
+    probs = torch.softmax(logits.double(), dim=1).numpy()[:, :classes]  # (N, K) float64
     top = probs.max(axis=1)  # (N,)
     counts = np.bincount(probs.argmax(axis=1), minlength=classes).astype(np.float64)
     means, stds = raw.mean(axis=2), raw.std(axis=2)  # (N, C) each: per window and channel
@@ -44,21 +51,29 @@ def compute_profile(model: nn.Module, raw: np.ndarray, x: torch.Tensor,
         inputs=InputProfile(window_mean=[histogram(means[:, c]) for c in range(raw.shape[1])],
                             window_std=[histogram(stds[:, c]) for c in range(raw.shape[1])]),
         classes=ClassProfile(names=list(class_names), shares=(counts / counts.sum()).tolist()),
-        top_score=histogram(top), top_score_mean=float(np.clip(top.mean(), 0.0, 1.0)))
+        top_score=histogram(top), top_score_mean=float(np.clip(top.mean(), 0.0, 1.0)),
+        features=None if features is None else fit_features(features, probs.argmax(axis=1),
+                                                            unseen))
     return profile.model_dump()
 
 
-def _probabilities(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """Softmax of the model's logits in eval mode, (N, K) float64: float64 keeps confident
-    windows from rounding to a top score of exactly 1.0, which would merge decile edges."""
+def _outputs(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Logits (N, K) of the model in eval mode and its penultimate features (N, D) float64,
+    None when it has no head to read them at (export/features.py). The softmax is taken in
+    float64: it keeps confident windows from rounding to a top score of exactly 1.0, which
+    would merge decile edges."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            logits = torch.cat([model(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
+        path = head_path(model, (x[:2],))
+        if path is None:
+            with torch.no_grad():
+                logits = torch.cat([model(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
+            return logits, None
+        logits, features = features_of(model, x, path)
+        return logits, features.double().numpy()
     finally:
         model.train(was_training)
-    return torch.softmax(logits.double(), dim=1).numpy()
 
 
 def profile_of(meta: dict, where: str) -> DriftProfile | None:

@@ -455,8 +455,10 @@ def size_metrics(model: nn.Module, method: str, base_params: int, base_bytes: in
 
 
 def training_profile(model: nn.Module, splits: Splits) -> dict:
-    """The drift profile of `model` on its training windows (raw and normalised)."""
-    return compute_profile(model, splits.train.X, splits.x_train, splits.train.class_names)
+    """The drift profile of `model` on its training windows (raw and normalised), its
+    out-of-distribution threshold calibrated on the held-out (eval) windows."""
+    return compute_profile(model, splits.train.X, splits.x_train, splits.train.class_names,
+                           splits.x_eval)
 
 
 def check_sample(model: nn.Module, splits: Splits) -> CheckSample:

@@ -4,12 +4,14 @@ profile, and the shifts a line's inputs go through. Torch-free (the gateway run 
     line = bundle_line(bundle_dir)           # BasicMotions: the fixture bundle's base model
     line = centroid_line("GunPoint")         # ucr data (sktime): a nearest-centroid model
     probs = line.predict(x_raw)              # (n, K) softmax scores, onnxruntime or numpy
-    mean, std, top, cls = line.observations(x_raw)
+    mean, std, top, cls, features = line.observations(x_raw)   # features (n, D) or None
     shifted = SHIFTS["gain"](x_raw, line)    # gain x2, offset +1 std, noise, swap, foreign
 
 The profile is what the export side stores (edge/drift/profile.py): decile histograms of
 each raw training window's per-channel mean and std, the predicted class mix and the
-top-score histogram of the model's outputs on the training windows.
+top-score histogram of the model's outputs on the training windows; for a bundle, the
+profile its manifest carries (with the penultimate-feature statistics the centroid lines,
+which have no features, lack).
 """
 
 from __future__ import annotations
@@ -37,16 +39,19 @@ class Line:
     test: np.ndarray
     class_names: list[str]
     profile: DriftProfile | None = None
+    features: Callable[[np.ndarray], np.ndarray] | None = None  # raw -> (n, D) penultimate
 
     def __post_init__(self) -> None:
         if self.profile is None:
             self.profile = make_profile(self.train, self.predict(self.train), self.class_names)
 
-    def observations(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        """What the gateway feeds a monitor for raw windows x: mean, std (n, C), top, cls."""
+    def observations(self, x: np.ndarray) -> tuple[np.ndarray | None, ...]:
+        """What the gateway's drift watch gets for raw windows x: mean, std (n, C), top,
+        cls (n,), features (n, D) or None."""
         mean, std = window_stats(x)
         probs = self.predict(x)
-        return mean, std, probs.max(axis=1), probs.argmax(axis=1)
+        features = None if self.features is None else self.features(x)
+        return mean, std, probs.max(axis=1), probs.argmax(axis=1), features
 
 
 def make_profile(x: np.ndarray, probs: np.ndarray, class_names: list[str]) -> DriftProfile:
@@ -63,19 +68,23 @@ def make_profile(x: np.ndarray, probs: np.ndarray, class_names: list[str]) -> Dr
 
 
 def bundle_line(bundle: Path, train: np.ndarray, test: np.ndarray) -> Line:
-    """The bundle's base model run by onnxruntime on its own normalisation."""
-    import onnxruntime as ort
+    """The bundle's base model run by onnxruntime on its own normalisation, with the drift
+    profile its manifest carries (computed at export) and its features output."""
+    from edge.engine import Engine
 
     manifest = read_manifest(bundle)
-    session = ort.InferenceSession(str(bundle / "base.onnx"), providers=["CPUExecutionProvider"])
+    engine = Engine(bundle / "base.onnx", bind="off")
     norm = Normalizer.from_preprocessing(manifest.base.preprocessing, train.shape[1])
-    name = manifest.inputs[0].name
+
+    def outputs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return engine.run_with_features(norm.apply(np.array(x, np.float32)))
 
     def predict(x: np.ndarray) -> np.ndarray:
-        logits = session.run(None, {name: norm.apply(np.ascontiguousarray(x, np.float32))})[0]
-        return softmax(logits[:, :len(manifest.base.class_names)])
+        return softmax(outputs(x)[0][:, :len(manifest.base.class_names)])
 
-    return Line("BasicMotions", predict, train, test, list(manifest.base.class_names))
+    features = None if engine.features_output is None else (lambda x: outputs(x)[1])
+    return Line("BasicMotions", predict, train, test, list(manifest.base.class_names),
+                manifest.base.drift_profile, features)
 
 
 def centroid_line(dataset: str) -> Line:
@@ -123,12 +132,52 @@ SHIFTS: dict[str, Callable[[np.ndarray, Line, np.random.Generator], np.ndarray]]
 }
 
 
-def stream(monitor, obs: tuple[np.ndarray, ...], order: np.ndarray, batch: int = 8) -> list:
-    """Feed the rows `order` of `obs` (mean, std, top, cls) in batches; the evaluations."""
+def feed(monitor, obs: tuple[np.ndarray | None, ...], rows: np.ndarray | slice):
+    """Rows of `obs` (mean, std, top, cls, features) into a DriftMonitor, as the watch
+    feeds it (features -> Mahalanobis distances); its Evaluation or None."""
+    mean, std, top, cls, features = (None if a is None else a[rows] for a in obs)
+    return monitor.observe(mean, std, top, cls, monitor.distances(features))
+
+
+def stream(monitor, obs: tuple[np.ndarray | None, ...], order: np.ndarray,
+           batch: int = 8) -> list:
+    """Feed the rows `order` of `obs` in batches; the evaluations."""
     out = []
     for start in range(0, len(order), batch):
-        rows = order[start:start + batch]
-        ev = monitor.observe(*(a[rows] for a in obs))
+        ev = feed(monitor, obs, order[start:start + batch])
         if ev is not None:
             out.append(ev)
     return out
+
+
+def trained_line(dataset: str, out: Path, epochs: int = 60, seed: int = 0) -> Line:
+    """A reference model trained from scratch on a UCR dataset (`edge-export train --method
+    full`, a stratified 20% held out), run in torch, with the drift profile train wrote."""
+    import json
+
+    import torch
+
+    from export.data import load_dataset
+    from export.features import features_of, head_path
+    from export.train import train
+
+    length = load_dataset(f"ucr:{dataset}:train").length
+    # the smallest patch >= 8 that divides the length into at most 96 tokens
+    patch = next(p for p in range(max(8, -(-length // 96)), length + 1) if length % p == 0)
+    result = train(data=f"ucr:{dataset}:train", method="full", epochs=epochs, seed=seed,
+                   model_config={"patch": patch}, out=out, force=True, progress=False)
+    model, norm = result.model.eval(), result.channel_stats
+    meta = json.loads((Path(out) / "edge_model.json").read_text())
+    test = load_dataset(f"ucr:{dataset}:test", class_names=result.class_names)
+    train_ds = load_dataset(f"ucr:{dataset}:train", class_names=result.class_names)
+    x0 = torch.from_numpy(norm.apply(train_ds.X[:2].copy()))
+    path = head_path(model, (x0,))
+
+    def outputs(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, feats = features_of(model, torch.from_numpy(norm.apply(np.array(x, np.float32))),
+                                    path)
+        return logits.numpy(), feats.numpy()
+
+    return Line(dataset, lambda x: softmax(outputs(x)[0]), train_ds.X, test.X,
+                list(result.class_names), DriftProfile.model_validate(meta["drift_profile"]),
+                lambda x: outputs(x)[1])

@@ -1,8 +1,9 @@
 """Drift profiles in adapter envelopes (issue 14), end to end through a real Mosquitto and a
 real gateway (an in-process Service): `edge-export push` carries the adapter's profile in
 the signed header, the gateway stores it with the adapter and still holds it after a
-restart; a profile with NaN, wrong shapes, other channels or other classes is refused at
-intake with a one-line reason; a profile altered after signing breaks the signature; an
+restart; a profile with NaN, wrong shapes, other channels, other classes or feature
+statistics that are not finite, not orthonormal or of another width is refused at intake
+with a one-line reason; a profile altered after signing breaks the signature; an
 envelope from before profiles is still taken.
 
 The workstation side is test_push.py's: a copy of the gateway's bundle (trained on real
@@ -79,6 +80,23 @@ def _classes(header: dict) -> None:
     header["drift_profile"]["classes"]["names"].reverse()
 
 
+def _feature_nan(header: dict) -> None:
+    header["drift_profile"]["features"]["class_means"][0][0] = math.nan
+
+
+def _feature_width(header: dict) -> None:  # statistics of another model's features
+    features = header["drift_profile"]["features"]
+    features["dim"] -= 1
+    for row in features["class_means"]:
+        row.pop()
+    features["basis"], features["variances"] = [], []
+
+
+def _feature_basis(header: dict) -> None:  # not orthonormal: distances could go negative
+    basis = header["drift_profile"]["features"]["basis"]
+    basis[1] = list(basis[0])
+
+
 def _fewer_windows(header: dict) -> None:
     header["drift_profile"]["n_windows"] += 1
 
@@ -90,6 +108,11 @@ BAD = [  # (edit, signed again, the gateway's reason)
                     "edges need 9 shares, got 10"),
     (_channels, True, "adapter drift profile has 5 channel(s), the model 6"),
     (_classes, True, "adapter drift profile's classes are not the model's"),
+    (_feature_nan, True, "envelope header: drift_profile.features: Value error, feature "
+                         "statistics must be finite numbers"),
+    (_feature_width, True, "adapter drift profile has 31 features per window, the model 32"),
+    (_feature_basis, True, "envelope header: drift_profile.features: Value error, basis rows "
+                           "must be orthonormal"),
     (_fewer_windows, False, "adapter signature is invalid"),
 ]
 
@@ -130,4 +153,5 @@ def test_an_envelope_a_gateway_could_not_read_is_not_built(workstation):  # noqa
     body = (workstation / entry.file).read_bytes()
     with pytest.raises(ExportError, match=f"exceeds {MAX_HEADER} bytes"):
         envelope_for(entry.model_copy(update={"drift_profile": wide}), body)
-    assert unpack(envelope_for(entry, body), 1 << 30)[0]["drift_profile"]["n_windows"] == 40
+    # the fixture's 40 BasicMotions windows less the 8 held out to calibrate its threshold
+    assert unpack(envelope_for(entry, body), 1 << 30)[0]["drift_profile"]["n_windows"] == 32

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from drift_data import SHIFTS, bundle_line, make_profile, stream
+from drift_data import SHIFTS, bundle_line, feed, make_profile, stream
 from reference_bundle import basicmotions_split
 
 from edge.config import Config
@@ -102,7 +102,7 @@ def test_a_restored_state_holds_until_the_windows_say_otherwise(line):
 def test_windows_in_one_call_are_kept_to_the_window_size(line):
     monitor = DriftMonitor(line.profile, MonitorSettings(window=16, min_windows=16, every=1))
     obs = line.observations(np.concatenate([line.test, line.test]))
-    ev = monitor.observe(*obs)
+    ev = feed(monitor, obs, slice(None))
     assert ev is not None and monitor.ring.count == 16 and ev.windows == 80
 
 

@@ -39,7 +39,8 @@ def test_attach_equals_base_and_merge(ref, tmp_path):
     out = tmp_path / "bundle"
     report = export_attach(base="reference", weights=ref["weights"], out=out,
                            adapters=[ref["lora_head"], ref["lora_qv"], ref["bottleneck"]])
-    assert all(r.ok for r in report.parity) and len(report.parity) == 4
+    assert all(r.ok for r in report.parity)  # base + each adapter: logits and features
+    assert [r.output for r in report.parity] == ["logits", "features"] * 4
     x = np.random.default_rng(0).standard_normal((3, 2, 64)).astype(np.float32)
     with torch.no_grad():
         base_out = ref["base"](torch.from_numpy(x)).numpy()
@@ -282,7 +283,7 @@ def test_bank_rows_equal_single_adapter_runs(ref, tmp_path):
     export_attach(base="reference", weights=ref["weights"], out=single, adapters=adapters)
     report = export_attach(base="reference", weights=ref["weights"], out=banked,
                            adapters=adapters, bank=4)
-    assert all(r.ok for r in report.parity) and len(report.parity) == 4
+    assert all(r.ok for r in report.parity) and len(report.parity) == 8
     manifest = read_manifest(banked)
     assert manifest.bank == 4 and manifest.inputs[0].name == "x"
     bank = AdapterBank.for_bundle(banked, manifest)
@@ -300,7 +301,7 @@ def test_bank_rows_equal_single_adapter_runs(ref, tmp_path):
                       adapters=adapters, bank=2)
     full = export_attach(base="reference", weights=ref["weights"], out=tmp_path / "full",
                          adapters=adapters, bank=3)  # K adapters fill the bank: no base rows
-    assert all(r.ok for r in full.parity) and len(full.parity) == 3
+    assert all(r.ok for r in full.parity) and len(full.parity) == 6
 
 
 def test_cli_merge_attach_add_inspect(ref, tmp_path):

@@ -151,7 +151,8 @@ def test_add_adapter_to_either_bundle_kind(ref, bundles, tmp_path, bank):
     plain = add_adapter(bundle=out, adapter=new, name="line7")  # finite outputs, no torch
     checked = add_adapter(bundle=out, adapter=new, name="line7", base="reference",
                           weights=ref["weights"])
-    assert plain.parity == [] and [r.ok for r in checked.parity] == [True]
+    assert plain.parity == [] and [(r.output, r.ok) for r in checked.parity] == [
+        ("logits", True), ("features", True)]
     manifest = read_manifest(out)
     x = read_reference_inputs(out, manifest)
     want = torch_logits(ref, new, x)

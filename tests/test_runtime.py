@@ -230,19 +230,24 @@ def test_results_match_offline_engine(service, mosquitto, basicmotions_bundle, t
 
 
 class HeldEngine:
-    """Wraps svc.engine.run: the first call blocks until `release()`, so tests can fill the
-    queue deterministically; `calls` records (rows, with adapter) per call."""
+    """Wraps svc.engine's runs (run, and run_with_features that the drift watch uses): the
+    first call blocks until `release()`, so tests can fill the queue deterministically;
+    `calls` records (rows, with adapter) per call."""
 
     def __init__(self, svc: Service) -> None:
-        self.run, self.calls = svc.engine.run, []
+        self.calls = []
         self.entered, self.gate = threading.Event(), threading.Event()
-        svc.engine.run = self
+        engine = svc.engine
+        for name in ("run", "run_with_features"):
+            setattr(engine, name, self._held(getattr(engine, name)))
 
-    def __call__(self, batch, adapter=None, feeds=None):
-        self.entered.set()
-        self.gate.wait(WAIT_S)
-        self.calls.append((batch.shape[0], adapter is not None))
-        return self.run(batch, adapter, feeds)
+    def _held(self, run):
+        def held(batch, adapter=None, feeds=None):
+            self.entered.set()
+            self.gate.wait(WAIT_S)
+            self.calls.append((batch.shape[0], adapter is not None))
+            return run(batch, adapter, feeds)
+        return held
 
     def release(self) -> None:
         self.gate.set()

@@ -2,12 +2,15 @@
 writer thread that stores them off the inference worker.
 
     capture = Capture(settings, state_dir, dropped=..., captured=...)
-    rows = capture.select(line, top, mean, std, state, profile)   # [(row, reason), ...]
+    rows = capture.select(line, top, mean, std, state, profile, ood)  # [(row, reason), ...]
     capture.offer(record, x)           # the worker: a put on a bounded queue, never a wait
     capture.close()                    # at stop: what is queued is written, then the thread ends
 
 A window is kept when (in this order of reasons, the first that applies is recorded)
 
+    ood        the Mahalanobis distance of its penultimate features exceeds the profile's
+               threshold `ood_margin` times (edge/drift/features.py; when the profile and
+               the graph have features)
     outlier    a channel's window mean or std lies outside the profile's decile range
                [q10 - m (q90 - q10), q90 + m (q90 - q10)], m = outlier_margin
     low_score  its top score is below low_score
@@ -42,7 +45,7 @@ from .profile import DriftProfile
 log = logging.getLogger(__name__)
 
 FOLDER = "capture"  # under device.state_dir
-REASONS = ("outlier", "low_score", "drifting")
+REASONS = ("ood", "outlier", "low_score", "drifting")
 ALARMED = ("warn", "drift")
 _STOP = object()
 
@@ -54,6 +57,7 @@ class CaptureSettings(Protocol):
     low_score: float
     drifting_share: float
     outlier_margin: float
+    ood_margin: float
     reasons: Sequence[str]
     queue: int
     per_minute: int
@@ -100,9 +104,11 @@ class Capture:
 
     # -- the worker ------------------------------------------------------------------------
     def select(self, line: str, top: np.ndarray, mean: np.ndarray, std: np.ndarray,
-               state: str, profile: DriftProfile | None) -> list[tuple[int, str]]:
+               state: str, profile: DriftProfile | None, ood: np.ndarray | None = None
+               ) -> list[tuple[int, str]]:
         """The rows of one line's windows to keep, with the reason: top (n,), mean, std
-        (n, C) raw; `state` the line's drift state; `profile` its model's (or None)."""
+        (n, C) raw; `state` the line's drift state; `profile` its model's (or None); ood
+        (n,) the windows' Mahalanobis distances (None: not known)."""
         s, n = self.settings, len(top)
         reason = np.full(n, "", dtype=object)
         if "drifting" in s.reasons and state in ALARMED:
@@ -111,6 +117,9 @@ class Capture:
             reason[top < s.low_score] = "low_score"
         if "outlier" in s.reasons and profile is not None:
             reason[self._range(profile).rows(mean, std)] = "outlier"
+        if "ood" in s.reasons and ood is not None and profile is not None \
+                and profile.features is not None:
+            reason[ood > s.ood_margin * profile.features.threshold] = "ood"
         rows = np.flatnonzero(reason != "")
         return [(int(i), str(reason[i])) for i in rows[:self._allowed(line, len(rows))]]
 

@@ -9,7 +9,8 @@ The npz is the training format `edge-export train --data` reads (docs/DATA.md):
     y (N,) str            the PREDICTED class names: provisional labels, to be checked
     class_names (K,) str  the model's classes, when every exported record shares them
     line, adapter, reason, drift_state, id (N,) str; version (N,) int64 (-1: the base);
-    score (N,) float32 top score; received (N,) float64 unix time     (the loader ignores these)
+    score (N,) float32 top score; ood (N,) float32 Mahalanobis distance (NaN: not known);
+    received (N,) float64 unix time                                   (the loader ignores these)
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def export_npz(store: CaptureStore, out: Path, *, line: str | None = None,
         "adapter": np.array([r.adapter for r in recs], dtype=str),
         "version": np.array([-1 if r.version is None else r.version for r in recs], np.int64),
         "score": np.array([r.top for r in recs], np.float32),
+        "ood": np.array([np.nan if r.ood is None else r.ood for r in recs], np.float32),
         "reason": np.array([r.reason for r in recs], dtype=str),
         "drift_state": np.array([r.drift_state for r in recs], dtype=str),
         "received": np.array([r.received for r in recs], np.float64),

@@ -52,9 +52,10 @@ class Record:
     predicted: str  # predicted class name (a provisional label)
     classes: list[str]  # the model's class names, in its order
     received: float  # time.time() when the window arrived
-    reason: str  # "outlier", "low_score" or "drifting"
+    reason: str  # "ood", "outlier", "low_score" or "drifting"
     id: str = ""  # the sensor message's id
     drift_state: str = ""  # the line's drift state at capture
+    ood: float | None = None  # Mahalanobis distance of its features (None: not known)
     seq: int = field(default=0, compare=False)  # set by the store: order of capture
 
 

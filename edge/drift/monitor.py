@@ -4,16 +4,20 @@ hysteresis.
 
     monitor = DriftMonitor(profile, MonitorSettings())
     mean, std = window_stats(x)                 # x (n, C, L) raw, before normalisation
-    ev = monitor.observe(mean, std, top, cls)   # top (n,) top softmax score, cls (n,) argmax
+    ood = monitor.distances(features)           # features (n, D) -> (n,), or None
+    ev = monitor.observe(mean, std, top, cls, ood)  # top (n,) top softmax score, cls (n,)
     if ev is not None: ev.state, ev.changed, ev.indicators
 
-Per window the monitor keeps 2C + 2 numbers in a ring buffer of `window` rows (no per-sample
-work). Every `every` windows, once `min_windows` are in, it computes four indicators:
+Per window the monitor keeps 2C + 3 numbers in a ring buffer of `window` rows (no per-sample
+work). Every `every` windows, once `min_windows` are in, it computes its indicators:
 
     input_psi   max over channels of the PSI of the window-mean and window-std histograms
     class_psi   PSI of the predicted class mix
     score_psi   PSI of the top-score histogram
     score_drop  profile's mean top score - the rolling window's (> 0: less confident)
+    ood_share   share of windows whose penultimate features lie beyond the profile's
+                Mahalanobis threshold (edge/drift/features.py); only when the profile has
+                feature statistics and the graph outputs features
 
 PSI here is bias corrected: both sides get half a count per bin (an empty bin of a small
 window is not an infinite surprise), and the value expected when nothing changed,
@@ -36,9 +40,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .features import FeatureScorer
 from .profile import DriftProfile, Histogram, bin_counts, psi
 
-INDICATORS = ("input_psi", "class_psi", "score_psi", "score_drop")
+INDICATORS = ("input_psi", "class_psi", "score_psi", "score_drop", "ood_share")
 LEVELS = ("ok", "warn", "drift")  # index = level
 UNKNOWN = "unknown"  # the published state of a line whose model carries no profile
 PSEUDO = 0.5  # counts added to every bin (Jeffreys): a finite PSI for empty bins
@@ -59,6 +64,7 @@ DEFAULT_THRESHOLDS: Mapping[str, Threshold] = {
     "class_psi": Threshold(warn=0.5, drift=1.0),
     "score_psi": Threshold(warn=1.5, drift=2.5),
     "score_drop": Threshold(warn=0.2, drift=0.35),
+    "ood_share": Threshold(warn=0.6, drift=0.8),
 }
 
 
@@ -148,15 +154,18 @@ class _Ring:
         self.std = np.zeros((size, channels))
         self.top = np.zeros(size)
         self.cls = np.zeros(size, np.int64)
+        self.ood = np.full(size, np.nan)  # Mahalanobis distance; NaN: no features came
         self.size, self.head, self.count = size, 0, 0
 
-    def push(self, mean: np.ndarray, std: np.ndarray, top: np.ndarray, cls: np.ndarray) -> None:
+    def push(self, mean: np.ndarray, std: np.ndarray, top: np.ndarray, cls: np.ndarray,
+             ood: np.ndarray) -> None:
         n = len(top)
         if n > self.size:  # only the newest `size` rows can stay
-            mean, std, top, cls, n = mean[-self.size:], std[-self.size:], top[-self.size:], \
-                cls[-self.size:], self.size
+            mean, std, top, cls, ood, n = mean[-self.size:], std[-self.size:], \
+                top[-self.size:], cls[-self.size:], ood[-self.size:], self.size
         rows = (self.head + np.arange(n)) % self.size
         self.mean[rows], self.std[rows], self.top[rows], self.cls[rows] = mean, std, top, cls
+        self.ood[rows] = ood
         self.head = (self.head + n) % self.size
         self.count = min(self.count + n, self.size)
 
@@ -184,12 +193,23 @@ class DriftMonitor:
         class_hist = Histogram(edges=list(np.arange(self._classes - 1) + 0.5),
                                shares=list(profile.classes.shares)) if self._classes > 1 else None
         self._class_set = None if class_hist is None else HistogramSet([class_hist], n)
+        self.scorer = None if profile.features is None else FeatureScorer(profile.features)
+
+    def distances(self, features: np.ndarray | None) -> np.ndarray | None:
+        """Mahalanobis distances (n,) of penultimate features (n, D) from the profile's;
+        None when the profile has no feature statistics, no features came, or their width
+        is not the profile's (a graph from another export: nothing to compare)."""
+        if self.scorer is None or features is None or features.ndim != 2 \
+                or features.shape[1] != self.scorer.dim:
+            return None
+        return self.scorer.distances(features)
 
     def observe(self, mean: np.ndarray, std: np.ndarray, top: np.ndarray,
-                cls: np.ndarray) -> Evaluation | None:
+                cls: np.ndarray, ood: np.ndarray | None = None) -> Evaluation | None:
         """Add n windows: mean, std (n, C) raw per channel, top (n,) top score, cls (n,)
-        predicted class index. An Evaluation when this call was due for one, else None."""
-        self.ring.push(mean, std, top, cls)
+        predicted class index, ood (n,) their `distances` (None: not known). An Evaluation
+        when this call was due for one, else None."""
+        self.ring.push(mean, std, top, cls, np.full(len(top), np.nan) if ood is None else ood)
         self.seen += len(top)
         s = self.settings
         if self.seen < s.min_windows or self.seen - self._evaluated_at < s.every:
@@ -198,19 +218,25 @@ class DriftMonitor:
         return self.evaluate()
 
     def indicators_now(self) -> dict[str, float]:
-        """The four indicators of the rolling window as it is."""
+        """The indicators of the rolling window as it is (ood_share only when at least half
+        of its windows came with features)."""
         r, count = self.ring, self.ring.count
         values = np.concatenate([r.mean[:count], r.std[:count]], axis=1)  # (n, 2C)
         input_psi = self._inputs.psi(self._inputs.counts(values))
         top = r.top[:count]
         class_psi = 0.0 if self._class_set is None else float(
             self._class_set.psi(self._class_set.counts(r.cls[:count, None].astype(float)))[0])
-        return {
+        out = {
             "input_psi": float(input_psi.max()),
             "class_psi": class_psi,
             "score_psi": float(self._top.psi(self._top.counts(top[:, None]))[0]),
             "score_drop": float(self.profile.top_score_mean - top.mean()),
         }
+        ood = r.ood[:count]
+        known = ood[np.isfinite(ood)]
+        if self.scorer is not None and 2 * len(known) >= count:
+            out["ood_share"] = float((known > self.profile.features.threshold).mean())
+        return out
 
     def level(self, indicators: Mapping[str, float]) -> int:
         """0 ok, 1 warn, 2 drift: the highest level any indicator reaches."""

@@ -11,6 +11,9 @@ the adapter's metadata, the bundle manifest (`AdapterEntry.drift_profile`,
     classes.names / classes.shares                predicted class mix on the training windows
     top_score                                     Histogram of the top softmax score
     top_score_mean                                its mean
+    features                                      (version 2, optional) statistics of the
+                                                  penultimate features and the Mahalanobis
+                                                  distance threshold (edge/drift/features.py)
 
 A Histogram holds the bin edges (deciles of the reference values, so about 10% each) and the
 reference share of each bin; PSI compares the shares a rolling window puts in the same bins.
@@ -24,7 +27,9 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-PROFILE_VERSION = 1
+from .features import FeatureProfile
+
+PROFILE_VERSION = 2  # 1: without `features`
 BINS = 10  # deciles
 SHARE_FLOOR = 1e-4  # an empty bin counts as this share in PSI (ln 0 is undefined)
 
@@ -104,23 +109,30 @@ class ClassProfile(_Strict):
 
 
 class DriftProfile(_Strict):
-    version: Literal[1] = PROFILE_VERSION
+    version: Literal[1, 2] = PROFILE_VERSION
     n_windows: int = Field(ge=1, description="training windows the profile was computed on")
     inputs: InputProfile
     classes: ClassProfile
     top_score: Histogram
     top_score_mean: float = Field(ge=0.0, le=1.0)
+    features: FeatureProfile | None = None
 
     @property
     def channels(self) -> int:
         return len(self.inputs.window_mean)
 
-    def problem(self, channels: int, class_names: list[str]) -> str | None:
-        """Why this profile does not belong to a model with that input and those classes."""
+    def problem(self, channels: int, class_names: list[str],
+                features: int | None = None) -> str | None:
+        """Why this profile does not belong to a model with that input, those classes and
+        `features` penultimate features per window (None: the graph outputs none)."""
         if self.channels != channels:
             return f"drift profile has {self.channels} channel(s), the model {channels}"
         if list(self.classes.names) != list(class_names):
             return "drift profile's classes are not the model's"
+        if self.features is not None and features is not None \
+                and self.features.dim != features:
+            return (f"drift profile has {self.features.dim} features per window, the model "
+                    f"{features}")
         return None
 
 

@@ -4,7 +4,7 @@ version), its retained drift topic, the events of state changes, and the states 
 
     watch = DriftWatch(settings, layout, state_dir, profile_of=..., publish=..., event=...,
                        changed=...)
-    watch.observe("press-3", route, mean, std, top, cls)   # the worker, after softmax
+    watch.observe("press-3", route, mean, std, top, cls, features)  # the worker
     watch.announce()                                       # after every (re)connect
 
 `<prefix>/<device>/drift/<line>` (retained, JSON): line, adapter, version, state (ok / warn
@@ -88,8 +88,12 @@ class DriftWatch:
         self._lock = threading.Lock()  # the worker observes, paho's thread announces
 
     def observe(self, line: str, route: RouteView, mean: np.ndarray, std: np.ndarray,
-                top: np.ndarray, cls: np.ndarray) -> Evaluation | None:
-        """n windows of `line` served by `route`: mean, std (n, C) raw, top (n,), cls (n,)."""
+                top: np.ndarray, cls: np.ndarray, features: np.ndarray | None = None
+                ) -> np.ndarray | None:
+        """n windows of `line` served by `route`: mean, std (n, C) raw, top (n,), cls (n,),
+        features (n, D) penultimate (None: the graph outputs none). Returns the windows'
+        out-of-distribution distances (n,), or None when they are not known (the line is
+        not watched, its profile has no feature statistics, or no features came)."""
         watched = self.lines.get(line)
         if watched is None or watched.key != route.key:
             if not self.settings.watches(line):
@@ -97,10 +101,11 @@ class DriftWatch:
             watched = self._start(line, route)
         if watched.monitor is None:
             return None
-        ev = watched.monitor.observe(mean, std, top, cls)
+        ood = watched.monitor.distances(features)
+        ev = watched.monitor.observe(mean, std, top, cls, ood)
         if ev is not None:
             self._evaluated(line, watched, ev)
-        return ev
+        return ood
 
     def state_of(self, line: str) -> tuple[str, DriftProfile | None] | None:
         """(state, profile) of a watched line's monitor: ("unknown", None) when its model has

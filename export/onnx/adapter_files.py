@@ -53,12 +53,19 @@ def run_adapter(engine: Engine, bundle: Path, manifest: Manifest, file: Path,
     """Logits (N, num_classes) of x (N, C, L) with the adapter in `file`, run as the gateway
     checks one: a LoraAdapter on a single-slot bundle, bank entry 0 (every row's
     adapter_index 0) on a bank bundle."""
+    return run_adapter_features(engine, bundle, manifest, file, x)[0]
+
+
+def run_adapter_features(engine: Engine, bundle: Path, manifest: Manifest, file: Path,
+                         x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """`run_adapter`'s logits and, from the same run, the features (N, D) when the graph
+    outputs them."""
     try:
         if not manifest.bank:
-            return engine.run(x, load_adapter_file(file))
+            return engine.run_with_features(x, load_adapter_file(file))
         bank = AdapterBank.for_bundle(bundle, manifest)
         bank.load(0, read_adapter_arrays(file))
-        return engine.run(x, feeds=bank.feeds(np.zeros(len(x), np.int64)))
+        return engine.run_with_features(x, feeds=bank.feeds(np.zeros(len(x), np.int64)))
     except EdgeError:
         raise
     except Exception as exc:  # onnxruntime raises its own untyped errors

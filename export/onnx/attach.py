@@ -26,6 +26,7 @@ from edge.bundle import (
     Manifest,
     Preprocessing,
     atomic_write,
+    features_width,
     read_manifest,
     read_reference_inputs,
     sha256_file,
@@ -37,13 +38,14 @@ from edge.engine import Engine, load_adapter_file, read_adapter_arrays
 from edge.errors import AdapterRejected, ExportError, IncompatibleBundle
 from export.adapters.model import AdaptedModel
 from export.drift_profile import META_KEY, profile_of
+from export.features import feature_parity
 from export.models import load_base, sidecar_path, weights_fingerprint
 from export.onnx.adapter_files import (
     adapter_file_name,
     check_adapter_name,
     expected_outputs,
     reference_fields,
-    run_adapter,
+    run_adapter_features,
     write_onnx_adapter,
 )
 from export.onnx.merge import (
@@ -80,9 +82,11 @@ def check_fingerprint(adapter: AdapterDir, fingerprint: str) -> list[str]:
 
 
 def adapter_entry(adapter: AdapterDir, name: str, version: int, file: str, sha: str,
-                  fingerprint: str, num_classes: int, channels: int) -> AdapterEntry:
+                  fingerprint: str, num_classes: int, channels: int,
+                  features: int | None = None) -> AdapterEntry:
     """The manifest entry of `adapter`, with the drift profile its metadata records (None
-    when it records none), checked against the model's `channels` and the adapter's classes."""
+    when it records none), checked against the model's `channels`, its `features` per window
+    (None: the graph outputs none) and the adapter's classes."""
     groups = sorted({k.split(".lora_")[0].split(".adapter_")[0].removeprefix("base_model.model.")
                      for k in adapter.tensors})
     classes = adapter.meta.get("class_names") or [str(i) for i in range(num_classes)]
@@ -93,7 +97,7 @@ def adapter_entry(adapter: AdapterDir, name: str, version: int, file: str, sha: 
                         metrics=adapter.meta.get("metrics", {}),
                         drift_profile=profile_of(adapter.meta, str(adapter.path)))
     try:
-        check_profile(entry, channels)
+        check_profile(entry, channels, features)
     except AdapterRejected as exc:
         raise AdapterRejected(f"{adapter.path}: {exc}") from None
     return entry
@@ -115,11 +119,11 @@ def base_labels(weights: str | Path | None, num_classes: int) -> tuple[list[str]
 
 
 def base_profile(meta: dict, weights: str | Path | None, channels: int,
-                 class_names: list[str]) -> DriftProfile | None:
+                 class_names: list[str], features: int | None = None) -> DriftProfile | None:
     """The base's drift profile from the metadata beside its weights (`train --method full`
     writes one in edge_model.json), checked against the base; None when there is none."""
     profile = profile_of(meta, f"{weights} (the files beside it)")
-    problem = None if profile is None else profile.problem(channels, class_names)
+    problem = None if profile is None else profile.problem(channels, class_names, features)
     if problem:
         raise ExportError(f"--weights {weights}: the base's {problem}")
     return profile
@@ -199,7 +203,8 @@ def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: lis
         file = adapter_file_name(name, 1)
         write_onnx_adapter(tmp / file, adapter_tensors(adapter, slots), 1)
         entries.append(adapter_entry(adapter, name, 1, file, sha256_file(tmp / file),
-                                     fingerprint, num_classes, channels))
+                                     fingerprint, num_classes, channels,
+                                     features_width(outputs)))
     np.save(tmp / REFERENCE_INPUTS, x)
     with torch.no_grad():
         base_classes = int(model(torch.from_numpy(x[:1])).shape[-1])
@@ -210,7 +215,8 @@ def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: lis
                       opset=settings.opset, precision=settings.precision,
                       class_names=class_names,
                       preprocessing=Preprocessing.from_dict(base_meta.get("preprocessing")),
-                      drift_profile=base_profile(base_meta, weights, channels, class_names)),
+                      drift_profile=base_profile(base_meta, weights, channels, class_names,
+                                                 features_width(outputs))),
         inputs=inputs, outputs=outputs, dynamic_batch=settings.dynamic,
         max_rank=settings.max_rank, bank=bank, num_classes=num_classes, slots=slots,
         adapters=entries)
@@ -236,18 +242,21 @@ def _write_base(path: Path, model: torch.nn.Module, slots: list, defaults: dict,
 
 def validate_bundle(bundle: Path, manifest: Manifest, model: torch.nn.Module,
                     dirs: list[AdapterDir], x: np.ndarray, atol: float) -> list:
-    """onnxruntime vs torch: no adapter = the base; each adapter active = torch with it."""
+    """onnxruntime vs torch, logits and features: no adapter = the base; each adapter
+    active = torch with it."""
     import copy
 
     engine = Engine(bundle / BASE_FILE)
     with torch.no_grad():
         want = model(torch.from_numpy(x)).numpy()
-    results = [compare("attached, no adapter", OUTPUT, engine.run(x), want, atol,
-                       columns=want.shape[1])]
+    got, features = engine.run_with_features(x)
+    results = [compare("attached, no adapter", OUTPUT, got, want, atol, columns=want.shape[1])]
+    results += feature_parity("attached, no adapter", model, (torch.from_numpy(x),), features,
+                              atol)
     adapted = AdaptedModel(copy.deepcopy(model)).eval()
     for adapter, entry in zip(dirs, manifest.adapters, strict=True):
-        got = engine.run(x, load_adapter_file(bundle / entry.file))
-        results.append(_parity_with(adapted, adapter, entry, x, got, atol))
+        got = engine.run_with_features(x, load_adapter_file(bundle / entry.file))
+        results += _parity_with(adapted, adapter, entry, x, got, atol)
     return results
 
 
@@ -255,7 +264,7 @@ def validate_bank(bundle: Path, manifest: Manifest, model: torch.nn.Module,
                   dirs: list[AdapterDir], x: np.ndarray, atol: float) -> list:
     """One mixed batch: row i uses bank entry i % (n + 1), entry n being the base (when the
     bank has an entry left for it: K = n adapters fill it); each row must equal torch with
-    that row's adapter."""
+    that row's adapter, logits and features."""
     import copy
 
     bank = AdapterBank.for_bundle(bundle, manifest)
@@ -265,32 +274,38 @@ def validate_bank(bundle: Path, manifest: Manifest, model: torch.nn.Module,
     entries = min(n + 1, manifest.bank)
     rows = np.concatenate([x, x])  # every entry sees several rows
     index = np.arange(len(rows)) % entries
-    got = Engine(bundle / BASE_FILE).run(rows, feeds=bank.feeds(index))
+    got, features = Engine(bundle / BASE_FILE).run_with_features(rows, feeds=bank.feeds(index))
     adapted = AdaptedModel(copy.deepcopy(model)).eval()
     results = []
     for k in range(entries):
         mine = index == k
+        mine_features = None if features is None else features[mine]
         if k == n:
             with torch.no_grad():
                 want = model(torch.from_numpy(rows[mine])).numpy()
             results.append(compare("bank, base rows", OUTPUT, got[mine], want, atol,
                                    columns=want.shape[1]))
+            results += feature_parity("bank, base rows", model, (torch.from_numpy(rows[mine]),),
+                                      mine_features, atol)
         else:
-            result = _parity_with(adapted, dirs[k], manifest.adapters[k], rows[mine],
-                                  got[mine], atol)
-            result.check = f"bank + {manifest.adapters[k].name}"
-            results.append(result)
+            entry = manifest.adapters[k]
+            results += _parity_with(adapted, dirs[k], entry, rows[mine],
+                                    (got[mine], mine_features), atol, f"bank + {entry.name}")
     return results
 
 
 def _parity_with(adapted: AdaptedModel, source: AdapterDir, entry: AdapterEntry,
-                 x: np.ndarray, got: np.ndarray, atol: float):
-    """Add `source` to the torch model and compare its output with onnxruntime's `got`."""
+                 x: np.ndarray, got: tuple[np.ndarray, np.ndarray | None], atol: float,
+                 check: str | None = None) -> list:
+    """Add `source` to the torch model and compare its logits and features with
+    onnxruntime's `got` (logits, features or None)."""
     adapted.add_adapter(entry.name, source.config)
     adapted.load_adapter_state_dict(entry.name, source.tensors, source=str(source.path))
     with torch.no_grad():
         want = adapted(torch.from_numpy(x)).numpy()
-    return compare(f"attached + {entry.name}", OUTPUT, got, want, atol, columns=want.shape[1])
+    check = check or f"attached + {entry.name}"
+    return [compare(check, OUTPUT, got[0], want, atol, columns=want.shape[1]),
+            *feature_parity(check, adapted, (torch.from_numpy(x),), got[1], atol)]
 
 
 def add_adapter(*, bundle: str | Path, adapter: str | Path, name: str,
@@ -323,7 +338,7 @@ def add_adapter(*, bundle: str | Path, adapter: str | Path, name: str,
         write_onnx_adapter(staging, tensors, version)
         entry = adapter_entry(source, name, version, file, sha256_file(staging),
                               manifest.base.weights_fingerprint, manifest.num_classes,
-                              int(manifest.inputs[0].shape[1]))
+                              int(manifest.inputs[0].shape[1]), manifest.features)
         parity, entry = _check_added(bundle, manifest, staging, entry, source, base, weights,
                                      atol)
         atomic_write(bundle / file, staging.read_bytes())  # only now: every check passed
@@ -347,7 +362,8 @@ def _check_added(bundle: Path, manifest: Manifest, staging: Path, entry: Adapter
     rows = read_reference_inputs(bundle, manifest)  # the gateway's first 8 rows, or None
     x = rows if rows is not None else _all_reference_inputs(bundle)
     try:
-        got = run_adapter(Engine(bundle / manifest.base.file), bundle, manifest, staging, x)
+        got, features = run_adapter_features(Engine(bundle / manifest.base.file), bundle,
+                                             manifest, staging, x)
     except AdapterRejected as exc:
         raise AdapterRejected(f"{source.path}: {exc}") from None
     if not np.isfinite(got).all():
@@ -357,7 +373,8 @@ def _check_added(bundle: Path, manifest: Manifest, staging: Path, entry: Adapter
     if base is not None:
         model = load_base(base, weights=weights).eval()
         tol = ExportSettings(precision=manifest.base.precision, atol=atol).tolerance
-        results = [_parity_with(AdaptedModel(model).eval(), source, entry, x, got, tol)]
+        results = _parity_with(AdaptedModel(model).eval(), source, entry, x,
+                               (got, features), tol)
         raise_on_failure(results)
     if rows is None:  # no usable reference_inputs.npy: nothing a gateway compares
         return results, entry

@@ -20,11 +20,13 @@ from edge import __version__
 from edge.bundle import Manifest, TensorSpec
 from edge.config import Export, load_config
 from edge.contract import Preprocessing
+from edge.drift import DriftProfile
 from edge.engine import Engine
 from edge.errors import AdapterRejected, ConfigError, ExportError
 from export.adapters.model import AdaptedModel
 from export.adapters.registry import adapter_kind
 from export.drift_profile import profile_of
+from export.features import FEATURES_OUTPUT, WithFeatures, feature_parity, head_path
 from export.models import load_base, weights_fingerprint
 from export.onnx.parity import ParityResult, compare, raise_on_failure
 from export.outputs import check_writable, shared_mode
@@ -94,12 +96,18 @@ def sample_inputs(shape: tuple[int, ...], settings: ExportSettings,
 
 
 def to_onnx(module: nn.Module, args: tuple, input_names: list[str], path: Path,
-            settings: ExportSettings, batch_inputs: int = 1) -> None:
-    """TorchScript-based export (dynamo=False). The first `batch_inputs` inputs and the
-    output have a batch axis, dynamic unless the target fixes it."""
+            settings: ExportSettings, batch_inputs: int = 1) -> list[str]:
+    """TorchScript-based export (dynamo=False) of `module`, with a second output `features`
+    (N, D) when it has a classification head to read them at (export/features.py). The first
+    `batch_inputs` inputs and the outputs have a batch axis, dynamic unless the target fixes
+    it. Returns the output names."""
+    head = head_path(module.eval(), args)
+    outputs = [OUTPUT] if head is None else [OUTPUT, FEATURES_OUTPUT]
+    if head is not None:
+        module = WithFeatures(module, head)
     axes = None
     if settings.dynamic:
-        axes = {name: {0: "batch"} for name in [*input_names[:batch_inputs], OUTPUT]}
+        axes = {name: {0: "batch"} for name in [*input_names[:batch_inputs], *outputs]}
     fastpath = torch.backends.mha.get_fastpath_enabled()
     # The fused Transformer fast path (aten::_native_multi_head_attention) has no ONNX form.
     torch.backends.mha.set_fastpath_enabled(False)
@@ -107,12 +115,13 @@ def to_onnx(module: nn.Module, args: tuple, input_names: list[str], path: Path,
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module.eval(), args, str(path), input_names=input_names,
-                              output_names=[OUTPUT], dynamic_axes=axes,
+                              output_names=outputs, dynamic_axes=axes,
                               opset_version=settings.opset, dynamo=False)
         except Exception as exc:
             raise ExportError(f"torch.onnx.export failed: {exc}".splitlines()[0]) from exc
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
+    return outputs
 
 
 def finish_onnx(path: Path, *, defaults: dict[str, np.ndarray] | None = None,
@@ -190,27 +199,36 @@ def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
             "edge.package_version": __version__,
             "edge.class_names": json.dumps(adapter_dir.meta.get("class_names", [])),
             "edge.preprocessing": json.dumps(pre.to_dict() if pre else {})}
-    meta.update(_profile_meta(adapter_dir, shape[0]))
+    profile = _profile(adapter_dir, shape[0])
+    if profile is not None:
+        meta["edge.drift_profile"] = profile.model_dump_json()
     with staging_file(out) as tmp:
         to_onnx(plain, (torch.from_numpy(x),), [INPUT], tmp, settings)
         finish_onnx(tmp, metadata=meta, precision=settings.precision)
         with torch.no_grad():
             want = plain(torch.from_numpy(x)).numpy()
-        result = compare("merged", OUTPUT, Engine(tmp).run(x), want, settings.tolerance)
-        raise_on_failure([result])
-    return ExportReport(out, [result], {out.name: out.stat().st_size}, notes)
+        got, features = Engine(tmp).run_with_features(x)
+        problem = None if profile is None or features is None else profile.problem(
+            shape[0], profile.classes.names, features.shape[1])
+        if problem:
+            raise AdapterRejected(f"{adapter_dir.path}: adapter {problem}")
+        results = [compare("merged", OUTPUT, got, want, settings.tolerance)]
+        results += feature_parity("merged", plain, (torch.from_numpy(x),), features,
+                                  settings.tolerance)
+        raise_on_failure(results)
+    return ExportReport(out, results, {out.name: out.stat().st_size}, notes)
 
 
-def _profile_meta(adapter_dir, channels: int) -> dict[str, str]:
-    """{"edge.drift_profile": JSON} when the adapter records a drift profile (checked
-    against the model's channels and the adapter's classes), else {}."""
+def _profile(adapter_dir, channels: int) -> DriftProfile | None:
+    """The adapter's drift profile (None when it records none), checked against the model's
+    channels and the adapter's classes."""
     profile = profile_of(adapter_dir.meta, str(adapter_dir.path))
     if profile is None:
-        return {}
+        return None
     problem = profile.problem(channels, list(adapter_dir.meta.get("class_names") or []))
     if problem:
         raise AdapterRejected(f"{adapter_dir.path}: adapter {problem}")
-    return {"edge.drift_profile": profile.model_dump_json()}
+    return profile
 
 
 def real_samples(data: str | Path | None, meta: dict, shape: tuple[int, ...],
