@@ -416,12 +416,14 @@ BAD_DIR_CASES = [
     pytest.param(_truncate, WEIGHTS, "corrupted or truncated", id="truncated"),
     pytest.param(_random_bytes, WEIGHTS, "corrupted or truncated", id="random-bytes"),
     pytest.param(_empty, WEIGHTS, "corrupted or truncated", id="empty-file"),
-    pytest.param(_extra_key, WEIGHTS, "tensor base_model.model.nope.lora_A.weight matches no "
-                 "module", id="key-matches-no-module"),
-    pytest.param(_missing_key, WEIGHTS, "tensor base_model.model.fc2.lora_B.weight is missing",
-                 id="key-missing"),
+    pytest.param(_extra_key, WEIGHTS, "tensor base_model.model.nope.lora_A.weight is meant for "
+                 "module 'nope', which this model does not have", id="key-matches-no-module"),
+    pytest.param(_missing_key, WEIGHTS, r"tensor base_model.model.fc2.lora_B.weight is missing: "
+                 r"module 'fc2' \(Linear\(in_features=16, out_features=16, bias=True\)\) "
+                 "expects it", id="key-missing"),
     pytest.param(_wrong_shape, WEIGHTS, r"tensor base_model.model.fc1.lora_A.weight has shape "
-                 r"\(3, 6\), the model needs \(2, 6\)", id="wrong-shape"),
+                 r"\(3, 6\), the model needs \(2, 6\) for module 'fc1' \(Linear\(in_features=6",
+                 id="wrong-shape"),
     pytest.param(_poison(float("nan")), WEIGHTS, "tensor base_model.model.fc2.lora_B.weight "
                  "holds NaN or Inf", id="nan"),
     pytest.param(_poison(float("inf")), WEIGHTS, "tensor base_model.model.fc2.lora_B.weight "
