@@ -52,7 +52,7 @@ def why_unmatched(model: AdaptedModel, name: str, key: str) -> str:
     module = named.get(path)
     head = f"is meant for module {path!r}, which"
     if module is None:
-        close = difflib.get_close_matches(path, list(named), n=3)
+        close = sorted(difflib.get_close_matches(path, list(named), n=3))
         hint = f" (similar: {', '.join(close)})" if close else ""
         return f"{head} this model does not have{hint}"
     if kind is None:
