@@ -409,6 +409,21 @@ def test_everything_excluded_names_each_module_and_why():
                                          exclude_modules=["fc1"], modules_to_save=["head"]))
 
 
+@pytest.mark.parametrize("first, second, message", [
+    pytest.param({"target_modules": ["0"], "modules_to_save": ["2"]}, {"target_modules": ["2"]},
+                 r"module 2 is saved whole by adapter\(s\) \['a'\]", id="lora-on-a-saved-module"),
+    pytest.param({"target_modules": ["2"]}, {"target_modules": ["0"], "modules_to_save": ["2"]},
+                 r"modules_to_save 2 carries adapter\(s\) \['a'\]", id="saving-a-lora-module"),
+])
+def test_no_module_is_wrapped_twice_across_adapters(first, second, message):
+    adapted = AdaptedModel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
+    adapted.add_adapter("a", LoraConfig(r=2, **first))
+    before = set(adapted.adapter_state_dict("a"))
+    with pytest.raises(AdapterError, match=message):
+        adapted.add_adapter("b", LoraConfig(r=2, **second))
+    assert set(adapted.configs) == {"a"} and set(adapted.adapter_state_dict("a")) == before
+
+
 def _fitted(**options) -> AdaptedModel:
     config = LoraConfig(r=2, **{"target_modules": ["fc1"], "modules_to_save": ["head"]} | options)
     return inject(build(Mlp)[0], config)

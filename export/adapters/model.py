@@ -93,6 +93,7 @@ class AdaptedModel(nn.Module):
             if isinstance(parent, nn.MultiheadAttention):
                 raise AdapterError(f"{option}: {path} cannot be adapted: MultiheadAttention "
                                    "reads its out_proj weight directly, never calling it")
+        self._check_no_double_wrap(name, [p for p, _ in chosen], saved)
         for path, _ in chosen:
             current = self.base_model.get_submodule(path)
             if isinstance(current, AdapterLayer):
@@ -113,6 +114,23 @@ class AdaptedModel(nn.Module):
         self.configs[name] = config
         use_module_calls(self.base_model, [p for p, _ in chosen] + saved)
         self.set_adapter(name)
+
+    def _check_no_double_wrap(self, name: str, chosen: list[str], saved: list[str]) -> None:
+        """A module is either adapted or saved whole, across all adapters: an adapter layer
+        inside a saved copy (or a copy of an adapter layer) would mix two adapters' tensors."""
+        for path in chosen:
+            current = self.base_model.get_submodule(path)
+            if isinstance(current, ModulesToSave):
+                owners = sorted(current.modules_to_save)
+                raise AdapterError(f"adapter {name!r}: module {path} is saved whole by adapter(s) "
+                                   f"{owners} (modules_to_save), so it cannot carry an adapter "
+                                   "here; load these adapters into separate models")
+        for path in saved:
+            current = self.base_model.get_submodule(path)
+            if isinstance(current, AdapterLayer):
+                raise AdapterError(f"adapter {name!r}: modules_to_save {path} carries adapter(s) "
+                                   f"{current.adapter_names()} already, so it cannot be saved "
+                                   "whole here; load these adapters into separate models")
 
     def user_modules(self) -> list[tuple[str, nn.Module]]:
         """(path, module) of the user's model, wrappers seen through to what they wrap; what
