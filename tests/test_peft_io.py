@@ -245,6 +245,11 @@ def test_all_linear_is_written_back_as_paths(tmp_path):
     save_adapter(ours, tmp_path / "a")
     config = json.loads((tmp_path / "a" / CONFIG_FILE).read_text())
     assert config["target_modules"] == ["fc1", "out_fc"]  # the head is not among them
+    excluding = inject(build(LinearHead)[0], LoraConfig(r=2, target_modules="all-linear",
+                                                        exclude_modules=r"out_\w+"))
+    save_adapter(excluding, tmp_path / "b")
+    assert json.loads((tmp_path / "b" / CONFIG_FILE).read_text())["exclude_modules"] == r"out_\w+"
+    assert read_adapter_dir(tmp_path / "b").config.exclude_modules == r"out_\w+"
     nested = inject(build(NestedHead)[0], LoraConfig(r=2, target_modules="all-linear"))
     # As suffixes ["fc", "mid"] would also select the head out.fc: one exact regex instead.
     assert nested.configs["default"].target_modules == r"fc|mid"
@@ -281,6 +286,7 @@ def test_peft_file_keys(tmp_path):
     config = json.loads((tmp_path / "a" / CONFIG_FILE).read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 2
     assert config["target_modules"] == ["fc1"] and config["modules_to_save"] == ["head"]
+    assert "exclude_modules" not in config  # unset: PEFT before 0.14 refuses the key
 
 
 

@@ -17,10 +17,14 @@ import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from edge.errors import AdapterError
+
+if TYPE_CHECKING:
+    from .registry import AdapterConfig
 
 TargetSpec = str | list[str] | tuple[str, ...] | None
 
@@ -107,7 +111,8 @@ class Selection:
     target_modules: TargetSpec  # `all-linear` expanded to paths; otherwise as given
 
 
-def select(named: Named, config, supported: tuple[type, ...], *, option: str) -> Selection:
+def select(named: Named, config: AdapterConfig, supported: tuple[type, ...], *,
+           option: str) -> Selection:
     """Apply `config`'s target_modules, exclude_modules and modules_to_save to `named` (the
     user's (path, module) pairs), or raise AdapterError naming `option` and what exists."""
     targets = config.target_modules

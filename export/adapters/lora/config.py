@@ -79,6 +79,8 @@ class LoraConfig:
             revision=None,
             use_dora=False,
         )
+        if d["exclude_modules"] is None:  # PEFT before 0.14 refuses the key, even as null
+            del d["exclude_modules"]
         return d
 
     @classmethod
