@@ -36,6 +36,7 @@ from edge.contract import Preprocessing
 from edge.errors import ConfigError, DataError
 from export.adapters.model import AdaptedModel
 from export.adapters.registry import ADAPTER_KINDS, adapter_kind
+from export.adapters.targets import ALL_LINEAR, is_all_linear, output_head
 from export.check_sample import SAMPLE_FILE, SAMPLE_KEY, CheckSample, make_sample
 from export.data import ChannelStats, SensorDataset, TableColumns, load_dataset, train_val_split
 from export.drift_profile import META_KEY, compute_profile
@@ -128,6 +129,7 @@ def train(
     train_head: bool = True,
     train_norms: bool = True,
     modules_to_save: str | list[str] | None = None,
+    exclude_modules: str | list[str] | None = None,
     epochs: int = 100,
     lr: float | None = None,
     batch_size: int = 32,
@@ -147,8 +149,10 @@ def train(
 
     Without `test_data`, a stratified 20% of `data` is held out and its accuracy reported.
     `rank` defaults to DEFAULT_RANK, `alpha` to 2 * rank, `lr` to DEFAULT_LR (per method).
-    `targets` is a comma list of module-path suffixes or a regex over full paths (default:
-    REFERENCE_TARGETS for the reference model, every Linear/Conv but the head otherwise). The
+    `targets` is a comma list of module-path suffixes, a regex over full paths, or PEFT's
+    `all-linear` (every Linear but the head) (default: REFERENCE_TARGETS for the reference
+    model, every Linear/Conv but the head otherwise); `exclude_modules` (same forms) are never
+    targets, nor is anything saved whole (PEFT's rules, export/adapters/targets.py). The
     head is trained with an adapter unless `train_head=False`; it is always re-created when the
     data's class count differs from the base head's. `train_norms` also trains the LayerNorms,
     and `modules_to_save` (comma list) any other modules, as full copies stored in the adapter
@@ -165,7 +169,7 @@ def train(
     alpha = float(2 * rank if alpha is None else alpha)
     lr = DEFAULT_LR.get(method, 0.0) if lr is None else lr
     _check_options(method, rank, alpha, epochs, lr, batch_size, targets, modules_to_save,
-                   weight_decay)
+                   weight_decay, exclude_modules)
     _check_early_stopping(val_fraction, patience)
     out = Path(out)
     _check_out(out, force)
@@ -180,7 +184,8 @@ def train(
         base_params = sum(p.numel() for p in base_model.parameters())
         model = build_model(method, base_model, splits.train.num_classes, targets, rank, alpha,
                             train_head=train_head, train_norms=train_norms,
-                            modules_to_save=modules_to_save, name=out.name)
+                            modules_to_save=modules_to_save, name=out.name,
+                            exclude_modules=exclude_modules)
         start = time.perf_counter()
         log = fit(model, splits.x_train, splits.y_train, epochs=epochs, lr=lr,
                   batch_size=batch_size, weight_decay=weight_decay, seed=seed,
@@ -240,7 +245,7 @@ def _check_early_stopping(val_fraction: float | None, patience: int | None) -> N
 
 def _check_options(method: str, rank: int, alpha: float, epochs: int, lr: float,
                    batch_size: int, targets: Any, modules_to_save: Any,
-                   weight_decay: float) -> None:
+                   weight_decay: float, exclude_modules: Any = None) -> None:
     if method not in METHODS:
         raise ConfigError(f"--method {method!r} is not one of {', '.join(METHODS)}")
     for flag, value in (("--rank", rank), ("--epochs", epochs), ("--batch-size", batch_size)):
@@ -252,26 +257,31 @@ def _check_options(method: str, rank: int, alpha: float, epochs: int, lr: float,
         raise ConfigError(f"--alpha must be a positive number, got {alpha!r}")
     if weight_decay < 0:
         raise ConfigError(f"--weight-decay must be >= 0, got {weight_decay!r}")
-    for flag, value in (("--targets", targets), ("--modules-to-save", modules_to_save)):
+    for flag, value in (("--targets", targets), ("--modules-to-save", modules_to_save),
+                        ("--exclude-modules", exclude_modules)):
         if value and method not in ADAPTER_METHODS:
             kinds = ", ".join(ADAPTER_METHODS[:-1]) + f" and {ADAPTER_METHODS[-1]}"
             raise ConfigError(f"{flag} applies to {kinds}, not --method {method}")
 
 
-def parse_targets(text: str | list[str] | None) -> str | list[str] | None:
-    """`--targets`: a regex (kept as one string, matched against full module paths) when it
-    holds regex syntax, else a comma list of path suffixes."""
+def parse_targets(text: str | list[str] | None,
+                  flag: str = "--targets") -> str | list[str] | None:
+    """`--targets` (or `--exclude-modules`, named by `flag`): PEFT's `all-linear` (every
+    Linear but the head), a regex (kept as one string, matched against full module paths)
+    when it holds regex syntax, else a comma list of path suffixes."""
     if text is None or isinstance(text, list):
         return text
+    if is_all_linear(text.strip()) and flag == "--targets":
+        return ALL_LINEAR
     if _REGEX_CHARS & set(text):
         try:
             re.compile(text)
         except re.error as exc:
-            raise ConfigError(f"--targets {text!r} is not a valid regex: {exc}") from None
+            raise ConfigError(f"{flag} {text!r} is not a valid regex: {exc}") from None
         return text
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise ConfigError("--targets is empty; give module names like q,v or a regex")
+        raise ConfigError(f"{flag} is empty; give module names like q,v or a regex")
     return items
 
 
@@ -368,13 +378,13 @@ def _check_fits(model: nn.Module, x: torch.Tensor, ds: SensorDataset, name: str)
 
 
 def _head_path(model: nn.Module) -> str:
-    """The classification head: `head` when the model has that Linear, else its last Linear."""
-    if isinstance(getattr(model, "head", None), nn.Linear):
-        return "head"
-    linears = [p for p, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    """The classification head (export/adapters/targets.py `output_head`): a top-level Linear
+    called head, classifier, score or lm_head, else the last Linear; the one `all-linear`
+    leaves out."""
+    head = output_head(list(model.named_modules()))
+    if head is None:
         raise ConfigError("the base model has no nn.Linear head to train")
-    return linears[-1]
+    return head
 
 
 def _fresh_head(old: nn.Linear, num_classes: int) -> nn.Linear:
@@ -384,7 +394,7 @@ def _fresh_head(old: nn.Linear, num_classes: int) -> nn.Linear:
 
 def build_model(method: str, model: nn.Module, num_classes: int, targets: Any, rank: int,
            alpha: float, *, train_head: bool, train_norms: bool, modules_to_save: Any,
-           name: str) -> nn.Module:
+           name: str, exclude_modules: Any = None) -> nn.Module:
     head_path = _head_path(model)
     old_head = model.get_submodule(head_path)
     new_head = old_head.out_features != num_classes
@@ -402,7 +412,8 @@ def build_model(method: str, model: nn.Module, num_classes: int, targets: Any, r
     save += _comma_list(modules_to_save)
     targets = parse_targets(targets) or _default_targets(model, method, head_path)
     config = adapter_kind(method).config_cls.from_train_options(
-        rank=rank, alpha=alpha, target_modules=targets, modules_to_save=save or None)
+        rank=rank, alpha=alpha, target_modules=targets, modules_to_save=save or None,
+        exclude_modules=parse_targets(exclude_modules, "--exclude-modules"))
     adapted = AdaptedModel(model)
     adapted.add_adapter(name, config)
     if new_head:

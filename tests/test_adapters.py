@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -339,6 +340,148 @@ def test_unknown_target_lists_existing_modules(targets, message):
     if targets is not None:
         for name in ("proj (Linear)", "enc.linear1 (Linear)", "enc.norm2 (LayerNorm)", "head"):
             assert name in str(info.value)
+
+
+# -- PEFT's rules: all-linear, exclude_modules, modules_to_save never a target ------------
+
+
+class Classifier(nn.Module):
+    """(B, 6) -> (B, 3); the head is `classifier`, registered before the Linear it follows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(16, 3)
+        self.fc = nn.Linear(6, 16)
+
+    def forward(self, x):
+        return self.classifier(torch.relu(self.fc(x)))
+
+
+@pytest.mark.parametrize("model, expected", [
+    pytest.param(Mlp(), {"fc1", "fc2"}, id="head"),
+    pytest.param(nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.Linear(8, 3)),
+                 {"0", "2"}, id="sequential-last-linear"),
+    pytest.param(Classifier(), {"fc"}, id="classifier-registered-first"),
+    pytest.param(TinyTransformer(), {"proj", "enc.linear1", "enc.linear2"},
+                 id="attention-out-proj-left-out"),
+])
+def test_all_linear_is_every_linear_but_the_head(model, expected):
+    adapted = inject(model, LoraConfig(r=2, target_modules="all-linear"))
+    assert lora_paths(adapted) == expected
+    assert adapted.configs["default"].target_modules == sorted(expected)
+
+
+@pytest.mark.parametrize("targets", [["fc1", "fc2", "head"], r"fc\d|head", "all-linear"])
+def test_a_saved_module_is_never_a_target(targets):
+    model, x = build(Mlp)
+    adapted = inject(model, LoraConfig(r=2, target_modules=targets, modules_to_save=["head"]))
+    assert lora_paths(adapted) == {"fc1", "fc2"}
+    head = adapted.base_model.head
+    assert isinstance(head, ModulesToSave) and isinstance(head.original_module, nn.Linear)
+    assert isinstance(head.modules_to_save["default"], nn.Linear)  # wrapped once, not twice
+    assert set(adapted.adapter_state_dict("default")) == {
+        f"base_model.model.{p}.lora_{ab}.weight" for p in ("fc1", "fc2") for ab in "AB"
+    } | {"base_model.model.head.weight", "base_model.model.head.bias"}
+
+
+@pytest.mark.parametrize("exclude, expected", [
+    pytest.param(["fc2"], {"fc1", "head"}, id="list"),
+    pytest.param(["2"], {"0"}, id="list-exact-not-substring"),
+    pytest.param(r"fc\d", {"head"}, id="regex"),
+    pytest.param(r"c1", {"fc1", "fc2", "head"}, id="regex-is-full-match"),
+])
+def test_exclude_modules(exclude, expected):
+    if expected == {"0"}:
+        model, targets = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)), ["0", "2"]
+    else:
+        model, targets = build(Mlp)[0], ["fc1", "fc2", "head"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        adapted = inject(model, LoraConfig(r=2, target_modules=targets, exclude_modules=exclude))
+    assert lora_paths(adapted) == expected
+    assert bool(caught) == (exclude == r"c1"), "a warning only when nothing is excluded"
+
+
+def test_everything_excluded_names_each_module_and_why():
+    with pytest.raises(AdapterError, match=r"selects no module to adapt: every match is "
+                       r"excluded: fc1 \(exclude_modules\), head \(modules_to_save"):
+        inject(build(Mlp)[0], LoraConfig(r=2, target_modules=["fc1", "head"],
+                                         exclude_modules=["fc1"], modules_to_save=["head"]))
+
+
+@pytest.mark.parametrize("first, second, message", [
+    pytest.param({"target_modules": ["0"], "modules_to_save": ["2"]}, {"target_modules": ["2"]},
+                 r"module 2 is saved whole by adapter\(s\) \['a'\]", id="lora-on-a-saved-module"),
+    pytest.param({"target_modules": ["2"]}, {"target_modules": ["0"], "modules_to_save": ["2"]},
+                 r"modules_to_save 2 carries adapter\(s\) \['a'\]", id="saving-a-lora-module"),
+])
+def test_no_module_is_wrapped_twice_across_adapters(first, second, message):
+    adapted = AdaptedModel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)))
+    adapted.add_adapter("a", LoraConfig(r=2, **first))
+    before = set(adapted.adapter_state_dict("a"))
+    with pytest.raises(AdapterError, match=message):
+        adapted.add_adapter("b", LoraConfig(r=2, **second))
+    assert set(adapted.configs) == {"a"} and set(adapted.adapter_state_dict("a")) == before
+
+
+def _fitted(**options) -> AdaptedModel:
+    config = LoraConfig(r=2, **{"target_modules": ["fc1"], "modules_to_save": ["head"]} | options)
+    return inject(build(Mlp)[0], config)
+
+
+@pytest.mark.parametrize("options, key, shape, message", [
+    pytest.param({}, "nope.lora_A.weight", (2, 6),
+                 "meant for module 'nope', which this model does not have", id="missing"),
+    pytest.param({}, "fc.lora_A.weight", (2, 6), "does not have (similar: fc1, fc2)",
+                 id="missing-similar"),
+    pytest.param({}, "norm.lora_A.weight", (2, 16), "'norm', which is a LayerNorm; lora wraps "
+                 "Linear, Conv1d, Conv2d", id="wrong-type"),
+    pytest.param({}, "fc2.lora_A.weight", (2, 16),
+                 "'fc2', which target_modules ['fc1'] does not select", id="not-selected"),
+    pytest.param({}, "head.lora_A.weight", (2, 16), "'head', which is never a lora target: "
+                 "modules_to_save", id="saved-whole"),
+    pytest.param({"target_modules": ["fc1", "fc2"], "exclude_modules": ["fc2"]},
+                 "fc2.lora_A.weight", (2, 16), "never a lora target: exclude_modules",
+                 id="excluded"),
+    pytest.param({}, "fc2.weight", (16, 16), "'fc2', which (Linear(in_features=16, "
+                 "out_features=16, bias=True)) is not in modules_to_save ['head']",
+                 id="not-saved"),
+    pytest.param({}, "head.scale", (3,), "'head', which (Linear(in_features=16, "
+                 "out_features=3, bias=True)) has no tensor 'scale'", id="no-such-tensor"),
+    pytest.param({}, "fc1.adapter_down.weight", (2, 16), "'fc1', which gets bottleneck tensors "
+                 "in this file, but adapter_config.json describes a lora adapter",
+                 id="other-kind"),
+])
+def test_a_key_that_fits_no_module_names_it_and_why(options, key, shape, message):
+    adapted = _fitted(**options)
+    tensors = dict(adapted.adapter_state_dict("default"))
+    tensors[f"base_model.model.{key}"] = torch.zeros(shape)
+    with pytest.raises(AdapterError) as info:
+        adapted.load_adapter_state_dict("default", tensors, source="f.safetensors")
+    assert str(info.value).startswith(f"f.safetensors: tensor base_model.model.{key} is meant "
+                                      "for module ")
+    assert message in str(info.value)
+
+
+def test_a_key_without_peft_prefix():
+    adapted = _fitted()
+    tensors = dict(adapted.adapter_state_dict("default")) | {"fc1.lora_A.weight": torch.zeros(1)}
+    with pytest.raises(AdapterError, match="does not start with 'base_model.model.'"):
+        adapted.load_adapter_state_dict("default", tensors)
+
+
+@pytest.mark.parametrize("key, shape, message", [
+    pytest.param("fc1.lora_B.weight", (15, 2), r"needs \(16, 2\) for module 'fc1' "
+                 r"\(Linear\(in_features=6, out_features=16", id="adapter-tensor"),
+    pytest.param("head.weight", (3, 15), r"needs \(3, 16\) for module 'head' "
+                 r"\(Linear\(in_features=16, out_features=3", id="saved-module"),
+])
+def test_a_wrong_shape_names_the_module_and_its_sizes(key, shape, message):
+    adapted = _fitted()
+    tensors = dict(adapted.adapter_state_dict("default"))
+    tensors[f"base_model.model.{key}"] = torch.zeros(shape)
+    with pytest.raises(AdapterError, match=message):
+        adapted.load_adapter_state_dict("default", tensors)
 
 
 @pytest.mark.parametrize("config, bad, supported", [

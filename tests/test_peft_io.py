@@ -66,7 +66,34 @@ class Conv1dNet(nn.Module):
         return self.head(h.mean(-1))
 
 
-INPUTS = {Mlp: (4, 6), Conv1dNet: (2, 3, 20)}
+class LinearHead(nn.Module):
+    """(B, 6) -> (B, 3); the head is called `linear` (issue 15's model), behind a LayerNorm."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 16)
+        self.out_fc = nn.Linear(16, 16)  # ends with "fc" but not ".fc": PEFT's suffix rules
+        self.norm = nn.LayerNorm(16)
+        self.linear = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.linear(self.norm(torch.relu(self.out_fc(torch.relu(self.fc1(x))))))
+
+
+class NestedHead(nn.Module):
+    """(B, 6) -> (B, 3); the head `out.fc` ends with a top-level Linear's name (`fc`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 16)
+        self.mid = nn.Linear(16, 16)
+        self.out = nn.ModuleDict({"fc": nn.Linear(16, 3)})
+
+    def forward(self, x):
+        return self.out["fc"](torch.relu(self.mid(torch.relu(self.fc(x)))))
+
+
+INPUTS = {Mlp: (4, 6), Conv1dNet: (2, 3, 20), LinearHead: (4, 6), NestedHead: (4, 6)}
 
 
 def build(cls, seed: int = 0):
@@ -152,6 +179,83 @@ def test_adapter_saved_here_loads_in_peft(tmp_path, cls, options):
         assert max_diff(model(x), want) <= TOL
 
 
+# -- PEFT's target rules: modules_to_save, exclude_modules, all-linear --------------------
+
+
+def lora_paths(model: nn.Module) -> set[str]:
+    """Paths of the modules carrying LoRA, ours or PEFT's (both keep `lora_A` dicts)."""
+    inner = model.base_model if isinstance(model, AdaptedModel) else model.base_model.model
+    return {p for p, m in inner.named_modules() if isinstance(getattr(m, "lora_A", None),
+                                                              nn.ModuleDict)}
+
+
+RULE_CASES = [
+    pytest.param(LinearHead, {"target_modules": "all-linear", "modules_to_save": ["linear"]},
+                 id="all-linear-head-called-linear"),
+    pytest.param(LinearHead, {"target_modules": "all-linear"}, id="all-linear-no-saved-head"),
+    pytest.param(Mlp, {"target_modules": ["fc1", "fc2", "head"], "modules_to_save": ["head"]},
+                 id="target-list-names-saved-module"),
+    pytest.param(Mlp, {"target_modules": r"fc\d|head", "modules_to_save": ["head"]},
+                 id="regex-target-names-saved-module"),
+    pytest.param(LinearHead, {"target_modules": "all-linear", "exclude_modules": ["out_fc"],
+                              "modules_to_save": ["linear"]}, id="exclude-list"),
+    pytest.param(LinearHead, {"target_modules": r".*", "exclude_modules": r"(out_fc|norm|linear)",
+                              "modules_to_save": ["norm"]}, id="exclude-regex"),
+    pytest.param(LinearHead, {"target_modules": ["fc1"], "modules_to_save": ["fc"]},
+                 id="saved-by-plain-suffix"),  # PEFT's endswith: "fc" saves out_fc too
+    pytest.param(NestedHead, {"target_modules": "all-linear", "modules_to_save": ["out.fc"]},
+                 id="all-linear-nested-head"),
+]
+
+
+@pytest.mark.parametrize("cls, options", RULE_CASES)
+def test_peft_target_rules_load_here(tmp_path, cls, options):
+    """What PEFT saved under its rules loads here onto the same modules, with its outputs."""
+    base, x, want = _peft_saved(cls, options, tmp_path / "peft")
+    ours = ours_from(base)
+    load_adapter(ours, tmp_path / "peft", name="a")
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "peft"))
+    assert lora_paths(ours) == lora_paths(theirs)
+    with torch.no_grad():
+        assert max_diff(ours(x), want) <= TOL
+
+
+@pytest.mark.parametrize("cls, options", RULE_CASES)
+def test_target_rules_saved_here_load_in_peft(tmp_path, cls, options):
+    """Our injection under the same options: LoRA where PEFT puts it (all-linear: every Linear
+    but the head), never on a saved module, and the directory loads in PEFT unchanged."""
+    base, x = build(cls)
+    ours = inject(copy.deepcopy(base), LoraConfig(r=2, lora_alpha=4, **options)).eval()
+    direct = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=2, **options))
+    head = {LinearHead: "linear", NestedHead: "out.fc"}.get(cls, "head")
+    assert lora_paths(ours) == lora_paths(direct) - {head}
+    randomize(ours)
+    with torch.no_grad():
+        want = ours(x)
+    save_adapter(ours, tmp_path / "ours")
+    model = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "ours")).eval()
+    assert lora_paths(model) == lora_paths(ours)
+    with torch.no_grad():
+        assert max_diff(model(x), want) <= TOL
+
+
+def test_all_linear_is_written_back_as_paths(tmp_path):
+    ours = inject(build(LinearHead)[0], LoraConfig(r=2, target_modules="ALL-LINEAR",
+                                                   modules_to_save=["linear"]))
+    save_adapter(ours, tmp_path / "a")
+    config = json.loads((tmp_path / "a" / CONFIG_FILE).read_text())
+    assert config["target_modules"] == ["fc1", "out_fc"]  # the head is not among them
+    excluding = inject(build(LinearHead)[0], LoraConfig(r=2, target_modules="all-linear",
+                                                        exclude_modules=r"out_\w+"))
+    save_adapter(excluding, tmp_path / "b")
+    assert json.loads((tmp_path / "b" / CONFIG_FILE).read_text())["exclude_modules"] == r"out_\w+"
+    assert read_adapter_dir(tmp_path / "b").config.exclude_modules == r"out_\w+"
+    nested = inject(build(NestedHead)[0], LoraConfig(r=2, target_modules="all-linear"))
+    # As suffixes ["fc", "mid"] would also select the head out.fc: one exact regex instead.
+    assert nested.configs["default"].target_modules == r"fc|mid"
+    assert lora_paths(nested) == {"fc", "mid"}
+
+
 def test_rank_and_alpha_patterns_reach_the_layers(tmp_path):
     options = {"target_modules": ["fc1", "fc2", "head"], "rank_pattern": {"fc2": 5},
                "alpha_pattern": {"head": 7}, "use_rslora": True}
@@ -182,6 +286,7 @@ def test_peft_file_keys(tmp_path):
     config = json.loads((tmp_path / "a" / CONFIG_FILE).read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 2
     assert config["target_modules"] == ["fc1"] and config["modules_to_save"] == ["head"]
+    assert "exclude_modules" not in config  # unset: PEFT before 0.14 refuses the key
 
 
 
@@ -416,12 +521,14 @@ BAD_DIR_CASES = [
     pytest.param(_truncate, WEIGHTS, "corrupted or truncated", id="truncated"),
     pytest.param(_random_bytes, WEIGHTS, "corrupted or truncated", id="random-bytes"),
     pytest.param(_empty, WEIGHTS, "corrupted or truncated", id="empty-file"),
-    pytest.param(_extra_key, WEIGHTS, "tensor base_model.model.nope.lora_A.weight matches no "
-                 "module", id="key-matches-no-module"),
-    pytest.param(_missing_key, WEIGHTS, "tensor base_model.model.fc2.lora_B.weight is missing",
-                 id="key-missing"),
+    pytest.param(_extra_key, WEIGHTS, "tensor base_model.model.nope.lora_A.weight is meant for "
+                 "module 'nope', which this model does not have", id="key-matches-no-module"),
+    pytest.param(_missing_key, WEIGHTS, r"tensor base_model.model.fc2.lora_B.weight is missing: "
+                 r"module 'fc2' \(Linear\(in_features=16, out_features=16, bias=True\)\) "
+                 "expects it", id="key-missing"),
     pytest.param(_wrong_shape, WEIGHTS, r"tensor base_model.model.fc1.lora_A.weight has shape "
-                 r"\(3, 6\), the model needs \(2, 6\)", id="wrong-shape"),
+                 r"\(3, 6\), the model needs \(2, 6\) for module 'fc1' \(Linear\(in_features=6",
+                 id="wrong-shape"),
     pytest.param(_poison(float("nan")), WEIGHTS, "tensor base_model.model.fc2.lora_B.weight "
                  "holds NaN or Inf", id="nan"),
     pytest.param(_poison(float("inf")), WEIGHTS, "tensor base_model.model.fc2.lora_B.weight "

@@ -20,6 +20,7 @@ from edge.errors import ConfigError  # noqa: E402
 from export.models import (  # noqa: E402
     SensorTransformer,
     build_reference,
+    fitting_patch,
     load_base,
     save_base,
     sidecar_path,
@@ -83,7 +84,9 @@ def test_layout_and_shapes():
 @pytest.mark.parametrize(
     "overrides, fragment",
     [
-        ({"length": 100}, "length 100 is not divisible by patch 8"),
+        ({"length": 100, "patch": 8}, "length 100 is not divisible by patch 8; set "
+         "--model-config patch=5"),
+        ({"length": 30, "patch": 4}, "set --model-config patch=3 "),
         ({"d_model": 30}, "d_model 30 is not divisible by heads 4"),
         ({"num_classes": 1}, "num_classes must be >= 2"),
         ({"depth": 0}, "depth must be a positive integer"),
@@ -94,6 +97,25 @@ def test_layout_and_shapes():
 def test_bad_config(overrides: dict, fragment: str):
     with pytest.raises(ConfigError, match=fragment):
         make(**overrides)
+
+
+@pytest.mark.parametrize("length, patch", [(64, 8), (256, 8), (100, 5), (150, 6), (97, 1),
+                                           (6, 6), (4, 4)])
+def test_an_unset_patch_is_the_largest_divisor_up_to_8(length: int, patch: int):
+    assert fitting_patch(length) == patch
+    model = make(length=length)
+    assert model.config["patch"] == patch  # recorded: the sidecar rebuilds these shapes
+    assert model.pos.shape == (1, length // patch, 32)
+    assert model(torch.randn(2, 6, length)).shape == (2, 4)
+
+
+def test_a_chosen_patch_survives_save_and_load(tmp_path):
+    model = make(length=100)  # BasicMotions' windows
+    save_base(model, tmp_path / "w.safetensors")
+    twin = load_base("reference", weights=tmp_path / "w.safetensors").eval()
+    assert twin.config == model.config and twin.config["patch"] == 5
+    x = torch.randn(2, 6, 100)
+    assert torch.equal(twin(x), model(x))
 
 
 @pytest.mark.parametrize(

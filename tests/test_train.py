@@ -354,3 +354,35 @@ def test_head_output_is_inspected_and_refuses_another_base(files, base, tmp_path
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="fingerprint"):
         load_head(tmp_path / "probe")
+
+
+def test_a_new_base_fits_basicmotions_windows_by_default(tmp_path):
+    """BasicMotions' windows are 100 samples: the patch becomes 5 (not 8), the sidecar and
+    edge_model.json record it, and the saved model rebuilds with the same shapes."""
+    data = "ucr:BasicMotions:train"
+    result = train(data=data, method="full", model_config={"d_model": 16, "depth": 1,
+                                                           "heads": 2},
+                   out=tmp_path / "bm", epochs=1, batch_size=16, progress=False)
+    meta = json.loads((tmp_path / "bm" / "edge_model.json").read_text())
+    assert meta["base"]["config"]["patch"] == 5 and meta["base"]["config"]["length"] == 100
+    model = load_base("reference", weights=tmp_path / "bm" / "model.safetensors")
+    assert model.config["patch"] == 5
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in result.model.state_dict().items()}
+    with pytest.raises(ConfigError, match=r"length 100 is not divisible by patch 8; set "
+                       r"--model-config patch=5"):
+        train(data=data, method="full", model_config={"patch": 8}, out=tmp_path / "p8",
+              epochs=1, progress=False)
+
+
+def test_all_linear_and_exclude_modules_through_train(files, base, tmp_path):
+    assert parse_targets("All-Linear") == "all-linear"
+    assert parse_targets("fc2", "--exclude-modules") == ["fc2"]
+    result = adapt(files, base, tmp_path / "al", method="lora", targets="all-linear",
+                   exclude_modules="fc2")
+    assert result.metrics["targets"] == [f"blocks.0.{p}" for p in ("attn.q", "attn.k", "attn.v",
+                                                                   "attn.o", "mlp.fc1")]
+    config = read_adapter_dir(tmp_path / "al").config
+    assert config.exclude_modules == ["fc2"] and "head" not in config.target_modules
+    with pytest.raises(ConfigError, match="--exclude-modules applies to"):
+        adapt(files, base, tmp_path / "full", method="full", exclude_modules="fc2")

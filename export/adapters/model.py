@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,10 +18,9 @@ from torch import nn
 from edge.errors import AdapterError
 
 from .base import AdapterLayer, use_module_calls
+from .fit import PEFT_PREFIX, module_of, why_unmatched
 from .registry import AdapterConfig, adapter_kind
-from .targets import matches, select_modules
-
-PEFT_PREFIX = "base_model.model."
+from .targets import select
 
 
 class ModulesToSave(nn.Module):
@@ -84,13 +84,16 @@ class AdaptedModel(nn.Module):
             raise AdapterError(f"an adapter named {name!r} exists already")
         layer_cls = adapter_kind(config.kind).layer_cls
         named = self.user_modules()
-        chosen = select_modules(named, config.target_modules, layer_cls.supported, option=option)
-        saved = self._saved_paths(config.modules_to_save or [], named)
+        selection = select(named, config, layer_cls.supported, option=option)
+        chosen, saved = selection.chosen, selection.saved
+        if selection.target_modules != config.target_modules:  # all-linear, as PEFT saves it
+            config = dataclasses.replace(config, target_modules=selection.target_modules)
         for path in [p for p, _ in chosen] + saved:
             parent = self.base_model.get_submodule(path.rpartition(".")[0])
             if isinstance(parent, nn.MultiheadAttention):
                 raise AdapterError(f"{option}: {path} cannot be adapted: MultiheadAttention "
                                    "reads its out_proj weight directly, never calling it")
+        self._check_no_double_wrap(name, [p for p, _ in chosen], saved)
         for path, _ in chosen:
             current = self.base_model.get_submodule(path)
             if isinstance(current, AdapterLayer):
@@ -112,6 +115,23 @@ class AdaptedModel(nn.Module):
         use_module_calls(self.base_model, [p for p, _ in chosen] + saved)
         self.set_adapter(name)
 
+    def _check_no_double_wrap(self, name: str, chosen: list[str], saved: list[str]) -> None:
+        """A module is either adapted or saved whole, across all adapters: an adapter layer
+        inside a saved copy (or a copy of an adapter layer) would mix two adapters' tensors."""
+        for path in chosen:
+            current = self.base_model.get_submodule(path)
+            if isinstance(current, ModulesToSave):
+                owners = sorted(current.modules_to_save)
+                raise AdapterError(f"adapter {name!r}: module {path} is saved whole by adapter(s) "
+                                   f"{owners} (modules_to_save), so it cannot carry an adapter "
+                                   "here; load these adapters into separate models")
+        for path in saved:
+            current = self.base_model.get_submodule(path)
+            if isinstance(current, AdapterLayer):
+                raise AdapterError(f"adapter {name!r}: modules_to_save {path} carries adapter(s) "
+                                   f"{current.adapter_names()} already, so it cannot be saved "
+                                   "whole here; load these adapters into separate models")
+
     def user_modules(self) -> list[tuple[str, nn.Module]]:
         """(path, module) of the user's model, wrappers seen through to what they wrap; what
         lies inside a wrapper (its base layer, adapter tensors, saved copies) is not listed."""
@@ -128,16 +148,6 @@ class AdaptedModel(nn.Module):
                 module = module.original_module
             out.append((path, module))
         return out
-
-    def _saved_paths(self, targets: list[str], named: list[tuple[str, nn.Module]]) -> list[str]:
-        paths = []
-        for target in targets:
-            hits = [p for p, _ in named if matches(target, p)]
-            if not hits:
-                raise AdapterError(f"modules_to_save {target!r} matches no module; modules are: "
-                                   + ", ".join(p for p, _ in named))
-            paths.extend(hits)
-        return paths
 
     def wrappers(self) -> Iterator[tuple[str, nn.Module]]:
         for path, module in self.base_model.named_modules():
@@ -222,17 +232,19 @@ class AdaptedModel(nn.Module):
         expected = self.adapter_state_dict(name)
         unknown = sorted(set(tensors) - set(expected))
         if unknown:
-            raise AdapterError(f"{source}: tensor {unknown[0]} matches no module of this model"
-                               f" ({len(unknown)} unmatched); expected keys like "
-                               f"{next(iter(expected), '(none)')}")
+            why = why_unmatched(self, name, unknown[0])
+            raise AdapterError(f"{source}: tensor {unknown[0]} {why} ({len(unknown)} "
+                               "tensor(s) fit no module of this model)")
         missing = sorted(set(expected) - set(tensors))
         if missing:
-            raise AdapterError(f"{source}: tensor {missing[0]} is missing "
+            raise AdapterError(f"{source}: tensor {missing[0]} is missing: "
+                               f"{module_of(self, name, missing[0])} expects it "
                                f"({len(missing)} missing)")
         for key, value in tensors.items():
             if tuple(value.shape) != tuple(expected[key].shape):
                 raise AdapterError(f"{source}: tensor {key} has shape {tuple(value.shape)}, "
-                                   f"the model needs {tuple(expected[key].shape)}")
+                                   f"the model needs {tuple(expected[key].shape)} for "
+                                   f"{module_of(self, name, key)}")
             if value.is_floating_point() and not torch.isfinite(value).all():
                 raise AdapterError(f"{source}: tensor {key} holds NaN or Inf values")
         with torch.no_grad():

@@ -31,6 +31,7 @@ class AdapterConfig(Protocol):
 
     kind: ClassVar[str]  # the registry name
     target_modules: TargetSpec
+    exclude_modules: TargetSpec  # never targets (PEFT's rule; export/adapters/targets.py)
     modules_to_save: list[str] | None
 
     def add_to(self, layer: Any, name: str, path: str) -> None:
@@ -45,7 +46,8 @@ class AdapterConfig(Protocol):
 
     @classmethod
     def from_train_options(cls, *, rank: int, alpha: float, target_modules: TargetSpec,
-                           modules_to_save: list[str] | None) -> AdapterConfig:
+                           modules_to_save: list[str] | None,
+                           exclude_modules: TargetSpec = None) -> AdapterConfig:
         """The config `edge-export train --method <kind> --rank --alpha` builds."""
 
     def train_options(self) -> dict[str, Any]:

@@ -48,7 +48,10 @@ def _model_config(pairs: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option("--rank", type=int,
               help="LoRA rank, or the bottleneck width  [default: 4 for lora, 8 for bottleneck]")
 @click.option("--alpha", type=float, help="LoRA alpha  [default: 2 * rank]")
-@click.option("--targets", help="Modules to adapt: comma list of name suffixes (q,v) or a regex.")
+@click.option("--targets", help="Modules to adapt: comma list of name suffixes (q,v), a regex, "
+              "or all-linear (every Linear but the head).")
+@click.option("--exclude-modules", help="Modules never to adapt, even when --targets names "
+              "them: comma list of name suffixes or a regex (PEFT's exclude_modules).")
 @click.option("--train-head/--freeze-head", default=True, show_default=True,
               help="Train the head with the adapter (always, when the class count changes).")
 @click.option("--train-norms/--freeze-norms", default=True, show_default=True,

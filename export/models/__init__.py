@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from edge.errors import ConfigError
-from export.models.reference import SensorTransformer, build_reference
+from export.models.reference import SensorTransformer, build_reference, fitting_patch
 
 __all__ = [
     "SensorTransformer",
     "build_reference",
+    "fitting_patch",
     "load_base",
     "save_base",
     "sidecar_path",

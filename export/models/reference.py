@@ -7,7 +7,8 @@ LoRA cannot target and whose export is harder to follow. The forward pass only u
 trace to ONNX (opset 17) with a dynamic batch axis.
 
 Shapes: B batch, C input channels, L window length, T = L / patch tokens, D = d_model,
-H heads, K classes.
+H heads, K classes. The patch must divide L; left unset, it is the largest divisor of L up
+to DEFAULT_PATCH (L = 100: patch 5), and `config` records the one chosen.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from torch import nn
 
 from edge.errors import ConfigError
 
-__all__ = ["SensorTransformer", "build_reference"]
+__all__ = ["DEFAULT_PATCH", "SensorTransformer", "build_reference", "fitting_patch"]
+
+DEFAULT_PATCH = 8
+
+
+def fitting_patch(length: int, most: int = DEFAULT_PATCH) -> int:
+    """The largest patch up to `most` that divides `length` (1 always does)."""
+    return max(p for p in range(1, min(most, length) + 1) if length % p == 0)
 
 
 class ConvStem(nn.Module):
@@ -110,11 +118,13 @@ class SensorTransformer(nn.Module):
         depth: int = 2,
         heads: int = 4,
         mlp_ratio: int = 2,
-        patch: int = 8,
+        patch: int | None = None,
         dropout: float = 0.1,
         window_norm: bool = False,
     ) -> None:
         super().__init__()
+        if patch is None and _positive_int(length):
+            patch = fitting_patch(length)
         self.config: dict[str, Any] = {
             "in_channels": in_channels, "num_classes": num_classes, "length": length,
             "d_model": d_model, "depth": depth, "heads": heads, "mlp_ratio": mlp_ratio,
@@ -146,18 +156,25 @@ class SensorTransformer(nn.Module):
         return self.head(x)  # (B, K)
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _check_config(cfg: dict[str, Any]) -> None:
     """Reject values the architecture cannot take, naming the argument."""
     for key in ("in_channels", "num_classes", "length", "d_model", "depth", "heads",
                 "mlp_ratio", "patch"):  # fmt: skip
         value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not _positive_int(value):
             raise ConfigError(f"reference model: {key} must be a positive integer, got {value!r}")
     if cfg["num_classes"] < 2:
         raise ConfigError(f"reference model: num_classes must be >= 2, got {cfg['num_classes']}")
-    if cfg["length"] % cfg["patch"]:
+    length, patch = cfg["length"], cfg["patch"]
+    if length % patch:
         raise ConfigError(
-            f"reference model: length {cfg['length']} is not divisible by patch {cfg['patch']}"
+            f"reference model: length {length} is not divisible by patch {patch}; set "
+            f"--model-config patch={fitting_patch(length, patch)} (the largest divisor of "
+            f"{length} up to {patch}), or leave patch unset to have it chosen"
         )
     if cfg["d_model"] % cfg["heads"]:
         raise ConfigError(

@@ -1,7 +1,8 @@
 """Bottleneck (Houlsby) adapter configuration, saved as our own `adapter_config.json`.
 
 Documented format (docs/FORMATS.md):
-    {"adapter_type": "bottleneck", "target_modules": [...], "placement": "after",
+    {"adapter_type": "bottleneck", "target_modules": [...] | "regex",
+     "exclude_modules": [...] | "regex" | null, "placement": "after",
      "size": 16 | null, "reduction_factor": 16, "activation": "gelu",
      "modules_to_save": [...] | null}
 """
@@ -13,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 
 from edge.errors import AdapterError
 
-from ..targets import TargetSpec
+from ..targets import TargetSpec, as_list
 from .layer import BottleneckLayer
 
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
@@ -24,6 +25,7 @@ class BottleneckConfig:
     """`h + up(act(down(h)))` after each target module's output."""
 
     target_modules: TargetSpec = None
+    exclude_modules: TargetSpec = None
     size: int | None = None
     reduction_factor: int = 16
     activation: str = "gelu"
@@ -34,8 +36,8 @@ class BottleneckConfig:
     kind = "bottleneck"
 
     def __post_init__(self) -> None:
-        if isinstance(self.target_modules, (set, tuple)):
-            self.target_modules = sorted(self.target_modules)
+        self.target_modules = as_list(self.target_modules)
+        self.exclude_modules = as_list(self.exclude_modules)
         if self.activation not in ACTIVATIONS:
             raise AdapterError(f"bottleneck activation {self.activation!r} is not one of "
                                f"{', '.join(ACTIVATIONS)}")
@@ -54,9 +56,11 @@ class BottleneckConfig:
 
     @classmethod
     def from_train_options(cls, *, rank: int, alpha: float, target_modules: TargetSpec,
-                           modules_to_save: list[str] | None) -> BottleneckConfig:
+                           modules_to_save: list[str] | None,
+                           exclude_modules: TargetSpec = None) -> BottleneckConfig:
         """`--rank` is the bottleneck's width; it has no alpha."""
-        return cls(size=rank, target_modules=target_modules, modules_to_save=modules_to_save)
+        return cls(size=rank, target_modules=target_modules, modules_to_save=modules_to_save,
+                   exclude_modules=exclude_modules)
 
     def train_options(self) -> dict:
         return {"rank": self.size, "alpha": None}

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from edge.errors import AdapterError
 
-from ..targets import TargetSpec, pattern_value
+from ..targets import TargetSpec, as_list, pattern_value
 from .layer import LoraLayer
 
 
@@ -19,6 +19,7 @@ class LoraConfig:
     r: int = 8
     lora_alpha: float = 16.0
     target_modules: TargetSpec = None
+    exclude_modules: TargetSpec = None
     lora_dropout: float = 0.0
     bias: str = "none"
     fan_in_fan_out: bool = False
@@ -32,8 +33,8 @@ class LoraConfig:
     peft_type = "LORA"
 
     def __post_init__(self) -> None:
-        if isinstance(self.target_modules, (set, tuple)):
-            self.target_modules = sorted(self.target_modules)
+        self.target_modules = as_list(self.target_modules)
+        self.exclude_modules = as_list(self.exclude_modules)
         if self.r < 1:
             raise AdapterError(f"LoRA rank must be >= 1, got r={self.r} (--rank)")
         if self.bias != "none":
@@ -57,9 +58,10 @@ class LoraConfig:
 
     @classmethod
     def from_train_options(cls, *, rank: int, alpha: float, target_modules: TargetSpec,
-                           modules_to_save: list[str] | None) -> LoraConfig:
+                           modules_to_save: list[str] | None,
+                           exclude_modules: TargetSpec = None) -> LoraConfig:
         return cls(r=rank, lora_alpha=alpha, target_modules=target_modules,
-                   modules_to_save=modules_to_save)
+                   modules_to_save=modules_to_save, exclude_modules=exclude_modules)
 
     def train_options(self) -> dict:
         return {"rank": self.r, "alpha": self.lora_alpha}
@@ -77,6 +79,8 @@ class LoraConfig:
             revision=None,
             use_dora=False,
         )
+        if d["exclude_modules"] is None:  # PEFT before 0.14 refuses the key, even as null
+            del d["exclude_modules"]
         return d
 
     @classmethod
