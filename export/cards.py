@@ -151,17 +151,31 @@ def make_card(*, options: CardOptions | None, layers: list[dict | None],
     is a ConfigError naming the flag."""
     options = options or CardOptions()
     top = options.base_overrides() if base_only else options.overrides()
-    doc = merged(*layers, top)
+    doc = merged(*layers, _texts_of(top))
     if not base_only:
         doc.setdefault("author", os_user())
     try:
         return Card.model_validate(doc)
     except ValidationError as exc:
         err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "card"
+        where = ".".join(str(p) for p in err["loc"])
+        if "is a LicenseRef" in err["msg"]:  # a whole-model check: the text is missing
+            where = f"{where}.licence_text".lstrip(".")
         flag = FLAGS.get(where, "--card")
         raise ConfigError(f"{flag} ({where}): {err['msg'].removeprefix('Value error, ')}"
                           ) from None
+
+
+def _texts_of(top: dict) -> dict:
+    """`top`, with a licence it sets and no text for: the text an earlier layer kept for
+    another licence does not follow (None drops it in `merged`)."""
+    top = dict(top)
+    if "licence" in top and "licence_text" not in top:
+        top["licence_text"] = None
+    base = top.get("base", {})
+    if "licence" in base and "licence_text" not in base:
+        top["base"] = {**base, "licence_text": None}
+    return top
 
 
 def card_dict(card: Any) -> dict:

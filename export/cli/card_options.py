@@ -34,7 +34,7 @@ _NAMES = ("author", "licence", "licence_file", "base_name", "base_source", "base
 
 def command_line(ctx: click.Context) -> str:
     """The command as typed: its path and the options given on the command line."""
-    words = ctx.command_path.split()
+    words = ["edge-export", *ctx.command_path.split()[1:]]  # the root's name as installed
     for param in ctx.command.params:
         if ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
             continue
