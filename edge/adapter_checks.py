@@ -8,6 +8,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from .bundle import AdapterEntry, Manifest, Slot, rows_sha256
+from .card_policy import CardPolicy
 from .contract import Normalizer, name_problem
 from .errors import AdapterRejected, IncompatibleBundle, validation_problem
 
@@ -80,6 +81,19 @@ def check_profile(entry: AdapterEntry, channels: int, features: int | None = Non
                                                            features)
     if problem:
         raise AdapterRejected(f"adapter {problem}")
+
+
+def check_card(entry: AdapterEntry, policy: CardPolicy) -> None:
+    """The adapter's card (its schema already checked the SPDX ids) describes the base it
+    was trained on, and keeps to [adapters.policy]: licences allowed, required fields set."""
+    card = entry.card
+    recorded = None if card is None else card.base.fingerprint
+    if recorded is not None and recorded != entry.base_fingerprint:
+        raise AdapterRejected(f"the adapter's card names base {recorded[:12]}…, its envelope "
+                              f"base {entry.base_fingerprint[:12]}…")
+    problem = policy.adapter_problem(card)
+    if problem:
+        raise AdapterRejected(f"adapters.policy: {problem}")
 
 
 def check_tensors(entry: AdapterEntry, arrays: dict[str, np.ndarray],

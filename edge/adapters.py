@@ -13,7 +13,8 @@ The check chain, in order; the first failure is the reason sent back, and nothin
 size limit, framing and sha256 of the body (envelope.unpack); Ed25519 signature against the
 trusted keys (envelope.verify); name, base fingerprint, kind, rank <= R, classes,
 preprocessing and the drift profile (finite, well formed, the model's channels and classes)
-against the running bundle; version rules (the same version with other bytes
+against the running bundle; the card (edge/card.py) against [adapters.policy]: licences
+allowed, required fields filled; version rules (the same version with other bytes
 or a version older than the newest held is refused: no silent replacement, no replay);
 tensor names, shapes, dtypes against the slots and all values finite; a warm-up inference
 on the bundle's reference samples with finite outputs.
@@ -40,7 +41,13 @@ import numpy as np
 from pydantic import ValidationError
 
 from .adapter_cache import LoadedCache
-from .adapter_checks import check_header, check_outputs, check_tensors, file_stem
+from .adapter_checks import (
+    check_card,
+    check_header,
+    check_outputs,
+    check_tensors,
+    file_stem,
+)
 from .bank import AdapterBank
 from .bundle import (
     REFERENCE_INPUTS,
@@ -50,6 +57,7 @@ from .bundle import (
     read_reference_inputs,
     sha256_file,
 )
+from .card_policy import CardPolicy
 from .config import Config
 from .contract import Normalizer
 from .engine import DeviceSlots, Engine, read_adapter_arrays
@@ -59,6 +67,7 @@ from .errors import (
     AdapterRejected,
     ConfigError,
     EdgeError,
+    IncompatibleBundle,
     StorageError,
 )
 from .revocation import Revocations
@@ -85,9 +94,11 @@ class HeldAdapter:
         return (self.entry.name, self.entry.version)
 
     def describe(self) -> dict:
+        card = self.entry.card
         return {"name": self.entry.name, "version": self.entry.version,
                 "sha256": self.entry.sha256, "size": self.size, "source": self.source,
-                "signer": self.signer, "accepted": round(self.accepted, 3)}
+                "signer": self.signer, "accepted": round(self.accepted, 3),
+                "card": None if card is None else card.essentials()}
 
 
 class AdapterStore:
@@ -102,6 +113,7 @@ class AdapterStore:
         self.max_bytes = cfg.limits.max_adapter_bytes
         self.require_signed = cfg.adapters.require_signed
         self.trusted = load_public_keys(cfg.adapters.trusted_keys)
+        self.policy = cfg.adapters.policy
         self.dir = state_dir / "adapters"
         self.bank = AdapterBank.for_bundle(bundle, manifest) if engine.banked else None
         self.cache = LoadedCache(int(cfg.adapters.memory_budget_mb * (1 << 20)))
@@ -232,6 +244,7 @@ class AdapterStore:
                                   f"limits.max_adapter_bytes = {self.max_bytes}")
         signer = verify(header, self.trusted, self.require_signed)
         entry = self._shared(check_header(header, self.manifest, expect_name))
+        check_card(entry, self.policy)
         same = self._check_version(entry)
         if same is not None:
             return same, False
@@ -375,6 +388,11 @@ class AdapterStore:
             if sha256_file(path) != entry.sha256:
                 raise AdapterError(f"{path}: sha256 does not match the manifest; the adapter "
                                    "file was changed")
+            try:
+                check_card(entry, self.policy)
+            except AdapterRejected as exc:
+                raise IncompatibleBundle(f"{self.bundle}: adapter {entry.name} v{entry.version}"
+                                         f": {exc}") from None
             self.held[(entry.name, entry.version)] = HeldAdapter(
                 entry=entry, path=path, size=size, source="bundle", signer="bundle",
                 accepted=path.stat().st_mtime)
@@ -382,7 +400,7 @@ class AdapterStore:
     def _hold_persisted(self) -> None:
         """Adapters accepted before a restart. One that no longer checks out (edited on
         disk, or for another base after a bundle update) is skipped with a warning."""
-        found, problems = persisted_adapters(self.dir, self.manifest)
+        found, problems = persisted_adapters(self.dir, self.manifest, self.policy)
         for line in problems:
             log.warning("%s", line)
         for entry, path, meta in found:
@@ -398,10 +416,11 @@ class AdapterStore:
             tmp.unlink(missing_ok=True)
 
 
-def persisted_adapters(directory: Path, manifest: Manifest
+def persisted_adapters(directory: Path, manifest: Manifest, policy: CardPolicy | None = None
                        ) -> tuple[list[tuple[AdapterEntry, Path, dict]], list[str]]:
     """Accepted adapters under `directory` (their header .json, entry and file) that still
-    check out against `manifest`, and one line for each that does not. Reads only."""
+    check out against `manifest` and `policy` (it may have changed since), and one line for
+    each that does not. Reads only."""
     found, problems = [], []
     for meta_path in sorted(directory.glob("*.json")):
         try:
@@ -415,6 +434,7 @@ def persisted_adapters(directory: Path, manifest: Manifest
                 raise AdapterError("sha256 differs from its header")
             if entry.base_fingerprint != manifest.base.weights_fingerprint:
                 raise AdapterError("it was accepted for another base")
+            check_card(entry, policy or CardPolicy())
         except (OSError, ValueError, ValidationError, AdapterError) as exc:
             problems.append(f"not holding {meta_path.name}: {exc}")
             continue

@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import __version__
+from .card import Card
 from .contract import Preprocessing  # the record lives with the rest of the wire contract
 from .drift import DriftProfile
 from .drift.features import FEATURES_OUTPUT
@@ -88,6 +89,8 @@ class AdapterEntry(_Strict):
     drift_profile: DriftProfile | None = Field(
         None, description="the reference profile of this adapter's model on its training "
         "windows (edge/drift/profile.py); the gateway compares each line's windows with it")
+    card: Card | None = Field(None, description="provenance and licence (edge/card.py): who "
+                              "trained it, on what data, from which base; signed with it")
 
 
 class BaseInfo(_Strict):
@@ -99,6 +102,7 @@ class BaseInfo(_Strict):
     class_names: list[str]
     preprocessing: Preprocessing | None = None
     drift_profile: DriftProfile | None = None  # the base's own, for lines it serves as it is
+    card: Card | None = None  # the base's name, source, licence (adapters.policy checks it)
 
 
 class Manifest(_Strict):

@@ -34,6 +34,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError, PydanticUndefined, to_jsonable_python
 
+from .card_policy import CardPolicy
 from .contract import (
     BASE,
     DEFAULT_PREFIX,
@@ -333,6 +334,8 @@ class Adapters(_Section):
                                "could roll back to are deleted from state_dir")
     watch_interval_s: float = Field(0.5, ge=0.05, le=60, description="seconds between looks "
                                     "at watch_dir; a file is taken once it held still for one")
+    policy: CardPolicy = Field(default_factory=CardPolicy, description="licences served and "
+                               "card fields required (edge/card_policy.py, docs/CARDS.md)")
 
 
 class OutboxSettings(_Section):

@@ -87,7 +87,8 @@ def _held(cfg: Config, bundle: Path, manifest: Manifest
     for entry in manifest.adapters:
         held[f"{entry.name} v{entry.version}"] = read_adapter_arrays(bundle / entry.file)
     directory = cfg.device.state_dir / "adapters"
-    found, problems = persisted_adapters(directory, manifest) if directory.is_dir() else ([], [])
+    found, problems = (persisted_adapters(directory, manifest, cfg.adapters.policy)
+                       if directory.is_dir() else ([], []))
     for entry, path, _ in found:
         held.setdefault(f"{entry.name} v{entry.version}", read_adapter_arrays(path))
     return held, problems

@@ -83,7 +83,8 @@ def _given_options(cfg: Config, request: ProviderRequest) -> dict:
 
 
 def check_bundle_matches(cfg: Config, manifest: Manifest, bundle: Path) -> None:
-    """A config that states its export settings must get a bundle exported with them."""
+    """A config that states its export settings must get a bundle exported with them, and
+    the bundle's base must be under a licence [adapters.policy] allows."""
     export = cfg.export
     given = export.model_fields_set
     where = f"{cfg.source}: " if cfg.source else ""
@@ -96,6 +97,9 @@ def check_bundle_matches(cfg: Config, manifest: Manifest, bundle: Path) -> None:
         raise IncompatibleBundle(
             f"{where}export.batch is {export.batch}, but {bundle} was exported with batch "
             f"{batch}; re-export with --target {cfg.source or 'CONFIG'}")
+    problem = cfg.adapters.policy.base_problem(manifest.base.card)
+    if problem:  # a base under a licence the plant does not allow never serves a line
+        raise IncompatibleBundle(f"{where}adapters.policy: {bundle}: {problem}")
 
 
 def open_engine(cfg: Config, model_path: Path, manifest: Manifest, *,

@@ -5,13 +5,15 @@
     header                        UTF-8 JSON: name, version, kind, rank, sha256, size,
                                   base_fingerprint, class_names, preprocessing, targets,
                                   metrics, reference_logits, reference_sha256,
-                                  drift_profile (optional: older envelopes have none),
+                                  drift_profile, card (optional: older envelopes have
+                                  none),
                                   key_id, signature
     body                          the `.onnx_adapter` bytes
 
 `signature` is Ed25519 (base64) over `SIGNING_CONTEXT + canonical JSON of the header without
 "signature"`; since the header holds the body's sha256 and size, it covers the body too,
-and the drift profile (edge/drift/profile.py) the gateway monitors the line with.
+the drift profile (edge/drift/profile.py) the gateway monitors the line with, and the card
+(edge/card.py: licence, author, data fingerprint) the gateway's policy checks.
 """
 
 from __future__ import annotations

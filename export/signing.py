@@ -74,6 +74,8 @@ def envelope_for(entry: AdapterEntry, body: bytes, *, key: str | Path | None = N
               "reference_sha256": entry.reference_sha256}
     if entry.drift_profile is not None:  # signed with the rest; absent: an older exporter's
         header["drift_profile"] = entry.drift_profile.model_dump()
+    if entry.card is not None:  # provenance and licence, signed: it cannot be swapped
+        header["card"] = entry.card.model_dump(mode="json", exclude_none=True)
     if key is not None:
         private = load_private_key(key)
         header["key_id"] = key_id(private.public_key())
@@ -81,7 +83,7 @@ def envelope_for(entry: AdapterEntry, body: bytes, *, key: str | Path | None = N
     data = pack(header, body)
     if len(data) - len(body) - 12 > MAX_HEADER:  # a gateway would refuse it unread
         raise ExportError(f"adapter {entry.name} v{entry.version}: the envelope header "
-                          f"(class names, expected outputs, drift profile) exceeds "
+                          f"(class names, expected outputs, drift profile, card) exceeds "
                           f"{MAX_HEADER} bytes")
     return data
 

@@ -37,6 +37,7 @@ from edge.errors import ConfigError, DataError
 from export.adapters.model import AdaptedModel
 from export.adapters.registry import ADAPTER_KINDS, adapter_kind
 from export.adapters.targets import ALL_LINEAR, is_all_linear, output_head
+from export.cards import CardOptions, make_card, training_card
 from export.check_sample import SAMPLE_FILE, SAMPLE_KEY, CheckSample, make_sample
 from export.data import ChannelStats, SensorDataset, TableColumns, load_dataset, train_val_split
 from export.drift_profile import META_KEY, compute_profile
@@ -144,6 +145,7 @@ def train(
     out: str | Path,
     force: bool = False,
     progress: bool = True,
+    card: CardOptions | None = None,
 ) -> TrainResult:
     """Train `method` on `data` starting from `base` (+ `weights`) and write the result to `out`.
 
@@ -163,6 +165,8 @@ def train(
     test data): each epoch is scored on it, the best epoch's weights are kept, and `patience`
     stops training after that many epochs without a better one; metrics then hold the
     per-epoch `curves`. `threads` sets torch's thread count for the run (restored after).
+    `card` sets the output's card (export/cards.py: author, licence, base, intended use...);
+    the rest of it is measured here: data fingerprint, sizes, scores, time, command line.
     Bad data raises DataError, bad options ConfigError; the same seed gives the same tensors.
     """
     rank = DEFAULT_RANK.get(method, 1) if rank is None else rank
@@ -173,6 +177,7 @@ def train(
     _check_early_stopping(val_fraction, patience)
     out = Path(out)
     _check_out(out, force)
+    make_card(options=card, layers=[])  # a bad licence or card file fails before training
     with limit_threads(threads), seeded(seed):
         base_model, splits = prepare(base, weights, data, test_data, length=length,
                                      model_config=model_config, seed=seed,
@@ -209,8 +214,12 @@ def train(
                        targets=target_paths(model),
                        modules_to_save=model.configs[model.active_adapter].modules_to_save)
     files, sample = _adapter_sample(model, splits)  # its record holds its size in bytes
+    card_doc = training_card(card, train_ds=splits.train, n_test=len(splits.y_eval),
+                             eval_split=splits.eval_split, metrics=metrics, weights=weights,
+                             fingerprint=fingerprint, new_base=weights_fingerprint(model)
+                             if method == "full" else None)
     meta = output_meta(base, weights, base_config, fingerprint, splits, metrics,
-                       profile=training_profile(model, splits), sample=sample)
+                       profile=training_profile(model, splits), sample=sample, card=card_doc)
     _write(model, method, out, meta, metrics, files)
     return TrainResult(out, method, metrics, model, splits.train.class_names, splits.stats,
                        log.train_loss)
@@ -491,10 +500,11 @@ def _adapter_sample(model: nn.Module, splits: Splits) -> tuple[dict[str, bytes],
 
 def output_meta(base: str, weights: Any, base_config: dict | None, fingerprint: str,
           splits: Splits, metrics: dict, *, profile: dict | None = None,
-          sample: dict | None = None) -> dict:
+          sample: dict | None = None, card: dict | None = None) -> dict:
     """The metadata an output carries (adapter metadata, edge_model.json); `profile` (the
-    drift profile, export/drift_profile.py) under META_KEY and `sample` (the check sample's
-    record, export/check_sample.py) under SAMPLE_KEY when given."""
+    drift profile, export/drift_profile.py) under META_KEY, `sample` (the check sample's
+    record, export/check_sample.py) under SAMPLE_KEY and `card` (export/cards.py) under
+    "card" when given."""
     return {
         "base_fingerprint": fingerprint,
         "base": {"spec": base, "weights": None if weights is None else str(weights),
@@ -503,8 +513,8 @@ def output_meta(base: str, weights: Any, base_config: dict | None, fingerprint: 
                                           splits.train.channel_names).to_dict(),
         "class_names": list(splits.train.class_names),
         "metrics": metrics,
-    } | {key: value for key, value in ((META_KEY, profile), (SAMPLE_KEY, sample))
-         if value is not None}
+    } | {key: value for key, value in ((META_KEY, profile), (SAMPLE_KEY, sample),
+                                       ("card", card)) if value is not None}
 
 
 def _write(model: nn.Module, method: str, out: Path, meta: dict, metrics: dict,

@@ -19,9 +19,11 @@ from click.testing import CliRunner  # noqa: E402
 from pilot_run import LENGTH, LINE, PRICES, SHORT  # noqa: E402
 
 from edge.bundle import read_manifest  # noqa: E402
+from edge.card import Card  # noqa: E402
 from edge.contract import Preprocessing  # noqa: E402
 from edge.errors import ConfigError, DataError  # noqa: E402
 from export.adapters import AdaptedModel  # noqa: E402
+from export.cards import CardOptions, data_fingerprint, os_user  # noqa: E402
 from export.check_adapters import check_adapters  # noqa: E402
 from export.check_sample import read_sample  # noqa: E402
 from export.cli import main  # noqa: E402
@@ -160,6 +162,20 @@ def test_the_recommended_adapter_loads_and_scores_as_reported(pilot, base):
     assert evaluate(model, x, y) == pytest.approx(entry["test"]["accuracy"]["value"])
 
 
+def test_the_recommended_adapter_has_its_card(pilot):
+    """Who, when, on which data (its fingerprint, not the data), with what test score."""
+    out, report = pilot
+    rec = report["recommendation"]
+    card = Card.model_validate(read_adapter_dir(out / rec["adapter_dir"]).meta["card"])
+    entry = next(c for c in report["candidates"] if c["name"] == rec["name"])
+    train = load_dataset(LINE["data"], length=LENGTH)
+    assert card.data.fingerprint == data_fingerprint(train.X, train.y, train.class_names)
+    assert (card.data.n_train, card.data.n_test, card.data.eval_split) == (
+        report["line"]["n_train"], len(load_dataset(LINE["test_data"], length=LENGTH)), "test")
+    assert card.metrics["test_accuracy"] == pytest.approx(entry["test"]["accuracy"]["value"])
+    assert card.author == os_user() and card.base.fingerprint == report["base"]["fingerprint"]
+
+
 def test_the_recommended_adapter_exports_and_answers_as_reported(pilot, base, tmp_path):
     """Attached to a bundle and run by onnxruntime as the gateway runs it (its own
     preprocessing from the manifest), the adapter scores the test windows as the report says."""
@@ -266,11 +282,15 @@ def test_a_candidate_cut_short_by_the_budget_is_still_scored(base):
 def test_the_cli_prints_the_summary(base, tmp_path):
     args = ["pilot", "--weights", str(base), "--data", LINE["data"], "--test-data",
             LINE["test_data"], "--budget-minutes", "0.5", "--seeds", "1", "--epochs", "4",
-            "--patience", "2", "--threads", "1", "--no-progress", "--out", str(tmp_path / "p")]
+            "--patience", "2", "--threads", "1", "--no-progress", "--out", str(tmp_path / "p"),
+            "--author", "ana", "--licence", "MIT", "--intended-use", "arrow heads"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Recommended: ")
     assert f"adapter: {tmp_path / 'p'}/adapter" in result.output
+    card = Card.model_validate(read_adapter_dir(tmp_path / "p" / "adapter").meta["card"])
+    assert (card.author, card.licence, card.intended_use) == ("ana", "MIT", "arrow heads")
+    assert card.command.startswith("edge-export pilot --weights ")
 
 
 # -- bad input: one line each, nothing written ----------------------------------------------
@@ -304,12 +324,14 @@ def bad_cases(tmp: Path) -> dict[str, tuple[dict, type, str]]:
                                             channels=3), "test_data": None},
                               DataError, "channel"),
         "out exists": ({"out": tmp / "taken"}, ConfigError, "--force"),
+        "unknown licence": ({"card": CardOptions(licence="Arrow-1.0")}, ConfigError,
+                            "--licence (licence): Arrow-1.0 is not an SPDX licence id"),
     }
 
 
 @pytest.mark.parametrize("case", ["one class", "class absent from test", "budget too small",
                                   "unknown price key", "negative price", "base does not fit",
-                                  "out exists"])
+                                  "out exists", "unknown licence"])
 def test_bad_input_is_one_line_and_writes_nothing(base, tmp_path, case):
     overrides, error, phrase = bad_cases(tmp_path)[case]
     before = set(tmp_path.iterdir())

@@ -39,6 +39,34 @@ def profile_line(profile: Any) -> str | None:
             f"top score mean {profile.top_score_mean:.3f}")
 
 
+def card_fields(card: Any) -> dict[str, Any] | str | None:
+    """A card (a Card, its dict or JSON text; None: None) as its set fields, the licence
+    text shortened to its size; an invalid one says why."""
+    from pydantic import ValidationError
+
+    from edge.card import Card
+    from edge.errors import validation_problem
+
+    if card is None:
+        return None
+    try:
+        if isinstance(card, str):
+            card = Card.model_validate_json(card)
+        elif not isinstance(card, Card):
+            card = Card.model_validate(card)
+    except ValidationError as exc:
+        return f"invalid ({validation_problem(exc)})"
+    doc = card.model_dump(mode="json", exclude_none=True)
+    for where in (doc, doc.get("base", {})):
+        if "licence_text" in where:
+            where["licence_text"] = f"({len(where['licence_text'])} characters)"
+    return doc
+
+
+def _card_line(card: Any) -> str:
+    return card.summary() if card is not None else "none"
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -51,6 +79,7 @@ def describe_adapter_dir(path: Path) -> dict[str, Any]:
     config = json.loads((path / CONFIG_FILE).read_text())
     meta = dict(adapter.meta)
     profile = meta.pop("drift_profile", None)
+    card = meta.pop("card", None)
     return {
         "path": str(path),
         "kind": adapter.kind,
@@ -63,6 +92,7 @@ def describe_adapter_dir(path: Path) -> dict[str, Any]:
         "sha256": _sha256(path / WEIGHTS_FILE),
         "base_fingerprint": meta.pop("base_fingerprint", None),
         "drift_profile": profile_line(profile),
+        "card": card_fields(card) or "none (train, pilot and attach write one)",
         "metadata": meta,
     }
 
@@ -87,6 +117,7 @@ def describe_model_file(path: Path) -> dict[str, Any]:
         "file_bytes": path.stat().st_size,
         "sha256": _sha256(path),
         "drift_profile": profile_line(_train_meta(path).get("drift_profile")),
+        "card": card_fields(_train_meta(path).get("card")),
     }
 
 
@@ -118,6 +149,8 @@ def describe_bundle(path: Path) -> dict[str, Any]:
         "drift_profiles": {"base": profile_line(manifest.base.drift_profile) or "none"}
         | {f"{a.name} v{a.version}": profile_line(a.drift_profile) or "none"
            for a in manifest.adapters},
+        "cards": {"base": _card_line(manifest.base.card)}
+        | {f"{a.name} v{a.version}": _card_line(a.card) for a in manifest.adapters},
         "tensors": {s.name: [s.dtype, s.shape] for s in manifest.slots},
     }
 
@@ -142,11 +175,33 @@ def describe_onnx(path: Path) -> dict[str, Any]:
         return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
     return {"path": str(path), "kind": "onnx", "file_bytes": path.stat().st_size,
             "sha256": _sha256(path), "opset": model.opset_import[0].version,
-            "metadata": {p.key: (profile_line(p.value) if p.key == "edge.drift_profile"
-                                 else p.value) for p in model.metadata_props},
+            "metadata": {p.key: _onnx_meta(p.key, p.value) for p in model.metadata_props},
             "outputs": {o.name: dims(o) for o in model.graph.output},
             "tensors": {i.name: ["input" + (" (slot)" if i.name in inits else ""), dims(i)]
                         for i in model.graph.input}}
+
+
+def _onnx_meta(key: str, value: str) -> Any:
+    if key == "edge.drift_profile":
+        return profile_line(value)
+    return card_fields(value) if key == "edge.card" else value
+
+
+def describe_envelope(path: Path) -> dict[str, Any]:
+    """A signed adapter envelope (`edge-export sign`): its header, card included; the
+    signature is shown, not checked (the gateway checks it against its trusted keys)."""
+    from edge.envelope import MAX_HEADER, unpack
+
+    header, body = unpack(path.read_bytes(), max_bytes=1 << 62)
+    return {"path": str(path), "kind": "adapter envelope", "file_bytes": path.stat().st_size,
+            "adapter": f"{header['name']} v{header['version']} ({header['kind']} "
+                       f"r{header.get('rank')})",
+            "sha256": header["sha256"], "base_fingerprint": header["base_fingerprint"],
+            "signed": f"by key {header['key_id']}" if header.get("signature") else "no",
+            "header_bytes": f"{len(path.read_bytes()) - len(body) - 12} of at most "
+                            f"{MAX_HEADER}",
+            "drift_profile": profile_line(header.get("drift_profile")),
+            "card": card_fields(header.get("card")) or "none"}
 
 
 def describer(path: Path) -> Callable[[Path], dict[str, Any]]:
@@ -162,6 +217,8 @@ def describer(path: Path) -> Callable[[Path], dict[str, Any]]:
         return describe_onnx_adapter
     if path.is_file() and path.suffix == ".onnx":
         return describe_onnx
+    if path.is_file() and _is_envelope(path):
+        return describe_envelope
     if path.is_dir() and (path / MODEL_FILE).is_file():  # a `train --method full` output
         return lambda p: describe_model_file(p / MODEL_FILE)
     if path.is_dir() and (path / HEAD_FILE).is_file():  # a `train --method head` output
@@ -171,4 +228,12 @@ def describer(path: Path) -> Callable[[Path], dict[str, Any]]:
     if not path.exists():
         raise ConfigError(f"{path}: no such file or directory")
     raise ConfigError(f"{path}: not something inspect knows (a PEFT adapter directory, a "
-                      "bundle, an .onnx, an .onnx_adapter or a .safetensors weights file)")
+                      "bundle, an .onnx, an .onnx_adapter, a .safetensors weights file or a "
+                      "signed adapter envelope)")
+
+
+def _is_envelope(path: Path) -> bool:
+    from edge.envelope import MAGIC
+
+    with open(path, "rb") as fh:
+        return fh.read(len(MAGIC)) == MAGIC

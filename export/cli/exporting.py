@@ -11,6 +11,7 @@ import click
 
 from edge.contract import DEFAULT_PREFIX
 from edge.errors import ConfigError
+from export.cli.card_options import card_options
 from export.cli.group import main
 
 
@@ -71,6 +72,7 @@ def merge_command(input_shape: str | None, **options: Any) -> None:
 @click.option("--bank", type=int, default=0, show_default=True,
               help="K > 0: slots hold K adapters, one run serves rows of different lines.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Bundle folder.")
+@card_options
 def attach_command(input_shape: str | None, adapters: tuple[str, ...], names: tuple[str, ...],
                    **options: Any) -> None:
     """Export a bundle: base.onnx with adapter slots, adapters as .onnx_adapter files."""
@@ -90,6 +92,7 @@ def attach_command(input_shape: str | None, adapters: tuple[str, ...], names: tu
 @click.option("--atol", type=float)
 @click.option("--force", is_flag=True, help="Replace an existing --name/--version (the old "
               "one stays when the new one fails a check).")
+@card_options
 def add_adapter_command(**options: Any) -> None:
     """Convert a new adapter for an existing bundle (plain or --bank); base.onnx stays byte
     for byte. Its outputs on the bundle's reference inputs go into the manifest."""

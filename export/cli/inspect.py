@@ -22,8 +22,10 @@ def _render(info: dict[str, Any]) -> list[str]:
             lines += [f"  {k}: {json.dumps(v, ensure_ascii=False)}" for k, v in value.items()]
         else:
             lines.append(f"{key}: {value}")
-    lines.append(f"tensors ({len(info['tensors'])}):")
-    lines += [f"  {k}  {dtype} {tuple(shape)}" for k, (dtype, shape) in info["tensors"].items()]
+    tensors = info.get("tensors") or {}
+    if tensors:
+        lines.append(f"tensors ({len(tensors)}):")
+        lines += [f"  {k}  {dtype} {tuple(shape)}" for k, (dtype, shape) in tensors.items()]
     return lines
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from export.cli.card_options import card_options
 from export.cli.data_options import table_options
 from export.cli.group import main
 from export.pilot.settings import EPOCHS
@@ -42,6 +43,7 @@ from export.pilot.settings import EPOCHS
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 @table_options
+@card_options
 def pilot_command(**options: Any) -> None:
     """Search adapters for one line within a budget, recommend one, write the KPI report."""
     from export.pilot.pipeline import REPORT_FILE, run_pilot

@@ -9,6 +9,7 @@ import click
 
 from edge.errors import ConfigError
 from export.adapters.registry import ADAPTER_KINDS  # no torch: names only
+from export.cli.card_options import card_options
 from export.cli.data_options import table_options
 from export.cli.group import main
 
@@ -75,6 +76,7 @@ def _model_config(pairs: tuple[str, ...]) -> dict[str, Any] | None:
 @click.option("--out", required=True, type=click.Path(), help="Output directory.")
 @click.option("--force", is_flag=True, help="Overwrite --out.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@card_options
 def train_command(model_config: tuple[str, ...], **options: Any) -> None:
     """Train an adapter (lora, bottleneck), a head, or the whole model (full)."""
     from export.train import train

@@ -33,10 +33,12 @@ from edge.bundle import (
     verify_base,
     write_manifest,
 )
+from edge.card import Card
 from edge.drift import DriftProfile
 from edge.engine import Engine, load_adapter_file, read_adapter_arrays
 from edge.errors import AdapterRejected, ExportError, IncompatibleBundle
 from export.adapters.model import AdaptedModel
+from export.cards import CardOptions, adapter_card, bundle_base_card
 from export.drift_profile import META_KEY, profile_of
 from export.features import feature_parity
 from export.models import load_base, sidecar_path, weights_fingerprint
@@ -83,10 +85,11 @@ def check_fingerprint(adapter: AdapterDir, fingerprint: str) -> list[str]:
 
 def adapter_entry(adapter: AdapterDir, name: str, version: int, file: str, sha: str,
                   fingerprint: str, num_classes: int, channels: int,
-                  features: int | None = None) -> AdapterEntry:
+                  features: int | None = None, card: Card | None = None) -> AdapterEntry:
     """The manifest entry of `adapter`, with the drift profile its metadata records (None
     when it records none), checked against the model's `channels`, its `features` per window
-    (None: the graph outputs none) and the adapter's classes."""
+    (None: the graph outputs none) and the adapter's classes, and its `card`
+    (export/cards.py adapter_card)."""
     groups = sorted({k.split(".lora_")[0].split(".adapter_")[0].removeprefix("base_model.model.")
                      for k in adapter.tensors})
     classes = adapter.meta.get("class_names") or [str(i) for i in range(num_classes)]
@@ -95,7 +98,8 @@ def adapter_entry(adapter: AdapterDir, name: str, version: int, file: str, sha: 
                         class_names=list(classes),
                         preprocessing=Preprocessing.from_dict(adapter.meta.get("preprocessing")),
                         metrics=adapter.meta.get("metrics", {}),
-                        drift_profile=profile_of(adapter.meta, str(adapter.path)))
+                        drift_profile=profile_of(adapter.meta, str(adapter.path)),
+                        card=card)
     try:
         check_profile(entry, channels, features)
     except AdapterRejected as exc:
@@ -133,10 +137,13 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
                   out: str | Path, names: list[str] | None = None, max_rank: int | None = None,
                   target: str | Path | None = None, atol: float | None = None,
                   data: str | Path | None = None, input_shape_: tuple[int, ...] | None = None,
-                  bank: int = 0, force: bool = False) -> ExportReport:
+                  bank: int = 0, force: bool = False,
+                  card: CardOptions | None = None) -> ExportReport:
     """Write BUNDLE/: base.onnx with one slot per adapted module, every adapter as an
     `.onnx_adapter`, manifest.json; then check each against torch in onnxruntime.
-    `bank` K > 0 writes the mixed-adapter variant: slots hold K adapters, rows pick one."""
+    `bank` K > 0 writes the mixed-adapter variant: slots hold K adapters, rows pick one.
+    `card` adds to the cards (export/cards.py): the base flags to the base's, every flag to
+    each adapter's (over what its directory records)."""
     if not adapters:
         raise ExportError("attach needs at least one --adapter DIR")
     if bank < 0 or (bank and bank < len(adapters)):
@@ -154,13 +161,15 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
         raise ExportError(f"adapter names must be unique, one per --adapter: {names} (--name)")
     for name in names:
         check_adapter_name(name)
+    base_card = bundle_base_card(card, weights, fingerprint)
+    cards = [adapter_card(card, d.meta, base_card, fingerprint) for d in dirs]
     slots = plan_slots(model, dirs, settings.max_rank)
     shape = input_shape(model, input_shape_)
     x = sample_inputs(shape, settings, real_samples(data, dirs[0].meta, shape))
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         manifest = _write_bundle(tmp, model, fingerprint, dirs, names, slots, x, settings,
-                                 weights, bank)
+                                 weights, bank, (base_card, cards))
         check = validate_bank if bank else validate_bundle
         parity = check(tmp, manifest, model, dirs, x, settings.tolerance)
         raise_on_failure(parity)
@@ -190,7 +199,8 @@ def _record_references(bundle: Path, manifest: Manifest) -> None:
 
 def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: list[AdapterDir],
                   names: list[str], slots: list, x: np.ndarray, settings: ExportSettings,
-                  weights: str | Path | None, bank: int) -> Manifest:
+                  weights: str | Path | None, bank: int,
+                  cards: tuple[Card, list[Card]]) -> Manifest:
     (tmp / ADAPTER_DIR).mkdir()
     defaults = default_tensors(model, slots)
     graph = _write_base(tmp / BASE_FILE, model, slots, defaults, x, settings, bank, fingerprint)
@@ -199,12 +209,12 @@ def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: lis
     inputs, outputs = io_specs(graph, exclude={s.name for s in slots} | {INDEX_INPUT})
     num_classes, channels = int(outputs[0].shape[-1]), int(inputs[0].shape[1])
     entries = []
-    for adapter, name in zip(dirs, names, strict=True):
+    for adapter, name, card in zip(dirs, names, cards[1], strict=True):
         file = adapter_file_name(name, 1)
         write_onnx_adapter(tmp / file, adapter_tensors(adapter, slots), 1)
         entries.append(adapter_entry(adapter, name, 1, file, sha256_file(tmp / file),
                                      fingerprint, num_classes, channels,
-                                     features_width(outputs)))
+                                     features_width(outputs), card))
     np.save(tmp / REFERENCE_INPUTS, x)
     with torch.no_grad():
         base_classes = int(model(torch.from_numpy(x[:1])).shape[-1])
@@ -216,7 +226,8 @@ def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: lis
                       class_names=class_names,
                       preprocessing=Preprocessing.from_dict(base_meta.get("preprocessing")),
                       drift_profile=base_profile(base_meta, weights, channels, class_names,
-                                                 features_width(outputs))),
+                                                 features_width(outputs)),
+                      card=cards[0]),
         inputs=inputs, outputs=outputs, dynamic_batch=settings.dynamic,
         max_rank=settings.max_rank, bank=bank, num_classes=num_classes, slots=slots,
         adapters=entries)
@@ -311,17 +322,20 @@ def _parity_with(adapted: AdaptedModel, source: AdapterDir, entry: AdapterEntry,
 def add_adapter(*, bundle: str | Path, adapter: str | Path, name: str,
                 version: int | None = None, base: str | None = None,
                 weights: str | Path | None = None, atol: float | None = None,
-                force: bool = False) -> ExportReport:
+                force: bool = False, card: CardOptions | None = None) -> ExportReport:
     """Convert a new adapter for an existing bundle (single-slot or bank); base.onnx is
     read, never rewritten. The adapter is written to a staging file and renamed into place
     only once every check passed: a refused replacement (--force) leaves the old file and
-    manifest.json untouched."""
+    manifest.json untouched. `card` adds to the adapter's card (export/cards.py) over what
+    its directory records; the bundle's base card says what it is trained on."""
     check_adapter_name(name)
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     verify_base(bundle, manifest)
     source = read_adapter_dir(adapter)
     notes = check_fingerprint(source, manifest.base.weights_fingerprint)
+    new_card = adapter_card(card, source.meta, manifest.base.card,
+                            manifest.base.weights_fingerprint)
     rank = adapter_rank(source)
     if rank > manifest.max_rank:
         raise AdapterRejected(f"{source.path}: rank {rank} exceeds the bundle's max rank "
@@ -338,7 +352,8 @@ def add_adapter(*, bundle: str | Path, adapter: str | Path, name: str,
         write_onnx_adapter(staging, tensors, version)
         entry = adapter_entry(source, name, version, file, sha256_file(staging),
                               manifest.base.weights_fingerprint, manifest.num_classes,
-                              int(manifest.inputs[0].shape[1]), manifest.features)
+                              int(manifest.inputs[0].shape[1]), manifest.features,
+                              new_card)
         parity, entry = _check_added(bundle, manifest, staging, entry, source, base, weights,
                                      atol)
         atomic_write(bundle / file, staging.read_bytes())  # only now: every check passed

@@ -25,6 +25,7 @@ from edge.engine import Engine
 from edge.errors import AdapterRejected, ConfigError, ExportError
 from export.adapters.model import AdaptedModel
 from export.adapters.registry import adapter_kind
+from export.cards import adapter_card, bundle_base_card
 from export.drift_profile import profile_of
 from export.features import FEATURES_OUTPUT, WithFeatures, feature_parity, head_path
 from export.models import load_base, weights_fingerprint
@@ -174,7 +175,7 @@ def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
                   force: bool = False) -> ExportReport:
     """`edge-export merge`: LoRA folded into the base (safe merge) as one ONNX file; a
     bottleneck adapter, which cannot fold, stays in the static graph. The adapter's class
-    names, preprocessing and drift profile go into the file's `edge.*` metadata_props."""
+    names, preprocessing, drift profile and card go into the file's `edge.*` metadata_props."""
     settings = load_settings(target, atol=atol)
     out = Path(out)
     check_output(out, force)
@@ -202,6 +203,9 @@ def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
     profile = _profile(adapter_dir, shape[0])
     if profile is not None:
         meta["edge.drift_profile"] = profile.model_dump_json()
+    card = adapter_card(None, adapter_dir.meta, bundle_base_card(None, weights, fingerprint),
+                        fingerprint)  # provenance and licence travel with the merged file too
+    meta["edge.card"] = card.model_dump_json(exclude_none=True)
     with staging_file(out) as tmp:
         to_onnx(plain, (torch.from_numpy(x),), [INPUT], tmp, settings)
         finish_onnx(tmp, metadata=meta, precision=settings.precision)

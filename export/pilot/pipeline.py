@@ -22,6 +22,7 @@ from typing import Any
 
 from edge import __version__
 from edge.errors import ConfigError, DataError
+from export.cards import CardOptions, make_card, training_card
 from export.check_sample import SAMPLE_FILE
 from export.data import TableColumns
 from export.fitting import limit_threads
@@ -51,7 +52,7 @@ def run_pilot(*, base: str = "reference", weights: str | Path, data: str | Path,
               prices: str | Path | None = None, lines: int = 10, out: str | Path,
               force: bool = False, seeds: int = 3, threads: int | None = None,
               progress: bool = True, columns: TableColumns | None = None, epochs: int = EPOCHS,
-              patience: int | None = None) -> dict:
+              patience: int | None = None, card: CardOptions | None = None) -> dict:
     """Run the pilot and write OUT/; returns the report (report.json's dict).
 
     `weights`: the pretrained base; `data` / `test_data`: the line's windows (without
@@ -60,13 +61,14 @@ def run_pilot(*, base: str = "reference", weights: str | Path, data: str | Path,
     (export/pilot/prices.py); `lines` the N of the running-cost figures; `seeds` runs per
     candidate where the budget allows; `threads` torch's thread count for the pilot;
     `epochs` each run's schedule, `patience` early stopping (off by default). `columns` is
-    passed to the data reader (CSV/Parquet column names). Bad input raises ConfigError or
-    DataError, with nothing written.
+    passed to the data reader (CSV/Parquet column names). `card` sets the adapter's card
+    (export/cards.py). Bad input raises ConfigError or DataError, with nothing written.
     """
     options = dict(base=base, weights=weights, data=data, test_data=test_data,
                    budget_minutes=budget_minutes, prices=prices, lines=lines, seeds=seeds,
                    threads=threads, epochs=epochs, patience=patience)
     _check_options(options)
+    make_card(options=card, layers=[])  # a bad licence or card file fails before the search
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; --out names a directory")
@@ -80,7 +82,7 @@ def run_pilot(*, base: str = "reference", weights: str | Path, data: str | Path,
         search = run_search(line, plan, settings)
         machine = machine_info()
     report = _report(options, line, fingerprint, search, price_list, machine)
-    return _write(report, line, search, options, out, progress)
+    return _write(report, line, search, options, out, progress, card)
 
 
 def _check_options(options: dict) -> None:
@@ -152,7 +154,8 @@ def _report(options: dict, line: Line, fingerprint: str, search, prices: Prices 
     }  # fmt: skip
 
 
-def _write(report: dict, line: Line, search, options: dict, out: Path, progress: bool) -> dict:
+def _write(report: dict, line: Line, search, options: dict, out: Path, progress: bool,
+           card: CardOptions | None = None) -> dict:
     """Stage OUT beside it (adapter, running cost, reports), then swap it in."""
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -161,7 +164,7 @@ def _write(report: dict, line: Line, search, options: dict, out: Path, progress:
         rec = report["recommendation"]
         if rec is not None:
             chosen = next(r for r in search.results if r.candidate.name == rec["name"])
-            _save_adapter(chosen, report, line, options, target / ADAPTER_DIR)
+            _save_adapter(chosen, report, line, options, target / ADAPTER_DIR, card)
             report["running_cost"] = _running_cost(options, target / ADAPTER_DIR, staging,
                                                    progress)
         report["summary"] = summary(report)
@@ -179,7 +182,7 @@ def _write(report: dict, line: Line, search, options: dict, out: Path, progress:
 
 
 def _save_adapter(chosen: CandidateResult, report: dict, line: Line, options: dict,
-                  path: Path) -> None:
+                  path: Path, card: CardOptions | None = None) -> None:
     """The recommended adapter as a normal adapter directory (attach / add-adapter / push)."""
     entry = next(c for c in report["candidates"] if c["name"] == chosen.candidate.name)
     metrics = {
@@ -195,10 +198,13 @@ def _save_adapter(chosen: CandidateResult, report: dict, line: Line, options: di
     base_config = dict(base_config) if isinstance(base_config, dict) else None
     sample = check_sample(chosen.model, line.splits)  # of the test windows it was scored on
     blob = sample.to_bytes()
+    card_doc = training_card(card, train_ds=line.splits.train, n_test=len(line.splits.y_eval),
+                             eval_split="test", metrics=metrics, weights=options["weights"],
+                             fingerprint=report["base"]["fingerprint"])
     meta = output_meta(options["base"], options["weights"], base_config,
                        report["base"]["fingerprint"], line.splits, metrics,
                        profile=training_profile(chosen.model, line.splits),
-                       sample=sample.record(blob))
+                       sample=sample.record(blob), card=card_doc)
     save_adapter(chosen.model, path, meta=meta)
     (path / SAMPLE_FILE).write_bytes(blob)  # inside the staging directory, like the rest
 
