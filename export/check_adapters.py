@@ -203,7 +203,8 @@ def _convert(source: AdapterDir, name: str, manifest: Manifest, file: Path) -> A
     write_onnx_adapter(file, tensors, 1)
     channels = int(manifest.inputs[0].shape[1])
     entry = adapter_entry(source, name, 1, file.name, sha256_file(file),
-                          manifest.base.weights_fingerprint, manifest.num_classes, channels)
+                          manifest.base.weights_fingerprint, manifest.num_classes, channels,
+                          manifest.features)
     check_fit(entry, manifest)  # kind, rank, classes, input shape, drift profile
     return entry
 
