@@ -87,6 +87,7 @@ def test_pipeline_quick(tmp_path):
     assert all(r["closed"]["rate"] > 0 and r["half"]["rate"] > 0 for r in drift["runs"])
     seen = drift["drift"]
     assert set(seen["states"]) <= {"ok", "warn", "drift"} and seen["windows"] > 0
-    assert set(seen["indicators"]) == {"input_psi", "class_psi", "score_psi", "score_drop"}
+    assert set(seen["indicators"]) == {"input_psi", "class_psi", "score_psi", "score_drop",
+                                       "ood_share"}  # the bundle outputs features
     assert "written to" not in proc.stdout  # --no-write: printed, docs/ untouched
     assert "Drift monitoring on against off" in proc.stdout

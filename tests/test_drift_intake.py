@@ -153,5 +153,4 @@ def test_an_envelope_a_gateway_could_not_read_is_not_built(workstation):  # noqa
     body = (workstation / entry.file).read_bytes()
     with pytest.raises(ExportError, match=f"exceeds {MAX_HEADER} bytes"):
         envelope_for(entry.model_copy(update={"drift_profile": wide}), body)
-    # the fixture's 40 BasicMotions windows less the 8 held out to calibrate its threshold
-    assert unpack(envelope_for(entry, body), 1 << 30)[0]["drift_profile"]["n_windows"] == 32
+    assert unpack(envelope_for(entry, body), 1 << 30)[0]["drift_profile"]["n_windows"] == 40
