@@ -28,7 +28,7 @@ GATEWAY = os.environ.get("EDGE_TESTS") == "gateway"
 # smoke runs (they train) and the check of tests/data against the exporter. Every other
 # module is a gateway test.
 WORKSTATION_ONLY = [
-    "test_adapters.py", "test_benchmarks_smoke.py", "test_cli.py", "test_data.py",
+    "test_adapters.py", "test_benchmarks_smoke.py", "test_cards.py", "test_cli.py", "test_data.py",
     "test_data_tables.py", "test_drift_calibration.py", "test_export.py", "test_export_fixes.py",
     "test_gateway_data.py",
     "test_gpu.py", "test_model_size.py", "test_peft_io.py", "test_pilot.py", "test_pilot_report.py",

@@ -199,7 +199,8 @@ def test_inspect_shows_one_line_per_profile(base, adapters, tmp_path):
     shares = ", ".join(f"{n} {s:.0%}" for n, s in zip(profile.classes.names,
                                                        profile.classes.shares, strict=True))
     want = (f"{profile.n_windows} windows, 1 channel(s), classes {shares}, "
-            f"top score mean {profile.top_score_mean:.3f}")
+            f"top score mean {profile.top_score_mean:.3f}, {profile.features.dim} features "
+            f"(OOD threshold {profile.features.threshold:.2f})")
     runner = CliRunner()
     for path in (adapters["line7"], bundle):
         result = runner.invoke(main, ["inspect", str(path)])

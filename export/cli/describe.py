@@ -35,8 +35,11 @@ def profile_line(profile: Any) -> str | None:
         return f"invalid ({validation_problem(exc)})"
     shares = ", ".join(f"{name} {share:.0%}" for name, share
                        in zip(profile.classes.names, profile.classes.shares, strict=True))
+    features = profile.features
+    ood = "" if features is None else (f", {features.dim} features (OOD threshold "
+                                       f"{features.threshold:.2f})")
     return (f"{profile.n_windows} windows, {profile.channels} channel(s), classes {shares}, "
-            f"top score mean {profile.top_score_mean:.3f}")
+            f"top score mean {profile.top_score_mean:.3f}{ood}")
 
 
 def card_fields(card: Any) -> dict[str, Any] | str | None:
