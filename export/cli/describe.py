@@ -19,20 +19,11 @@ from edge.errors import ConfigError
 def profile_line(profile: Any) -> str | None:
     """One line for a drift profile (a DriftProfile, its dict or JSON text; None: None):
     windows, channels, class shares, top-score mean; an invalid one says why."""
-    from pydantic import ValidationError
-
     from edge.drift import DriftProfile
-    from edge.errors import validation_problem
 
-    if profile is None:
-        return None
-    try:
-        if isinstance(profile, str):
-            profile = DriftProfile.model_validate_json(profile)
-        elif not isinstance(profile, DriftProfile):
-            profile = DriftProfile.model_validate(profile)
-    except ValidationError as exc:
-        return f"invalid ({validation_problem(exc)})"
+    profile = _validated(DriftProfile, profile)
+    if profile is None or isinstance(profile, str):
+        return profile
     shares = ", ".join(f"{name} {share:.0%}" for name, share
                        in zip(profile.classes.names, profile.classes.shares, strict=True))
     features = profile.features
@@ -42,23 +33,31 @@ def profile_line(profile: Any) -> str | None:
             f"top score mean {profile.top_score_mean:.3f}{ood}")
 
 
+def _validated(model: type, value: Any) -> Any:
+    """`value` (a `model`, its dict or JSON text) as a `model`; None for None; a string
+    "invalid (why)" when it does not validate."""
+    from pydantic import ValidationError
+
+    from edge.errors import validation_problem
+
+    if value is None or isinstance(value, model):
+        return value
+    try:
+        if isinstance(value, str):
+            return model.model_validate_json(value)
+        return model.model_validate(value)
+    except ValidationError as exc:
+        return f"invalid ({validation_problem(exc)})"
+
+
 def card_fields(card: Any) -> dict[str, Any] | str | None:
     """A card (a Card, its dict or JSON text; None: None) as its set fields, the licence
     text shortened to its size; an invalid one says why."""
-    from pydantic import ValidationError
-
     from edge.card import Card
-    from edge.errors import validation_problem
 
-    if card is None:
-        return None
-    try:
-        if isinstance(card, str):
-            card = Card.model_validate_json(card)
-        elif not isinstance(card, Card):
-            card = Card.model_validate(card)
-    except ValidationError as exc:
-        return f"invalid ({validation_problem(exc)})"
+    card = _validated(Card, card)
+    if card is None or isinstance(card, str):
+        return card
     doc = card.model_dump(mode="json", exclude_none=True)
     for where in (doc, doc.get("base", {})):
         if "licence_text" in where:
