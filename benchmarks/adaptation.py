@@ -24,7 +24,7 @@ import torch
 # benchmarks/export.py shares its name with the `export` package: import from the repo root.
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
-from benchmarks.report import machine_line, write_section  # noqa: E402
+from benchmarks.report import machine_line, training_options, write_section  # noqa: E402
 from export.demo import run as demo  # noqa: E402
 from export.train import train  # noqa: E402
 
@@ -72,13 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=demo.ADAPT_EPOCHS,
                         help="adaptation epochs (every method)")
     parser.add_argument("--pretrain-epochs", type=int, default=demo.PRETRAIN_EPOCHS)
-    parser.add_argument("--base-dir", type=Path,
-                        help="keep (or reuse) the data and pretrained base here, not in a temp dir")
-    parser.add_argument("--threads", type=int, help="torch threads [default: torch's]")
     parser.add_argument("--pilot-budget", type=float, default=5.0,
                         help="minutes for the pilot's search (its row: the recommendation)")
-    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    training_options(parser, "the data and pretrained base")
     return parser.parse_args(argv)
 
 

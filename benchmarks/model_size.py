@@ -41,7 +41,7 @@ from torch import nn
 # benchmarks/export.py shares its name with the `export` package: import from the repo root.
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
-from benchmarks.report import machine_line, write_section  # noqa: E402
+from benchmarks.report import machine_line, training_options, write_section  # noqa: E402
 from export.data import load_dataset  # noqa: E402
 from export.demo import run as demo  # noqa: E402
 from export.fitting import FitLog, fit, seeded  # noqa: E402
@@ -95,11 +95,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--adapt-epochs", type=int, default=ADAPT_EPOCHS,
                         help="epochs adapting each pretrained base to ACSF1")
     parser.add_argument("--part", choices=("all", "ladder", "pretrained"), default="all")
-    parser.add_argument("--base-dir", type=Path,
-                        help="keep (or reuse) the pretrained bases and pooled data here")
-    parser.add_argument("--threads", type=int, help="torch threads [default: torch's]")
-    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
-    parser.add_argument("--progress", action="store_true", help="show progress bars")
+    training_options(parser, "the pretrained bases and pooled data")
     return parser.parse_args(argv)
 
 

@@ -30,7 +30,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
-from benchmarks.report import machine_line, write_section  # noqa: E402
+from benchmarks.report import machine_line, training_options, write_section  # noqa: E402
 from export.demo import run as demo  # noqa: E402
 from export.fitting import evaluate, fit, seeded  # noqa: E402
 from export.pilot.candidates import Candidate, plan_candidates  # noqa: E402
@@ -46,9 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--folds", type=int, default=3, help="validation splits (seeds) 0..N-1")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="each run's schedule")
-    parser.add_argument("--base-dir", type=Path, help="keep (or reuse) the pretrained base here")
-    parser.add_argument("--threads", type=int, help="torch threads [default: torch's]")
-    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    training_options(parser, "the pretrained base", progress=False)
     return parser.parse_args(argv)
 
 

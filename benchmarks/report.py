@@ -1,7 +1,9 @@
-"""Shared by the benchmarks: machine description and docs/BENCHMARKS.md sections."""
+"""Shared by the benchmarks: machine description, the training benchmarks' common options and
+docs/BENCHMARKS.md sections."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -12,6 +14,18 @@ from pathlib import Path
 DOC = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
 HEADER = ("# Benchmarks\n\nRatios against a baseline run side by side in the same process. "
           "Each section is rewritten by the script named in its heading.\n")
+
+
+def training_options(parser: argparse.ArgumentParser, base_dir: str, *,
+                     progress: bool = True) -> None:
+    """The options every training benchmark takes: --base-dir (what it caches there:
+    `base_dir`), --threads (torch), --no-write, and --progress."""
+    parser.add_argument("--base-dir", type=Path, help=f"keep (or reuse) {base_dir} here, not "
+                        "in a temp dir")
+    parser.add_argument("--threads", type=int, help="torch threads [default: torch's]")
+    parser.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    if progress:
+        parser.add_argument("--progress", action="store_true", help="show progress bars")
 
 
 def cpu_model() -> str:

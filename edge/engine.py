@@ -180,15 +180,14 @@ class Engine:
 
     def run_with_features(self, x: np.ndarray,
                           adapter: ort.LoraAdapter | DeviceSlots | Mapping[str, np.ndarray]
-                          | None = None, feeds: Mapping[str, np.ndarray] | None = None
-                          ) -> tuple[np.ndarray, np.ndarray | None]:
+                          | None = None, feeds: Mapping[str, np.ndarray] | None = None,
+                          *, features: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Logits (N, K) and, from the same run, the penultimate features (N, D) when the
-        graph outputs them (None when it does not); arguments as `run`."""
-        if self.features_output is None:
+        graph outputs them and `features` asks for them (else None); arguments as `run`."""
+        if not features or self.features_output is None:
             return self._run(x, adapter, feeds, self.output_names[:1])[0], None
-        logits, features = self._run(x, adapter, feeds,
-                                     [self.output_names[0], self.features_output])
-        return logits, features
+        logits, found = self._run(x, adapter, feeds, [self.output_names[0], self.features_output])
+        return logits, found
 
     def _run(self, x: np.ndarray, adapter, feeds: Mapping[str, np.ndarray] | None,
              names: list[str]) -> list[np.ndarray]:

@@ -481,7 +481,8 @@ class Service:
             log.exception("inference failed for %s", sorted({r.key for r in row_routes}))
             return self._fail_items(items, f"inference failed: {exc}")
         probs: list = [None] * len(items)
-        top, cls = np.empty(len(items)), np.empty(len(items), np.int64)  # for the drift watch
+        if raw is not None:  # the drift watch's top score and class per row
+            top, cls = np.empty(len(items)), np.empty(len(items), np.int64)
         for rows in groups:  # (len(rows), K) for the K classes of that model
             width = len(row_routes[rows[0]].labels)
             scores = softmax(logits[rows, :width])
@@ -547,14 +548,15 @@ class Service:
         """Logits (n, num_classes) of x (n, C, L), normalised, and from the same onnxruntime
         run the penultimate features (n, D) when the drift watch is on and the graph has
         them (else None)."""
-        run = self.engine.run_with_features if self.drift is not None else \
-            lambda *a, **k: (self.engine.run(*a, **k), None)
+        features = self.drift is not None
         if table.bank is None:
-            return run(x, row_routes[0].session_adapter)
+            return self.engine.run_with_features(x, row_routes[0].session_adapter,
+                                                 features=features)
         index = np.fromiter((r.entry for r in row_routes), np.int64, len(row_routes))
         if len(row_routes) == 1 and len(x) > 1:
             index = np.full(len(x), row_routes[0].entry, np.int64)
-        return run(x, table.bank, feeds={INDEX_INPUT: index})
+        return self.engine.run_with_features(x, table.bank, feeds={INDEX_INPUT: index},
+                                             features=features)
 
     def _topic(self, line: str) -> str:
         topic = self._topics.get(line)

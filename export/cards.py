@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from edge import __version__
 from edge.card import Card
 from edge.errors import ConfigError
+from export.models import meta_beside
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -225,15 +226,8 @@ def measured(*, options: CardOptions | None, x: np.ndarray, y: np.ndarray,
 
 def base_card_beside(weights: str | Path | None) -> dict:
     """The card of a base trained here (`train --method full` writes it in edge_model.json
-    beside model.safetensors); {} when there is none."""
-    if weights is None:
-        return {}
-    path = Path(weights).with_name("edge_model.json")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    return card_dict(meta.get("card")) if isinstance(meta, dict) else {}
+    beside model.safetensors; export/models meta_beside); {} when there is none."""
+    return card_dict(meta_beside(weights).get("card"))
 
 
 def base_ref(base_card: dict) -> dict:

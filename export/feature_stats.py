@@ -49,9 +49,9 @@ def ledoit_wolf(centered: np.ndarray) -> np.ndarray:
     return (1.0 - shrink) * sample + shrink * mu * np.eye(d)
 
 
-def _fit(features: np.ndarray, classes: np.ndarray, threshold: float = 1.0,
-         quantile: float = QUANTILE) -> FeatureProfile:
-    """Class means and the shrunk within-class covariance in low-rank form."""
+def _fit(features: np.ndarray, classes: np.ndarray, threshold: float = 1.0) -> FeatureProfile:
+    """Class means and the shrunk within-class covariance in low-rank form; `threshold` as
+    given (fit_features calibrates it)."""
     present = np.unique(classes)
     means = np.stack([features[classes == k].mean(axis=0) for k in present])  # (K, D)
     index = np.searchsorted(present, classes)
@@ -64,7 +64,7 @@ def _fit(features: np.ndarray, classes: np.ndarray, threshold: float = 1.0,
     residual = float(np.maximum(values[rank:], floor).mean())
     return FeatureProfile(dim=d, class_means=_rounded(means), basis=_rounded(vectors[:, :rank].T),
                           variances=_rounded(np.maximum(values[:rank], floor)),
-                          residual=residual, threshold=threshold, quantile=quantile)
+                          residual=residual, threshold=threshold, quantile=QUANTILE)
 
 
 def _rounded(a: np.ndarray) -> list:
@@ -102,4 +102,5 @@ def fit_features(features: np.ndarray, classes: np.ndarray, held_out: np.ndarray
     if held_out is not None and len(held_out) and np.isfinite(held_out).all():
         unseen = FeatureScorer(stats).distances(np.asarray(held_out, np.float64))
         threshold *= max(1.0, float(np.median(unseen) / max(np.median(crossed), 1e-12)))
-    return stats.model_copy(update={"threshold": max(threshold, 1e-6)})
+    return FeatureProfile.model_validate({**stats.model_dump(),
+                                          "threshold": max(threshold, 1e-6)})

@@ -242,11 +242,11 @@ class HeldEngine:
             setattr(engine, name, self._held(getattr(engine, name)))
 
     def _held(self, run):
-        def held(batch, adapter=None, feeds=None):
+        def held(batch, adapter=None, feeds=None, **options):
             self.entered.set()
             self.gate.wait(WAIT_S)
             self.calls.append((batch.shape[0], adapter is not None))
-            return run(batch, adapter, feeds)
+            return run(batch, adapter, feeds, **options)
         return held
 
     def release(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, ExportError
 from export.models.reference import SensorTransformer, build_reference, fitting_patch
 
 __all__ = [
@@ -34,6 +34,25 @@ _SHOW = 5  # how many offending keys an error message lists
 def sidecar_path(path: str | Path) -> Path:
     """The JSON file next to saved weights that holds `model.config`: `<path>.json`."""
     return Path(f"{path}.json")
+
+
+def meta_beside(weights: str | Path | None) -> dict:
+    """The metadata files beside base weights, merged in this order (later keys win): the
+    weights' sidecar, metrics.json, and edge_model.json (`train --method full` writes it
+    beside model.safetensors: class names, preprocessing, drift profile, card). {} for
+    None or when there are none."""
+    if weights is None:
+        return {}
+    meta: dict = {}
+    for path in (sidecar_path(weights), Path(weights).with_name("metrics.json"),
+                 Path(weights).with_name("edge_model.json")):
+        if path.is_file():
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ExportError(f"{path}: cannot read it beside --weights ({exc})") from None
+            meta.update(doc if isinstance(doc, dict) else {})
+    return meta
 
 
 def load_base(

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,7 +40,7 @@ from export.adapters.model import AdaptedModel
 from export.cards import CardOptions, adapter_card, bundle_base_card
 from export.drift_profile import META_KEY, profile_of
 from export.features import feature_parity
-from export.models import load_base, sidecar_path, weights_fingerprint
+from export.models import load_base, meta_beside, weights_fingerprint
 from export.onnx.adapter_files import (
     adapter_file_name,
     check_adapter_name,
@@ -110,14 +109,8 @@ def adapter_entry(adapter: AdapterDir, name: str, version: int, file: str, sha: 
 def base_labels(weights: str | Path | None, num_classes: int) -> tuple[list[str], dict]:
     """Class names and training metadata of the base (preprocessing, drift profile), from
     the files beside its weights."""
-    meta: dict = {}
-    if weights is not None:
-        # `train --method full` writes edge_model.json beside model.safetensors.
-        for path in (sidecar_path(weights), Path(weights).with_name("metrics.json"),
-                     Path(weights).with_name("edge_model.json")):
-            if path.is_file():
-                meta.update({k: v for k, v in json.loads(path.read_text()).items()
-                             if k in ("class_names", "preprocessing", META_KEY)})
+    meta = {k: v for k, v in meta_beside(weights).items()
+            if k in ("class_names", "preprocessing", META_KEY)}
     names = meta.get("class_names") or [str(i) for i in range(num_classes)]
     return list(names), meta
 
