@@ -78,7 +78,10 @@ def test_pipeline_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert [r["kind"] for r in res["rows"]] == ["json", "binary"]
-    assert all(r[k]["lost"] == 0 for r in res["rows"] for k in ("a", "c", "half", "a_half"))
+    for row in res["rows"]:  # 2 interleaved rounds of (a) and (c), nothing lost in any
+        assert len(row["rounds"]) == 2 and len(row["ratios"]) == 2 and row["lost"] == 0
+        assert all(r[k]["lost"] == 0 for r in row["rounds"] for k in ("a", "c", "half", "a_half"))
+        assert {row["ratio_verdict"], row["p99_verdict"]} <= {"pass", "FAIL", "cannot judge"}
     drift = res["drift"]
     assert {(r["kind"], r["rounds"], r["lost"], r["errors"]) for r in drift["rows"]} == {
         ("json", 2, 0, 0), ("binary", 2, 0, 0)}
