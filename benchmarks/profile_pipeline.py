@@ -176,9 +176,11 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--no-write", action="store_true", help="do not touch docs/")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--keep", type=Path, help="keep py-spy's raw stacks (<kind>.txt) here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edge-profile-") as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         bundle = args.bundle or build_bundle(work / "train", seconds=3.0)
         broker = start_broker(work / "mosquitto")
         config = write_runtime_config(work, port=broker.port, bundle=bundle, device_id=DEVICE,
