@@ -100,10 +100,17 @@ def task_cpu(pid: int) -> dict[int, float]:
     return out
 
 
-def profile_kind(port: int, pid: int, kind: str, seconds: float, rate: int, work: Path,
-                 base: int) -> dict:
-    """Closed-loop load of `kind` while py-spy records; CPU us per answered window, per thread
-    and per stage."""
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def profile_kind(port: int, pids: dict[str, int], kind: str, seconds: float, rate: int,
+                 work: Path, base: int) -> dict:
+    """Closed-loop load of `kind` while py-spy records; CPU us per answered window of the
+    service, per thread and per stage, and of the other processes in `pids` (broker, load)."""
+    pid = pids["edge-runtime"]
     payloads = Payloads(kind)
     sink = Sink(port, [TOPICS.results(LINE), TOPICS.errors], from_json=True, base=base)
     pub = client(port)
@@ -115,17 +122,25 @@ def profile_kind(port: int, pid: int, kind: str, seconds: float, rate: int, work
         time.sleep(0.5)
         raw = work / f"{kind}.txt"
         cpu0, count0 = task_cpu(pid), sink.count
+        others0 = {name: process_cpu(p) for name, p in pids.items()}
+        wall0 = time.perf_counter()
         subprocess.run([shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
                         "record", "-p", str(pid), "-d", f"{seconds:g}", "-r", str(rate), "-f",
                         "raw", "--threads", "--nolineno", "--nonblocking", "-o", str(raw)],
                        check=True, capture_output=True)
         cpu1, count1 = task_cpu(pid), sink.count
+        wall = time.perf_counter() - wall0
+        others = {name: process_cpu(p) - others0[name] for name, p in pids.items()}
         load.join()
     finally:
         pub.disconnect()
         pub.loop_stop()
         sink.close()
-    return attribute(parse_raw(raw.read_text()), cpu0, cpu1, count1 - count0, kind)
+    windows = count1 - count0
+    res = attribute(parse_raw(raw.read_text()), cpu0, cpu1, windows, kind)
+    res["processes"] = {name: used * 1e6 / max(windows, 1) for name, used in others.items()}
+    res["cores_busy"] = sum(others.values()) / wall  # all three processes, of os.cpu_count()
+    return res
 
 
 def attribute(samples: dict[int, Counter], cpu0: dict[int, float], cpu1: dict[int, float],
@@ -158,6 +173,12 @@ def tables(results: list[dict], seconds: float) -> str:
             + " |" for n in names]
     rows.append("| **all threads** | " + " | ".join(f"**{r['us']:.0f}**" for r in results)
                 + " | " + " | ".join("100%" for _ in results) + " |")
+    procs = ["| process | " + " | ".join(f"{k} CPU us / window" for k in kinds) + " |",
+             "|---|" + "---:|" * len(kinds)]
+    procs += [f"| {name} | " + " | ".join(f"{r['processes'][name]:.0f}" for r in results)
+              + " |" for name in results[0]["processes"]]
+    procs.append("| cores busy (all three) | " + " | ".join(f"{r['cores_busy']:.2f}"
+                                                         for r in results) + " |")
     per_thread = []
     for r in results:
         top = "; ".join(f"{t['thread']} {t['us']:.0f} us ("
@@ -165,8 +186,9 @@ def tables(results: list[dict], seconds: float) -> str:
                                     sorted(t["stages"].items(), key=lambda kv: -kv[1])[:3])
                         + ")" for t in r["threads"][:6])
         per_thread.append(f"- {r['kind']}, {r['windows']} windows in {seconds:g} s: {top}")
-    return head + "\n".join(rows) + "\n\nPer thread (CPU us per window; its top stages):\n\n" \
-        + "\n".join(per_thread) + "\n"
+    return ("\n".join(procs) + "\n\n" + head + "\n".join(rows)
+            + "\n\nPer thread (CPU us per window; its top stages):\n\n"
+            + "\n".join(per_thread) + "\n")
 
 
 def main() -> int:
@@ -188,8 +210,10 @@ def main() -> int:
         service = RunningService(config, False, work / "service.log")
         try:
             service.wait_online(broker.port, TOPICS.status)
-            results = [profile_kind(broker.port, service.proc.pid, kind, args.seconds,
-                                    args.rate, work, base=10 * n * PHASE)
+            pids = {"edge-runtime": service.proc.pid, "mosquitto": broker.proc.pid,
+                    "load (publisher + sink, this process)": os.getpid()}
+            results = [profile_kind(broker.port, pids, kind, args.seconds, args.rate, work,
+                                    base=10 * n * PHASE)
                        for n, kind in enumerate(("json", "binary"))]
         finally:
             service.stop_checked()
