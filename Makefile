@@ -12,7 +12,7 @@ PACKAGE_FILES := pyproject.toml $(shell find edge export -type f -not -path '*/_
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test lint bench venv gateway-venv mosquitto chromium clean
+.PHONY: demo test lint bench venv gateway-venv mosquitto chromium sparkplug-js clean
 
 # $(call new_venv,DIR): python3 -m venv DIR, installing Debian's python3-venv when it lacks.
 define new_venv
@@ -52,10 +52,21 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
+# Eclipse Tahu's Sparkplug B decoder for tests/test_sparkplug.py: node and npm from Debian's
+# packages, then the locked npm packages (tests/js/sparkplug/package-lock.json).
+SPARKPLUG_JS := tests/js/sparkplug
+$(SPARKPLUG_JS)/node_modules/.installed: $(SPARKPLUG_JS)/package-lock.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm; }
+	cd $(SPARKPLUG_JS) && npm ci --no-audit --no-fund
+	touch $@
+
+sparkplug-js: $(SPARKPLUG_JS)/node_modules/.installed
+
 # The full suite, then the gateway's tests in the gateway venv (tests/conftest.py: no torch
 # there, bundles from tests/data, a skip fails), by its bin/pytest and without PYTHONPATH:
 # `python -m pytest` or PYTHONPATH would import this tree instead of the installed copy.
-test: venv gateway-venv mosquitto chromium
+test: venv gateway-venv mosquitto chromium sparkplug-js
 	$(PY) -m pytest
 	env -u PYTHONPATH EDGE_TESTS=gateway $(GATEWAY_VENV)/bin/pytest
 

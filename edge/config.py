@@ -50,6 +50,7 @@ from .contract import (
 from .drift.monitor import DEFAULT_THRESHOLDS, MonitorSettings, Threshold
 from .errors import ConfigError
 from .provider_options import OPTIONS, check_options, ort_option_value
+from .sparkplug.settings import SparkplugSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -486,6 +487,8 @@ class Config(_Section):
                                    description="delivery guarantees")
     drift: DriftSettings = Field(default_factory=DriftSettings, description="drift watch")
     export: Export = Field(default_factory=Export, description="workstation export settings")
+    sparkplug: SparkplugSettings = Field(default_factory=SparkplugSettings,
+                                         description="Sparkplug B edge node")
     _source: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")

@@ -102,6 +102,48 @@ def publish_properties(content_type: str | None = None,
     return props
 
 
+def set_security(client: mqtt.Client, cfg: Config) -> None:
+    """TLS and credentials of `cfg.broker` on a paho client (the service's link and the
+    Sparkplug node's second connection)."""
+    broker, tls = cfg.broker, cfg.broker.tls
+    username, password = resolve_credentials(cfg)
+    if tls.enabled:
+        try:
+            client.tls_set(ca_certs=str(tls.ca) if tls.ca else None,
+                           certfile=str(tls.cert) if tls.cert else None,
+                           keyfile=str(tls.key) if tls.key else None,
+                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ConfigError(f"broker.tls: cannot set up TLS ({exc})") from None
+        # insecure = false keeps the hostname check: the broker's certificate must name
+        # broker.host, so another certificate from the same CA cannot stand in for it.
+        client.tls_insecure_set(tls.insecure)
+        if tls.insecure:
+            log.warning("broker.tls.insecure = true: the broker's host name is not "
+                        "checked; for tests only")
+
+        def connect_failed(_client: mqtt.Client, _userdata: object) -> None:
+            exc = sys.exc_info()[1]  # paho calls this inside its `except OSError:`
+            log.error("broker %s:%s: TLS connection failed: %s (is it a TLS listener, "
+                      "signed by broker.tls.ca, for broker.host?); retrying", broker.host,
+                      broker.port, exc or "no reason given")
+
+        # paho reports a failed handshake only through on_connect_fail, without the
+        # reason; and TLS 1.3 delivers the broker's refusal of our client certificate
+        # with the first read, which paho reports only to its logger (at ERROR; its
+        # per-packet lines are DEBUG and stay filtered out unless that level is on).
+        client.on_connect_fail = connect_failed
+        if client.logger is None:
+            paho_log = logging.getLogger("edge.mqtt.paho")
+            paho_log.addFilter(_drop_not_connected)
+            client.enable_logger(paho_log)
+    elif username is not None or password is not None:
+        log.warning("broker %s:%s: credentials go in plaintext; set broker.tls.enabled",
+                    broker.host, broker.port)
+    if username is not None or password is not None:
+        client.username_pw_set(username, password)
+
+
 class MqttLink:
     """One paho client for the service. Call `handle` before `start`; `on_connect` runs on
     the network thread after every (re)connect, once the broker has granted the
@@ -139,52 +181,13 @@ class MqttLink:
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_inflight_messages_set(MAX_INFLIGHT)
         client.max_queued_messages_set(MAX_QUEUED)
-        self._set_security(client)
+        set_security(client, self.cfg)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         return client
-
-    def _set_security(self, client: mqtt.Client) -> None:
-        broker, tls = self.cfg.broker, self.cfg.broker.tls
-        username, password = resolve_credentials(self.cfg)
-        if tls.enabled:
-            try:
-                client.tls_set(ca_certs=str(tls.ca) if tls.ca else None,
-                               certfile=str(tls.cert) if tls.cert else None,
-                               keyfile=str(tls.key) if tls.key else None,
-                               cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise ConfigError(f"broker.tls: cannot set up TLS ({exc})") from None
-            # insecure = false keeps the hostname check: the broker's certificate must name
-            # broker.host, so another certificate from the same CA cannot stand in for it.
-            client.tls_insecure_set(tls.insecure)
-            if tls.insecure:
-                log.warning("broker.tls.insecure = true: the broker's host name is not "
-                            "checked; for tests only")
-
-            def connect_failed(_client: mqtt.Client, _userdata: object) -> None:
-                exc = sys.exc_info()[1]  # paho calls this inside its `except OSError:`
-                log.error("broker %s:%s: TLS connection failed: %s (is it a TLS listener, "
-                          "signed by broker.tls.ca, for broker.host?); retrying", broker.host,
-                          broker.port, exc or "no reason given")
-
-            # paho reports a failed handshake only through on_connect_fail, without the
-            # reason; and TLS 1.3 delivers the broker's refusal of our client certificate
-            # with the first read, which paho reports only to its logger (at ERROR; its
-            # per-packet lines are DEBUG and stay filtered out unless that level is on).
-            client.on_connect_fail = connect_failed
-            if client.logger is None:
-                paho_log = logging.getLogger("edge.mqtt.paho")
-                paho_log.addFilter(_drop_not_connected)
-                client.enable_logger(paho_log)
-        elif username is not None or password is not None:
-            log.warning("broker %s:%s: credentials go in plaintext; set broker.tls.enabled",
-                        broker.host, broker.port)
-        if username is not None or password is not None:
-            client.username_pw_set(username, password)
 
     def handle(self, topic_filter: str, handler: Handler, qos: int | None = None) -> None:
         """Subscribe `topic_filter` (at topics.qos unless given) and route matches to

@@ -64,6 +64,7 @@ from .outbox import Outbox
 from .placement import describe as describe_placement
 from .providers import CPU
 from .routing import Route, RouteHolder, RoutingTable, TableBuilder
+from .sparkplug.node import SparkplugNode, node_properties
 from .state_lock import StateLock
 from .status import Counters, online_details, stats_payload, status_payload
 
@@ -154,6 +155,8 @@ class Service:
             self.link.handle(topic_filter, self._on_sensor)
         self.drift = self._drift_watch()
         self.capture = self._capture()
+        self.sparkplug = self._sparkplug()  # None unless [sparkplug] enabled
+        self._json_results = self.sparkplug is None or self.cfg.sparkplug.mode == "alongside"
 
     def _drift_watch(self) -> DriftWatch | None:
         """Each watched line's monitor ([drift]); None when drift.enabled is false."""
@@ -175,6 +178,16 @@ class Service:
         return Capture(settings, self.cfg.device.state_dir,
                        captured=lambda n: self.counters.add(captured=n),
                        dropped=lambda n: self.counters.add(capture_dropped=n))
+
+    def _sparkplug(self) -> SparkplugNode | None:
+        """The Sparkplug B edge node (edge/sparkplug/node.py), on its own connection."""
+        if not self.cfg.sparkplug.enabled:
+            return None
+        drift = None if self.drift is None else (
+            lambda line: (self.drift.state_of(line) or (None,))[0])
+        return SparkplugNode(self.cfg, properties=node_properties(self.engine.provider),
+                             lines=lambda: self.routes.routes, drift=drift,
+                             report=lambda _id, topic, why: self._reject(b"", {}, topic, why))
 
     def _drift_profile(self, route: Route) -> DriftProfile | None:
         """The profile of the model serving `route`: the adapter's, or the base's."""
@@ -234,6 +247,8 @@ class Service:
             thread.start()
         self.control.start()
         self.link.start()
+        if self.sparkplug is not None:
+            self.sparkplug.start()
         if connect_timeout is None:
             return self.link.subscribed.is_set()
         ready = self.link.wait_ready(connect_timeout)
@@ -271,6 +286,8 @@ class Service:
         info = self.link.publish(self.cfg.topic_layout.status, status_payload(
             "offline", self.cfg.device.id, reason="shutdown"), qos=1, retain=True)
         self._wait_published(info, min(PUBLISH_WAIT_S, max(deadline - time.monotonic(), 0.5)))
+        if self.sparkplug is not None:
+            self.sparkplug.stop(min(PUBLISH_WAIT_S, max(deadline - time.monotonic(), 0.5)))
         self.link.stop()
         self.outbox.close()
         for thread in self._threads[1:]:
@@ -496,7 +513,10 @@ class Service:
                                     adapter=route.key[0], adapter_version=route.version,
                                     labels=list(route.labels), scores=scores,
                                     latency_ms=latency_ms)
-            self._last_publish = self.link.publish(self._topic(item.line), payload)
+            if self._json_results:
+                self._last_publish = self.link.publish(self._topic(item.line), payload)
+            if self.sparkplug is not None:
+                self.sparkplug.result(item.line, payload)
             self.latency.record(latency_ms)
         self.counters.add(results=len(items))
         if raw is not None:

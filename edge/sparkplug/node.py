@@ -1,0 +1,308 @@
+"""The Sparkplug B edge node: a second MQTT connection whose will is NDEATH.
+
+Why a second connection: MQTT has one will per connection, and the service's will is its
+retained JSON `offline` status; Sparkplug wants NDEATH (with this connection's bdSeq) as
+the will, and a session with clean start and no expiry, while the service's own session may
+be persistent (broker.clean_start = false) to keep sensor windows across a restart.
+
+Per connection (paho's network thread):
+    CONNECT (will: NDEATH bdSeq=b) -> SUBSCRIBE NCMD, DCMD -> NBIRTH (bdSeq=b, seq 0)
+    -> DBIRTH per line (seq 1, 2, ...) -> the results that waited, as DDATA
+    disconnect -> b+1 (mod 256, kept in <state_dir>/sparkplug.json), the will re-set
+
+Results (the worker thread, `node.result(line, json_bytes)`) go out at once as DDATA while
+the node is born, else wait in a bounded queue for the next birth. DDATA is QoS 0 as the
+spec says; a result stays ours until paho has written it to the socket (on_publish), so one
+handed to paho just before a disconnect is sent again after the rebirth, with a new seq.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ..config import Config
+from ..errors import BadMessage
+from ..mqtt import RECONNECT_MAX_S, RECONNECT_MIN_S, set_security
+from .payload import (
+    REBIRTH,
+    decode_command,
+    device_birth,
+    device_data,
+    node_birth,
+    node_death,
+    now_ms,
+    result_metrics,
+)
+
+if TYPE_CHECKING:
+    from ..routing import Route
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "spBv1.0"
+STATE_FILE = "sparkplug.json"  # {"bd_seq": next connection's bdSeq}
+Report = Callable[[str | None, str, str], None]  # (message id, topic, reason) -> errors topic
+
+
+@dataclass(frozen=True)
+class SparkplugTopics:
+    group: str
+    node: str
+
+    def _topic(self, kind: str, *rest: str) -> str:
+        return "/".join((NAMESPACE, self.group, kind, self.node, *rest))
+
+    nbirth = property(lambda self: self._topic("NBIRTH"))
+    ndeath = property(lambda self: self._topic("NDEATH"))
+    ncmd = property(lambda self: self._topic("NCMD"))
+    dcmd_filter = property(lambda self: self._topic("DCMD", "+"))
+
+    def dbirth(self, line: str) -> str:
+        return self._topic("DBIRTH", line)
+
+    def ddata(self, line: str) -> str:
+        return self._topic("DDATA", line)
+
+
+@dataclass(frozen=True)
+class Result:
+    line: str
+    doc: dict  # the results topic's JSON
+    ts_ms: int  # when it was computed: DDATA carries this time, even when sent late
+    drift: str | None
+
+
+class SparkplugNode:
+    """One edge node. `lines()` gives the routed lines (line -> Route) born with NBIRTH;
+    `drift(line)` a line's drift state or None (None for `drift` when drift is off);
+    `report` sends one error report (the service's errors topic)."""
+
+    def __init__(self, cfg: Config, *, properties: dict[str, str],
+                 lines: Callable[[], Mapping[str, Route]],
+                 drift: Callable[[str], str | None] | None, report: Report) -> None:
+        settings = cfg.sparkplug
+        self.cfg = cfg
+        self.topics = SparkplugTopics(settings.group_id, settings.edge_node_id or cfg.device.id)
+        self._properties = properties
+        self._lines, self._drift, self._report = lines, drift, report
+        self._state_path = Path(cfg.device.state_dir) / STATE_FILE
+        self.bd_seq = self._load_bd_seq()
+        self._lock = threading.Lock()  # seq, births, queues: one order on the socket
+        self._seq = 0
+        self.born = False
+        self._births: dict[str, tuple] = {}  # line -> the metric set of its DBIRTH
+        self._pending: deque[Result] = deque()
+        self._unconfirmed: dict[int, Result] = {}  # mid -> DDATA handed to paho, unwritten
+        self._written: deque[int] = deque()  # mids paho wrote (on_publish; no lock needed)
+        self._dropped = 0
+        self._stopping = False
+        self.client = self._make_client()
+
+    # -- setup ------------------------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        broker = self.cfg.broker
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                             client_id=f"{broker.client_id}-sparkplug")
+        client.will_set(self.topics.ndeath, node_death(bd_seq=self.bd_seq), qos=1)
+        client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
+        set_security(client, self.cfg)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = lambda _c, _u, mid, _rc, _p: self._written.append(mid)
+        return client
+
+    def _load_bd_seq(self) -> int:
+        try:
+            return int(json.loads(self._state_path.read_text())["bd_seq"]) % 256
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("%s unreadable (%s); bdSeq starts at 0", self._state_path, exc)
+            return 0
+
+    def _save_bd_seq(self) -> None:
+        tmp = self._state_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps({"bd_seq": self.bd_seq}))
+            os.replace(tmp, self._state_path)
+        except OSError as exc:  # a host then sees bdSeq restart at 0 after a restart
+            log.warning("cannot keep the Sparkplug bdSeq in %s: %s", self._state_path, exc)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        broker = self.cfg.broker
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 0  # Sparkplug: clean start, no session kept
+        self.client.connect_async(broker.host, broker.port, broker.keepalive,
+                                  clean_start=True, properties=props)
+        self.client.loop_start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """NDEATH ourselves (a clean DISCONNECT drops the will), then disconnect."""
+        with self._lock:
+            self.born = False
+            left = len(self._pending) + len(self._unconfirmed)
+        if self.client.is_connected():
+            info = self.client.publish(self.topics.ndeath, node_death(bd_seq=self.bd_seq),
+                                       qos=1)
+            try:  # its PUBACK also means the DDATA before it were written
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("Sparkplug NDEATH not confirmed: %s", exc)
+        if left:
+            log.warning("stopping with %d results not sent to Sparkplug (not connected)", left)
+        self._stopping = True
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # -- results (worker thread) ------------------------------------------------------------
+    def result(self, line: str, payload: bytes) -> None:
+        """One result (the results topic's JSON) of `line`: DDATA now, or after the rebirth."""
+        item = Result(line, json.loads(payload), now_ms(),
+                      None if self._drift is None else self._drift(line))
+        with self._lock:
+            self._settle()
+            if self.born:
+                return self._send(item)
+            if len(self._pending) >= self.cfg.sparkplug.queue:
+                self._pending.popleft()
+                self._dropped += 1
+                if self._dropped == 1 or self._dropped % 1000 == 0:
+                    log.warning("Sparkplug queue full (sparkplug.queue = %d): %d oldest "
+                                "results dropped", self.cfg.sparkplug.queue, self._dropped)
+            self._pending.append(item)
+
+    @property
+    def waiting(self) -> int:
+        """Results not yet written to the Sparkplug connection."""
+        with self._lock:
+            self._settle()
+            return len(self._pending) + len(self._unconfirmed)
+
+    def _next_seq(self) -> int:
+        seq, self._seq = self._seq, (self._seq + 1) % 256
+        return seq
+
+    def _settle(self) -> None:
+        while self._written:
+            self._unconfirmed.pop(self._written.popleft(), None)
+
+    def _send(self, item: Result) -> None:
+        """DDATA of `item`, after a DBIRTH when its line has none with these metrics yet."""
+        doc = item.doc
+        labels = tuple(doc.get("scores") or ())
+        shape = (labels, self._drift is not None)
+        if self._births.get(item.line) != shape:
+            self._device_birth(item.line, labels, doc.get("adapter"), doc.get("adapter_version"))
+        metrics = result_metrics(doc, labels, doc.get("adapter"), doc.get("adapter_version"),
+                                 item.drift, self._drift is not None)
+        info = self.client.publish(self.topics.ddata(item.line), device_data(
+            seq=self._next_seq(), metrics=metrics, ts_ms=item.ts_ms), qos=0)
+        self._unconfirmed[info.mid] = item
+
+    def _device_birth(self, line: str, labels: tuple[str, ...], adapter: str | None,
+                      version: int | None) -> None:
+        watch = self._drift is not None
+        metrics = result_metrics(None, labels, adapter or "base", version,
+                                 self._drift(line) if watch else None, watch)
+        self.client.publish(self.topics.dbirth(line),
+                            device_birth(seq=self._next_seq(), metrics=metrics), qos=0)
+        self._births[line] = (labels, watch)
+
+    # -- births (network thread) ------------------------------------------------------------
+    def _birth(self) -> None:
+        """NBIRTH with seq 0, a DBIRTH per routed line, then what waited. On a connect and
+        on a rebirth request; bdSeq stays the one of this connection's will."""
+        with self._lock:
+            self._settle()
+            self._seq, self._births = 0, {}
+            self.client.publish(self.topics.nbirth, node_birth(
+                bd_seq=self.bd_seq, seq=self._next_seq(), properties=self._properties), qos=0)
+            for line, route in sorted(self._lines().items()):
+                self._device_birth(line, tuple(route.labels), route.key[0], route.version)
+            self.born = True
+            while self._pending:
+                self._send(self._pending.popleft())
+        log.info("Sparkplug NBIRTH %s (bdSeq %d)", self.topics.nbirth, self.bd_seq)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused the Sparkplug connection: %s (retrying)", reason_code)
+            return
+        # Commands first (spec): a rebirth request must not slip in before NBIRTH.
+        client.subscribe([(self.topics.ncmd, SubscribeOptions(qos=1)),
+                          (self.topics.dcmd_filter, SubscribeOptions(qos=1))])
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        try:
+            self._birth()
+        except Exception:  # never end paho's loop
+            log.exception("Sparkplug birth failed")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        """Results paho had not written go back to the front of the queue; the next
+        connection gets the next bdSeq, in its will and in its NBIRTH."""
+        with self._lock:
+            self.born = False
+            self._settle()
+            self._pending.extendleft(reversed(self._unconfirmed.values()))
+            self._unconfirmed.clear()
+            self.bd_seq = (self.bd_seq + 1) % 256
+            self._save_bd_seq()
+            client.will_set(self.topics.ndeath, node_death(bd_seq=self.bd_seq), qos=1)
+        if not self._stopping:
+            log.warning("Sparkplug connection lost (%s); reconnecting", reason_code)
+
+    # -- commands (network thread) ----------------------------------------------------------
+    def _on_message(self, client, userdata, msg) -> None:
+        try:
+            self._command(msg.topic, msg.payload)
+        except Exception as exc:  # a bug here must not end paho's loop
+            log.exception("Sparkplug command on %s failed", msg.topic)
+            self._report(None, msg.topic, f"internal error: {type(exc).__name__}: {exc}")
+
+    def _command(self, topic: str, payload: bytes) -> None:
+        if topic != self.topics.ncmd:
+            return self._report(None, topic, "this edge node's devices take no commands "
+                                "(DCMD); the node takes NCMD Node Control/Rebirth only")
+        try:
+            metrics = decode_command(payload)
+        except BadMessage as exc:
+            return self._report(None, topic, str(exc))
+        rebirth = (REBIRTH, True) in metrics
+        others = [f"{name}={value!r}" for name, value in metrics if (name, value) != (
+            REBIRTH, True)]
+        if others or not metrics:
+            shown = ", ".join(others)[:200] or "no metrics"
+            self._report(None, topic, f"unsupported NCMD ({shown}); this edge node takes "
+                         f"only {REBIRTH} = true")
+        if rebirth:
+            log.info("Sparkplug rebirth requested")
+            self._birth()
+
+
+def node_properties(provider: str) -> dict[str, str]:
+    """The read-only node metrics of NBIRTH."""
+    import onnxruntime as ort
+
+    from .. import __version__
+
+    return {"Properties/Package Version": __version__,
+            "Properties/ONNX Runtime Version": ort.__version__,
+            "Properties/Provider": provider}
