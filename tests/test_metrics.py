@@ -6,8 +6,11 @@ No test asserts timings."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
@@ -152,6 +155,48 @@ def test_port_in_use_refuses_to_start(runtime_config, tmp_path):
     assert "metrics.port" in message and str(port) in message and "\n" not in message
     svc = Service(runtime_config(metrics=METRICS_ON))  # the state lock was released
     svc.stop(1)
+
+
+def test_activate_counts_a_swap_and_moves_the_line(service, mosquitto):
+    """An activate command: edge_adapter_swaps_total goes to 1 and edge_line_adapter_info
+    shows line-b on the adapter; a refused command counts under reason="command"."""
+    svc = service(metrics=METRICS_ON)
+    collector = Collector(mosquitto.port, (f"factory/{svc.cfg.device.id}/#",))
+    pub = Publisher(mosquitto.port)
+    topic = f"factory/{svc.cfg.device.id}/adapters/activate"
+    pub.raw(topic, json.dumps({"line": "line-b", "name": "line-a"}).encode())
+    pub.raw(topic, json.dumps({"line": "line-b", "name": "no-such-adapter"}).encode())
+    pub.close()
+    assert collector.wait(lambda c: len(c.docs("/errors")) == 1 and any(
+        d.get("lines", {}).get("line-b", {}).get("adapter") == "line-a"
+        for d in c.docs("/adapters/state")))
+
+    def moved() -> bool:
+        m = scrape(svc)
+        return (value(m, "edge_adapter_swaps_total") == 1
+                and value(m, "edge_errors_total", reason="command") == 1)
+    assert wait_until(moved)
+    info = {dict(k)["line"]: dict(k)["adapter"]
+            for k in scrape(svc)["edge_line_adapter_info"]}
+    assert info == {"line-a": "line-a", "line-b": "line-a"}
+    collector.close()
+
+
+def test_cli_port_in_use_is_one_line_and_exit_2(runtime_config):
+    """`edge-runtime run` in a subprocess: one `error:` line naming metrics.port, exit 2 (the
+    systemd unit does not restart on 2)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = runtime_config(metrics={"enabled": True, "port": port})
+        out = subprocess.run([sys.executable, "-m", "edge.cli", "run", "--config", str(config)],
+                             env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                             text=True, timeout=WAIT_S * 2)
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2, out.stderr
+    assert len(errors) == 1 and "metrics.port" in errors[0] and str(port) in errors[0], \
+        out.stderr
 
 
 def test_scrape_storm_does_not_stall_inference(service, mosquitto):

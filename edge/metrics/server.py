@@ -60,19 +60,25 @@ def make_app(cache: ScrapeCache, health: Health) -> Callable:
     """The WSGI app: GET /metrics (Prometheus text), GET /healthz (200 or 503, JSON)."""
 
     def app(environ: dict, start_response: Callable) -> list[bytes]:
-        path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
-        if method not in ("GET", "HEAD"):
-            status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
-        elif path == "/metrics":
-            status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, cache.text()
-        elif path == "/healthz":
-            ready, doc = health()
-            status = "200 OK" if ready else "503 Service Unavailable"
-            ctype, body = "application/json", json.dumps(doc).encode() + b"\n"
-        else:
-            status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
+        method = environ.get("REQUEST_METHOD", "")
+        try:
+            status, ctype, body = answer(environ.get("PATH_INFO", ""), method)
+        except Exception:  # a bug in a collector: logged (rate limited), not wsgiref's stderr
+            log.exception("metrics: %s failed", environ.get("PATH_INFO"))
+            status, ctype, body = "500 Internal Server Error", "text/plain", b"see the log\n"
         start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
         return [b""] if method == "HEAD" else [body]
+
+    def answer(path: str, method: str) -> tuple[str, str, bytes]:
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", b"GET only\n"
+        if path == "/metrics":
+            return "200 OK", CONTENT_TYPE_LATEST, cache.text()
+        if path == "/healthz":
+            ready, doc = health()
+            return ("200 OK" if ready else "503 Service Unavailable", "application/json",
+                    json.dumps(doc).encode() + b"\n")
+        return "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
 
     return app
 
