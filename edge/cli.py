@@ -1,6 +1,8 @@
 """`edge-runtime`: the gateway's command line, a thin layer over edge.service and edge.config.
 
+    edge-runtime --version
     edge-runtime run --config firmware_configs/cpu.toml [--bundle DIR] [--log-level info]
+                     [--log-format text|json]
     edge-runtime check-config firmware_configs/cpu.toml
     edge-runtime doctor --config firmware_configs/jetson-orin-nano.toml [--bundle DIR] [--json]
     edge-runtime capture list --config FILE
@@ -14,24 +16,40 @@ traceback (edge/cli_errors.py, shared with `edge-export`).
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 
 import click
 
+from . import __version__
 from .cli_errors import ErrorLineGroup, debug_option
+from .logs import FORMATS, setup_logging
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def version_line() -> str:
+    """`edge-runtime <version> (onnxruntime <version>, providers: ...)`: what an OT engineer
+    reads off a gateway before anything else."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return f"edge-runtime {__version__} (onnxruntime not installed)"
+    return (f"edge-runtime {__version__} (onnxruntime {ort.__version__}, providers: "
+            f"{', '.join(ort.get_available_providers())})")
+
+
+def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(version_line())
+        ctx.exit(0)
 
 
 @click.group(cls=ErrorLineGroup)
 @debug_option
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Print the package, onnxruntime and provider "
+              "versions, then exit.")
 def main() -> None:
     """Serve adapter bundles over MQTT on a factory gateway."""
 
@@ -47,9 +65,12 @@ BUNDLE_OPTION = click.option("--bundle", type=click.Path(file_okay=False, path_t
 @CONFIG_OPTION
 @BUNDLE_OPTION
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True)
-def run_command(config: Path, bundle: Path | None, log_level: str) -> None:
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+              help="json: one object per line (time, level, logger, message, line, id...) "
+              "for journald and log shippers.")
+def run_command(config: Path, bundle: Path | None, log_level: str, log_format: str) -> None:
     """Run the service until SIGTERM or SIGINT, then drain and exit 0."""
-    _setup_logging(log_level)
+    setup_logging(log_level, log_format)
     sys.exit(run(config=config, bundle=bundle))
 
 
@@ -88,7 +109,7 @@ def check_config(*, file: str | Path) -> list[str]:
               help="Max |logit difference| to the CPU; default by precision and provider.")
 def doctor_command(config: Path, bundle: Path | None, as_json: bool, atol: float | None) -> None:
     """Check the machine, its providers and the bundle on each of them; exit 1 on a problem."""
-    _setup_logging("error")
+    setup_logging("error")
     report = doctor(config=config, bundle=bundle, atol=atol)
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))

@@ -358,6 +358,16 @@ class OutboxSettings(_Section):
                                "computed once; 0 = no dedupe")
 
 
+class MetricsSettings(_Section):
+    """[metrics]: Prometheus `/metrics` and `/healthz` over HTTP (edge/metrics/, docs/MQTT.md)."""
+
+    enabled: StrictBool = Field(False, description="serve /metrics and /healthz")
+    host: str = Field("127.0.0.1", min_length=1, description="address to listen on; "
+                      "loopback by default (the endpoints have no authentication)")
+    port: int = Field(9840, ge=0, le=65535, description="TCP port of both endpoints; 0 = any "
+                      "free port (tests), logged at start")
+
+
 class DriftLimits(_Section):
     """[drift.thresholds.<indicator>]: the levels at which an indicator says warn and drift."""
 
@@ -486,6 +496,8 @@ class Config(_Section):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings,
                                    description="delivery guarantees")
     drift: DriftSettings = Field(default_factory=DriftSettings, description="drift watch")
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings,
+                                     description="Prometheus endpoint")
     export: Export = Field(default_factory=Export, description="workstation export settings")
     sparkplug: SparkplugSettings = Field(default_factory=SparkplugSettings,
                                          description="Sparkplug B edge node")

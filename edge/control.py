@@ -184,8 +184,8 @@ class ControlPlane:
                      "with retain = false (and clear the retained one with an empty payload)")
 
     def _refuse(self, msg_id: str | None, topic: str, reason: str) -> None:
-        log.warning("refused %s: %s", topic, reason)
-        self.counters.add(errors=1)
+        log.warning("refused %s: %s", topic, reason, extra={"id": msg_id})
+        self.counters.error("command")
         self.link.report(msg_id, topic, reason)
 
     # -- the control thread -----------------------------------------------------------------
@@ -283,6 +283,7 @@ class ControlPlane:
                 self.routing.install(previous)
                 raise
         self.lines = lines
+        self.counters.add(swaps=1)
         self._note_active(table)
         self.store.pin(table.adapter_keys())
         self.last.update(switch_ms=round(switch_ms, 3), ts=round(time.time(), 3),

@@ -358,7 +358,7 @@ class MqttLink:
                   "earlier topics.inputs? connect once with broker.clean_start = true")
         self._warn_once(topic, reason)
         if self.counters is not None:
-            self.counters.add(errors=1)
+            self.counters.error("unmatched_topic")
         try:
             self.report(best_effort_id(msg.payload, message_properties(msg)[1]), topic, reason)
         except Exception:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +37,7 @@ from .errors import ConfigError, StorageError
 log = logging.getLogger(__name__)
 
 FILE_NAME = "outbox.sqlite3"
+MAX_STAMPS = 4096  # (last seq, time) of recent commits kept for the oldest message's age
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: the sender's cursor relies on it
@@ -78,6 +81,11 @@ class Outbox:
             self._db.executescript(_SCHEMA)
             self._write_probe()
             self._count = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            # When each commit's messages went in: [(last seq of the commit, time.time())],
+            # oldest first. Messages from before a restart count from the open.
+            self._stamps: list[tuple[int, float]] = []
+            if self._count:
+                self._stamps.append((self._last_seq(), time.time()))
         except sqlite3.Error:
             self._db.close()
             raise
@@ -146,7 +154,18 @@ class Outbox:
                 self._rollback()
                 raise StorageError(f"outbox {self.path}: cannot append: {exc}") from None
             self._count += len(messages) - dropped
+            if last is not None:
+                self._stamp(last)
         return last, dropped
+
+    def _stamp(self, last: int) -> None:
+        self._stamps.append((last, time.time()))
+        if len(self._stamps) > MAX_STAMPS:  # thin out, keeping the first and last: a dropped
+            del self._stamps[1:-1:2]  # stamp's messages take the next one's (later) time
+
+    def _last_seq(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return 0 if row is None else row[0]
 
     def _trim_outbox(self, count: int) -> int:
         excess = count - self.settings.max_messages
@@ -211,6 +230,30 @@ class Outbox:
             except sqlite3.Error as exc:
                 log.warning("outbox %s: cannot read: %s", self.path, exc)
                 return None
+
+    def oldest_age(self) -> float | None:
+        """Seconds since the oldest waiting message was stored (since the open for those from
+        before a restart); None when none waits or the file cannot be read. One indexed
+        query: cheap enough for every scrape."""
+        oldest = self.oldest()
+        with self._lock:
+            if oldest is None or not self._stamps:
+                return None
+            at = bisect_left(self._stamps, (oldest, float("-inf")))
+            del self._stamps[:at]  # commits whose messages have all gone
+            if not self._stamps:
+                return None
+            return max(time.time() - self._stamps[0][1], 0.0)
+
+    def file_bytes(self) -> int:
+        """The outbox file and its write-ahead log, in bytes (0 for a part that is missing)."""
+        total = 0
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                total += path.stat().st_size
+            except OSError:
+                pass
+        return total
 
     def recent_keys(self) -> list[str]:
         """The dedupe window as stored, oldest first."""

@@ -59,6 +59,7 @@ from .errors import (
     ProviderError,
 )
 from .line_state import LineState
+from .metrics import Metrics
 from .mqtt import MqttLink, Token, message_properties
 from .outbox import Outbox
 from .placement import describe as describe_placement
@@ -66,7 +67,7 @@ from .providers import CPU
 from .routing import Route, RouteHolder, RoutingTable, TableBuilder
 from .sparkplug.node import SparkplugNode, node_properties
 from .state_lock import StateLock
-from .status import Counters, online_details, stats_payload, status_payload
+from .status import Counters, error_kind, online_details, stats_payload, status_payload
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +102,12 @@ class Service:
         self.cfg = config if isinstance(config, Config) else load_config(config)
         self.state_lock = StateLock.acquire(self.cfg.device.state_dir)  # one runtime per state
         self.outbox: Outbox | None = None
+        self.metrics: Metrics | None = None  # [metrics]: Prometheus and /healthz
         try:
             self._open(bundle_dir)
         except BaseException:
+            if self.metrics is not None:
+                self.metrics.close()
             if self.outbox is not None:
                 self.outbox.close()
             self.state_lock.release()
@@ -157,6 +161,7 @@ class Service:
         self.capture = self._capture()
         self.sparkplug = self._sparkplug()  # None unless [sparkplug] enabled
         self._json_results = self.sparkplug is None or self.cfg.sparkplug.mode == "alongside"
+        self.metrics = Metrics.open(self.cfg, self)  # a taken port fails the start here
 
     def _drift_watch(self) -> DriftWatch | None:
         """Each watched line's monitor ([drift]); None when drift.enabled is false."""
@@ -236,6 +241,8 @@ class Service:
         subscribed within `connect_timeout` (None: do not wait); otherwise paho keeps
         retrying in the background."""
         self._warm_up()
+        if self.metrics is not None:
+            self.metrics.warmed()
         batching = self.cfg.batching
         batcher = MicroBatcher(self.queue, batching.max_batch, batching.max_wait_ms / 1000.0)
         self._threads = [threading.Thread(target=self._work, args=(batcher,),
@@ -289,6 +296,8 @@ class Service:
         if self.sparkplug is not None:
             self.sparkplug.stop(min(PUBLISH_WAIT_S, max(deadline - time.monotonic(), 0.5)))
         self.link.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         self.outbox.close()
         for thread in self._threads[1:]:
             thread.join(1.0)
@@ -423,7 +432,7 @@ class Service:
                 "waiting for inference); message dropped")
 
     def _reject(self, payload: bytes, props: dict, topic: str, reason: str) -> None:
-        self.counters.add(errors=1)
+        self.counters.error(error_kind(reason))
         self.link.report(best_effort_id(payload, props), topic, reason)
 
     # -- worker thread ----------------------------------------------------------------------
@@ -454,7 +463,8 @@ class Service:
                 self._reject(p.payload, p.props, p.topic, str(exc))
                 continue
             except Exception as exc:  # a bug: this message fails, not its whole batch
-                log.exception("decoding a message on %s failed", p.topic)
+                log.exception("decoding a message on %s failed", p.topic,
+                              extra={"line": p.line})
                 self._reject(p.payload, p.props, p.topic,
                              f"internal error: {type(exc).__name__}: {exc}")
                 continue
@@ -492,11 +502,13 @@ class Service:
         groups = group_rows(row_routes, lambda r: r.key).values()  # normalising in place
         for rows in groups:
             x[rows] = row_routes[rows[0]].normalizer.apply(x[rows])  # as each model trained
+        started = time.monotonic()
         try:  # logits (n, num_classes), padded; features (n, D) or None
             logits, features = self._infer(table, row_routes, x)
         except Exception as exc:  # onnxruntime raises untyped errors
             log.exception("inference failed for %s", sorted({r.key for r in row_routes}))
             return self._fail_items(items, f"inference failed: {exc}")
+        inference_s = time.monotonic() - started
         probs: list = [None] * len(items)
         if raw is not None:  # the drift watch's top score and class per row
             top, cls = np.empty(len(items)), np.empty(len(items), np.int64)
@@ -519,6 +531,8 @@ class Service:
                 self.sparkplug.result(item.line, payload)
             self.latency.record(latency_ms)
         self.counters.add(results=len(items))
+        if self.metrics is not None:
+            self.metrics.answered(items, row_routes, inference_s)
         if raw is not None:
             self._watch_drift(items, row_routes, raw, top, cls, features)
 
@@ -537,7 +551,8 @@ class Service:
                     self._capture_rows([items[i] for i in rows], row_routes[rows[0]],
                                        (mean[rows], std[rows]), top[rows], cls[rows], ood)
             except Exception:  # a bug in the watch must not cost the results
-                log.exception("drift watch failed for line %s", items[rows[0]].line)
+                line = items[rows[0]].line
+                log.exception("drift watch failed for line %s", line, extra={"line": line})
 
     def _capture_rows(self, items: list[WorkItem], route: Route,
                       raw: tuple[np.ndarray, np.ndarray], top: np.ndarray, cls: np.ndarray,
@@ -587,7 +602,7 @@ class Service:
         return topic
 
     def _fail_items(self, items: list[WorkItem | Pending], reason: str) -> None:
-        self.counters.add(errors=len(items))
+        self.counters.error(error_kind(reason), len(items))
         for item in items:
             msg_id = item.reading.id if isinstance(item, WorkItem) else best_effort_id(
                 item.payload, item.props)

@@ -40,24 +40,69 @@ def online_details(*, engine: dict, routes: dict, adapters: list[dict], bundle: 
             **engine, "routes": routes, "adapters": adapters, "bundle": bundle}
 
 
+# The reason kinds of error reports (Prometheus' edge_errors_total{reason}), told apart by
+# how the service words them: (kind, start of the reason or a part of it). The first match
+# wins; any other reason about a sensor message is one it could not decode: "bad_message".
+ERROR_KINDS = (
+    ("unknown_line", "unknown line "),
+    ("bad_topic", "topic has no line level"),
+    ("bad_topic", "(the topic level after"),
+    ("too_large", "larger than the limit of"),
+    ("queue_full", "queue full"),
+    ("shutdown", "the service is shutting down"),
+    ("shutdown", "the service stopped"),
+    ("no_route", "the line lost its route"),
+    ("inference_failed", "inference failed"),
+    ("internal", "internal error"),
+)
+
+
+def error_kind(reason: str) -> str:
+    """The kind of a sensor message's error reason (ERROR_KINDS), "bad_message" otherwise."""
+    head = reason[:200]
+    for kind, part in ERROR_KINDS:
+        if part in head:
+            return kind
+    return "bad_message"
+
+
 class Counters:
-    """Counts shared by paho's network thread and the worker, reset at each stats report."""
+    """Counts shared by paho's network thread and the worker, reset at each stats report;
+    `totals` and `error_kinds` (error reports by kind) since the start."""
 
     _FIELDS = ("received", "results", "errors", "queue_full", "batches", "rows", "max_batch",
                "duplicates", "outbox_dropped", "outbox_full", "outbox_errors", "deferred",
-               "drift_changes", "captured", "capture_dropped")
+               "drift_changes", "captured", "capture_dropped", "swaps")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._since = time.monotonic()
         self._now = dict.fromkeys(self._FIELDS, 0)
         self.totals = dict.fromkeys(self._FIELDS, 0)
+        self.error_kinds: dict[str, int] = {}
 
     def add(self, **counts: int) -> None:
         with self._lock:
             for key, n in counts.items():
                 self._now[key] += n
                 self.totals[key] += n
+            if "errors" in counts:  # a caller that did not say which kind
+                self._kind("other", counts["errors"])
+
+    def error(self, kind: str, n: int = 1) -> None:
+        """`n` error reports of one kind (a short fixed name: a Prometheus label value)."""
+        with self._lock:
+            self._now["errors"] += n
+            self.totals["errors"] += n
+            self._kind(kind, n)
+
+    def _kind(self, kind: str, n: int) -> None:
+        self.error_kinds[kind] = self.error_kinds.get(kind, 0) + n
+
+    def since_start(self) -> tuple[dict, dict]:
+        """Copies of (totals, error_kinds), read together."""
+        with self._lock:
+            return dict(self.totals), dict(self.error_kinds)
 
     def batch(self, rows: int) -> None:
         with self._lock:

@@ -129,7 +129,7 @@ BAD = [
     ("[export]\nmax_rank = 0\n", "export.max_rank", "greater than or equal to 1"),
     ("[export]\natol = 0.0\n", "export.atol", "greater than 0"),
     ("[exprot]\nopset = 17\n", "exprot", "allowed keys here: adapters, batching, broker, "
-     "device, drift, export, limits, outbox, sparkplug, topics"),
+     "device, drift, export, limits, metrics, outbox, sparkplug, topics"),
 ]
 
 BAD_DEVICE = [

@@ -130,7 +130,8 @@ class DriftWatch:
         profile = self.profile_of(route)
         problem = None if profile is None else profile.problem(self.channels, list(route.labels))
         if problem is not None:
-            log.warning("line %s: %s; not watched for drift", line, problem)
+            log.warning("line %s: %s; not watched for drift", line, problem,
+                        extra={"line": line})
             profile = None
         elif profile is None:
             log.info("line %s: %s v%s has no drift profile; not watched for drift", line,
@@ -161,7 +162,7 @@ class DriftWatch:
                         "windows": ev.windows, "indicator": worst,
                         "value": ev.indicators[worst], "topic": self.topic(line)})
             log.warning("line %s: drift state %s -> %s (%s)", line, ev.previous, ev.state,
-                        ev.indicators)
+                        ev.indicators, extra={"line": line})
             self._save()
         now = time.monotonic()
         if ev.changed or now - watched.published >= self.settings.publish_s:
