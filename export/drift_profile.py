@@ -39,8 +39,9 @@ def compute_profile(model: nn.Module, raw: np.ndarray, x: torch.Tensor,
     calibrate the out-of-distribution threshold of the feature statistics
     (export/feature_stats.py)."""
     raw = np.asarray(raw, dtype=np.float64)
-    if not 2 <= raw.ndim <= MAX_RANK + 1 or len(raw) != len(x) or not len(raw):
-        raise ExportError(f"a drift profile needs (N, *sample) samples, got raw {raw.shape} "
+    if not 2 <= raw.ndim <= MAX_RANK + 1 or raw.shape != tuple(x.shape) or not len(raw):
+        raise ExportError(f"a drift profile needs the same N samples raw and normalised "
+                          f"((N, C, L) windows, (N, F) or (N, C, H, W)), got raw {raw.shape} "
                           f"and normalised {tuple(x.shape)}")
     classes = len(class_names)
     logits, features = _outputs(model, x)
