@@ -163,3 +163,37 @@ def test_the_gateway_serves_the_shape(line, mosquitto, started, tmp_path):
     assert drift["state"] in ("ok", "warn", "drift")
     assert drift["indicators"] and all(math.isfinite(v) for v in drift["indicators"].values())
     collector.close()
+
+
+def test_check_adapters_scores_its_sample_of_that_shape(line):
+    """The adapter's check sample (raw held-out samples of the line's shape) scores on the
+    bundle as it did at training: the same base, the same answers."""
+    from export.check_adapters import check_adapters
+
+    report = check_adapters(bundle=line.bundle, adapters=[line.adapter])
+    (result,) = report.adapters
+    assert result.status == "ok", result.reason
+    assert result.windows > 0 and result.changed == 0 and result.accuracy == result.recorded
+
+
+def test_the_command_line_takes_the_input_shape(line, tmp_path):
+    """`edge-export merge --input-shape 30 | 1,8,8`; a shape of 4 axes, or one that is not
+    --data's, is one line naming the flag."""
+    from click.testing import CliRunner
+
+    from export.cli import main
+
+    spec = f"shape_models:{'mlp' if line.kind == 'features' else 'cnn'}"
+    args = ["merge", "--base", spec, "--weights", str(line.weights), "--adapter",
+            str(line.adapter), "--data", str(line.data["line"])]
+    dims = ",".join(map(str, line.shape))
+    ok = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "m.onnx"), "--input-shape",
+                                   dims])
+    assert ok.exit_code == 0, ok.output
+    assert Engine(tmp_path / "m.onnx").run(
+        np.zeros((2, *line.shape), np.float32)).shape == (2, 2 if line.kind == "features" else 10)
+    for bad, words in (("1,2,3,4", "1 to 3 axes"), ("6,5", "the model takes [6, 5]")):
+        out = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "bad.onnx"),
+                                        "--input-shape", bad])
+        assert out.exit_code != 0 and words in out.output, out.output
+        assert "--input-shape" in out.output and "Traceback" not in out.output

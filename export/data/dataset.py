@@ -109,9 +109,10 @@ def _fixed(raw: RawWindows, length: int | None, source: str) -> np.ndarray:
     """Windows resampled to one length; other samples (an npz's (N, F) or (N, C, H, W)) as
     they are: `length` applies to windows only."""
     if isinstance(raw.cases, np.ndarray) and raw.cases.ndim != 3:
-        if length is not None:
-            raise ConfigError(f"{source}: length {length} applies to windows (N, C, L); this "
-                              f"file holds samples of shape {list(raw.cases.shape[1:])}")
+        if length is not None:  # asked by --length, or by a base that takes windows
+            raise DataError(f"{source}: X has shape {raw.cases.shape} (rank {raw.cases.ndim}), "
+                            f"not (N, C, L) windows: a length ({length}) applies to windows "
+                            "only")
         return raw.cases.astype(np.float32)
     return to_fixed_length(raw.cases, length)
 

@@ -249,7 +249,9 @@ def real_samples(data: str | Path | None, meta: dict, shape: tuple[int, ...],
         return None
     from export.data import ChannelStats, load_dataset
 
-    ds = load_dataset(data, length=shape[-1] if len(shape) == 2 else None)
+    ds = load_dataset(data)
+    if ds.is_windows and len(shape) == 2 and ds.length != shape[1]:
+        ds = load_dataset(data, length=shape[1])  # windows resampled to the model's length
     if ds.sample_shape != tuple(shape):
         raise ConfigError(f"--data {data}: samples of shape {list(ds.sample_shape)}; the "
                           f"model takes {list(shape)} (--input-shape)")
