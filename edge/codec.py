@@ -30,7 +30,6 @@ from .contract.shapes import (
     AXIS_NAMES,
     as_text,
     describe,
-    describe_tail,
     plural,
     sample_shape_problem,
     where,
@@ -262,10 +261,10 @@ def _check_nested(raw: list, shape: tuple[int, ...], index: tuple[int, ...]) -> 
     """`raw` is the list at `index` (depth len(index)): its length, then its items' types.
     Depth is at most 3 (edge/contract/shapes.py MAX_RANK)."""
     depth, rank = len(index), len(shape)
-    at = f"values: {where(rank, index)}: " if index else "values: "
     if len(raw) != shape[depth]:
+        at = f"values: {where(rank, index)}: " if index else "values: "
         name = AXIS_NAMES[rank][depth]
-        raise BadMessage(f"{at}expected {describe_tail(shape, depth)}, got {len(raw)} "
+        raise BadMessage(f"{at}expected {describe(shape, depth)}, got {len(raw)} "
                          f"{plural(name, len(raw))}")
     if depth == rank - 1:  # the innermost axis holds numbers: a C-level scan, no Python loop
         if not _NUMBER_TYPES.issuperset(map(type, raw)):
@@ -274,7 +273,7 @@ def _check_nested(raw: list, shape: tuple[int, ...], index: tuple[int, ...]) -> 
     for i, item in enumerate(raw):
         if not isinstance(item, list):
             raise BadMessage(f"values: {where(rank, (*index, i))}: expected a list of "
-                             f"{describe_tail(shape, depth + 1)}, got {_type_name(item)}")
+                             f"{describe(shape, depth + 1)}, got {_type_name(item)}")
         _check_nested(item, shape, (*index, i))
 
 

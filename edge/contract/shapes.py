@@ -40,17 +40,12 @@ def plural(name: str, n: int) -> str:
     return name if n == 1 else f"{name}s"
 
 
-def describe(shape: Sequence[int]) -> str:
-    """'30 features', '6 channels of 100 samples', '1 channel of 8 rows of 8 columns'."""
-    names = AXIS_NAMES[len(shape)]
-    return " of ".join(f"{n} {plural(names[i], n)}" for i, n in enumerate(shape))
-
-
-def describe_tail(shape: Sequence[int], depth: int) -> str:
-    """`describe` of the axes from `depth` on (the names of a rank-len(shape) sample)."""
+def describe(shape: Sequence[int], start: int = 0) -> str:
+    """'30 features', '6 channels of 100 samples', '1 channel of 8 rows of 8 columns'; the
+    axes from `start` on with `start` ('8 rows of 8 columns' for start 1)."""
     names = AXIS_NAMES[len(shape)]
     return " of ".join(f"{n} {plural(names[i], n)}" for i, n in enumerate(shape)
-                       if i >= depth)
+                       if i >= start)
 
 
 def where(rank: int, index: Sequence[int]) -> str:
