@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from .bundle import AdapterEntry, Manifest, Slot, rows_sha256
 from .card_policy import CardPolicy
-from .contract import Normalizer, name_problem
+from .contract import Normalizer, Preprocessing, name_problem
 from .errors import AdapterRejected, IncompatibleBundle, validation_problem
 
 MAX_VERSION = 2**31 - 1
@@ -60,16 +60,23 @@ def check_fit(entry: AdapterEntry, manifest: Manifest) -> None:
         raise AdapterRejected(f"adapter has {len(entry.class_names)} classes; the model "
                               f"outputs 1..{manifest.num_classes}")
     pre = entry.preprocessing
-    channels, length = manifest.inputs[0].shape[1:3]
-    if pre is not None and (len(pre.mean) != channels or len(pre.std) != channels
-                            or pre.length != length):
-        raise AdapterRejected(f"adapter preprocessing is for {len(pre.mean)} channels x "
-                              f"{pre.length} samples; the model takes {channels} x {length}")
+    shape = tuple(manifest.inputs[0].shape[1:])  # the sample: (F,), (C, L) or (C, H, W)
+    if pre is not None and (len(pre.mean) != shape[0] or len(pre.std) != shape[0]
+                            or pre.sample_shape != shape):
+        raise AdapterRejected(f"adapter preprocessing is for {_samples(pre)}; the model "
+                              f"takes {' x '.join(map(str, shape))}")
     try:
-        Normalizer.from_preprocessing(pre, channels)
+        Normalizer.from_preprocessing(pre, shape[0], len(shape))
     except IncompatibleBundle as exc:
         raise AdapterRejected(f"adapter preprocessing: {exc}") from None
-    check_profile(entry, channels, manifest.features)
+    check_profile(entry, shape[0], manifest.features)
+
+
+def _samples(pre: Preprocessing) -> str:
+    """'6 channels x 100 samples' (a window record), 'samples of 1 x 8 x 8' (others)."""
+    if pre.shape is None:
+        return f"{len(pre.mean)} channels x {pre.length} samples"
+    return f"samples of {' x '.join(map(str, pre.shape))}"
 
 
 def check_profile(entry: AdapterEntry, channels: int, features: int | None = None) -> None:

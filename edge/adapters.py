@@ -167,13 +167,14 @@ class AdapterStore:
             self.cache.put(held.key, value, held.size)
         return value
 
-    def normalizer(self, held: HeldAdapter, channels: int) -> Normalizer:
+    def normalizer(self, held: HeldAdapter, shape: tuple[int, ...]) -> Normalizer:
         """The adapter's normaliser (its own statistics, else the base's), built once:
         it is half of a routing table's build time otherwise."""
         found = self._normalizers.get(held.key)
         if found is None:
             pre = held.entry.preprocessing or self.manifest.base.preprocessing
-            found = self._normalizers[held.key] = Normalizer.from_preprocessing(pre, channels)
+            found = self._normalizers[held.key] = Normalizer.from_preprocessing(
+                pre, shape[0], len(shape))
         return found
 
     def prepare_bank(self, tensors: Mapping[str, np.ndarray]
@@ -343,7 +344,7 @@ class AdapterStore:
                                 self.engine.fp16)
 
     def _warm_up(self, value) -> np.ndarray:
-        """One run on the bundle's reference windows (N, C, L); the outputs must be finite."""
+        """One run on the bundle's reference samples (N, *sample); the outputs must be finite."""
         x = self._reference
         try:
             if self.bank is not None:
@@ -367,8 +368,7 @@ class AdapterStore:
         if x is None:
             log.warning("%s: no usable %s; warming adapters up on zeros", self.bundle,
                         REFERENCE_INPUTS)
-            channels, length = self.manifest.inputs[0].shape[1:3]
-            return np.zeros((1, channels, length), np.float32)
+            return np.zeros((1, *self.manifest.inputs[0].shape[1:]), np.float32)
         return x
 
     # -- what exists at start ---------------------------------------------------------------

@@ -3,10 +3,13 @@
 Sensor messages come in two formats (docs: MQTT topics):
 
     JSON (default)   {"id": "a1", "ts": 1718000000.5, "values": [[c0 ...], [c1 ...], ...]}
-                     a univariate sensor may send a flat list "values": [...]
+                     `values` nests like the model's sample shape: [F numbers] for
+                     feature vectors, [C][L] for windows, [C][H][W] for images; a
+                     univariate window (1, L) may come as a flat list "values": [...]
     binary           content_type application/octet-stream or application/x-float32:
-                     C*L little-endian float32 values, channel-major; MQTT v5 user
-                     properties id (required), ts (optional), shape "C,L" (optional)
+                     prod(shape) little-endian float32 values in C order (last axis
+                     fastest); MQTT v5 user properties id (required), ts (optional),
+                     shape "d1,d2,..." (optional, checked against the sample shape)
 
 `decode_sensor` raises `BadMessage` and nothing else for any payload it cannot use; the
 reason names the field and goes onto the errors topic as is.
@@ -23,6 +26,14 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic_core import from_json
 
+from .contract.shapes import (
+    AXIS_NAMES,
+    as_text,
+    describe,
+    plural,
+    sample_shape_problem,
+    where,
+)
 from .errors import BadMessage, ConfigError
 
 __all__ = [
@@ -37,7 +48,7 @@ __all__ = [
 
 JSON_TYPES = frozenset({"application/json"})
 BINARY_TYPES = frozenset({"application/octet-stream", "application/x-float32"})
-MAX_DEPTH = 8  # a sensor message needs 3 ({ -> values -> channel); deeper is an attack
+MAX_DEPTH = 8  # a sensor message needs 2 to 4 ({ -> values -> channel -> row); deeper is an attack
 MAX_ID_CHARS = 128
 MAX_REASON_CHARS = 500
 MAX_TOPIC_CHARS = 256
@@ -45,24 +56,57 @@ _NUMBER_TYPES = frozenset({int, float})  # what json gives for numbers (bool is 
 _ID_IN_PAYLOAD = re.compile(rb'"id"\s*:\s*(?:"((?:[^"\\]|\\.){1,128})"|(-?\d{1,40})(?![\d.eE]))')
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class InputSpec:
-    """What the model takes per message: `channels` x `length` values, and a size cap."""
+    """What the model takes per message: one sample of `shape` ((F,), (C, L) or (C, H, W):
+    edge/contract/shapes.py), and a size cap. `InputSpec(channels, length)` is a window's."""
 
-    channels: int
-    length: int
-    max_payload_bytes: int = 1 << 20
+    shape: tuple[int, ...]
+    max_payload_bytes: int
 
-    def __post_init__(self) -> None:
-        for name in ("channels", "length", "max_payload_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"InputSpec.{name} must be a positive integer, got {value!r}")
+    def __init__(self, channels: int | None = None, length: int | None = None,
+                 max_payload_bytes: int = 1 << 20, *, shape: tuple[int, ...] | None = None
+                 ) -> None:
+        if shape is None:
+            for name, value in (("channels", channels), ("length", length)):
+                _check_positive(f"InputSpec.{name}", value)
+            shape = (channels, length)
+        elif channels is not None or length is not None:
+            raise ConfigError("InputSpec takes shape, or channels and length, not both")
+        problem = sample_shape_problem(tuple(shape))
+        if problem:
+            raise ConfigError(f"InputSpec.shape: {problem}")
+        _check_positive("InputSpec.max_payload_bytes", max_payload_bytes)
+        object.__setattr__(self, "shape", tuple(shape))
+        object.__setattr__(self, "max_payload_bytes", max_payload_bytes)
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def channels(self) -> int:
+        """Entries of axis 0: channels, or the features of an (F,) vector."""
+        return self.shape[0]
+
+    @property
+    def length(self) -> int | None:
+        """L of a (C, L) window; None for other shapes."""
+        return self.shape[1] if self.rank == 2 else None
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+
+def _check_positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass
 class SensorReading:
-    """One decoded message: `values` float32 (C, L), finite."""
+    """One decoded message: `values` float32 of the sample shape ((C, L) ...), finite."""
 
     id: str
     ts: float | None
@@ -81,7 +125,8 @@ def decode_sensor(
     user_properties: dict[str, str] | None = None,
     spec: InputSpec,
 ) -> SensorReading:
-    """Decode one sensor message into a `SensorReading` with values float32 (C, L).
+    """Decode one sensor message into a `SensorReading` with values float32 of
+    `spec.shape`.
 
     Raises `BadMessage(reason)` for any unusable payload, and nothing else.
     """
@@ -197,72 +242,86 @@ def _json_ts(doc: dict) -> float | None:
 
 
 def _json_values(raw: object, spec: InputSpec) -> np.ndarray:
-    """Structure checks on the nested list, then one vectorised conversion -> float32 (C, L)."""
-    C, L = spec.channels, spec.length
+    """Structure checks on the nested list (one level per axis of the sample shape), then
+    one vectorised conversion -> float32 of `spec.shape`."""
+    shape = spec.shape
     if not isinstance(raw, list):
-        raise BadMessage(f"values: expected a list of {C} channels of {L} samples, "
-                         f"got {_type_name(raw)}")
-    if C == 1 and raw and not isinstance(raw[0], list):
+        raise BadMessage(f"values: expected a list of {describe(shape)}, got {_type_name(raw)}")
+    if shape[:1] == (1,) and len(shape) == 2 and raw and not isinstance(raw[0], list):
         raw = [raw]  # a univariate sensor's flat list (L,) -> (1, L)
-    if len(raw) != C:
-        raise BadMessage(f"values: expected {C} channels of {L} samples, got {len(raw)} "
-                         f"{'channel' if len(raw) == 1 else 'channels'}")
-    for c, row in enumerate(raw):
-        if not isinstance(row, list):
-            raise BadMessage(f"values: channel {c}: expected a list of {L} samples, "
-                             f"got {_type_name(row)}")
-        if len(row) != L:
-            raise BadMessage(f"values: channel {c}: expected {L} samples, got {len(row)}")
-        if not _NUMBER_TYPES.issuperset(map(type, row)):  # C-level scan, no Python loop
-            _raise_bad_element(c, row)
+    _check_nested(raw, shape, ())
     try:
-        arr = np.asarray(raw, dtype=np.float64)  # (C, L)
+        arr = np.asarray(raw, dtype=np.float64)  # shape
     except OverflowError:
         raise BadMessage("values: a number is too large for float32") from None
     return _finite_float32(arr)
 
 
-def _raise_bad_element(c: int, row: list) -> None:
+def _check_nested(raw: list, shape: tuple[int, ...], index: tuple[int, ...]) -> None:
+    """`raw` is the list at `index` (depth len(index)): its length, then its items' types.
+    Depth is at most 3 (edge/contract/shapes.py MAX_RANK)."""
+    depth, rank = len(index), len(shape)
+    if len(raw) != shape[depth]:
+        at = f"values: {where(rank, index)}: " if index else "values: "
+        name = AXIS_NAMES[rank][depth]
+        raise BadMessage(f"{at}expected {describe(shape, depth)}, got {len(raw)} "
+                         f"{plural(name, len(raw))}")
+    if depth == rank - 1:  # the innermost axis holds numbers: a C-level scan, no Python loop
+        if not _NUMBER_TYPES.issuperset(map(type, raw)):
+            _raise_bad_element(rank, index, raw)
+        return
+    for i, item in enumerate(raw):
+        if not isinstance(item, list):
+            raise BadMessage(f"values: {where(rank, (*index, i))}: expected a list of "
+                             f"{describe(shape, depth + 1)}, got {_type_name(item)}")
+        _check_nested(item, shape, (*index, i))
+
+
+def _raise_bad_element(rank: int, index: tuple[int, ...], row: list) -> None:
     for i, v in enumerate(row):
         if type(v) not in _NUMBER_TYPES:
-            raise BadMessage(f"values: channel {c}, sample {i}: expected a number, "
+            raise BadMessage(f"values: {where(rank, (*index, i))}: expected a number, "
                              f"got {_type_name(v)}")
 
 
 def _finite_float32(arr: np.ndarray) -> np.ndarray:
-    """arr float64 (C, L) -> float32 (C, L); NaN, Infinity and float32 overflow are rejected."""
+    """arr float64 -> float32 of the same shape; NaN, Infinity and float32 overflow are
+    rejected, naming the first bad value's position."""
     with np.errstate(over="ignore"):
         out = arr.astype(np.float32)
     if np.isfinite(out).all():  # one check on the fast path; diagnose only on failure
         return out
-    c, i = np.argwhere(~np.isfinite(out))[0]
-    if not np.isfinite(arr[c, i]):
-        raise BadMessage(f"values: channel {c}, sample {i}: NaN or Infinity is not allowed")
-    raise BadMessage(f"values: channel {c}, sample {i}: {float(arr[c, i]):g} overflows float32")
+    index = tuple(np.argwhere(~np.isfinite(out))[0])
+    at = where(arr.ndim, index)
+    if not np.isfinite(arr[index]):
+        raise BadMessage(f"values: {at}: NaN or Infinity is not allowed")
+    raise BadMessage(f"values: {at}: {float(arr[index]):g} overflows float32")
 
 
 def _decode_binary(payload: bytes, props: dict[str, str] | None, spec: InputSpec) -> SensorReading:
-    """Raw little-endian float32, C-major (C, L); id/ts/shape from MQTT v5 user properties."""
+    """Raw little-endian float32 in C order (the last axis fastest) of `spec.shape`;
+    id/ts/shape from MQTT v5 user properties."""
     props = _props_dict(props)
     raw_id = props.get("id")
     if raw_id is None:
         raise BadMessage("id: missing (binary messages carry it in the user property 'id')")
     msg_id = _check_id(raw_id if isinstance(raw_id, str) else str(raw_id))
     ts = _property_ts(props.get("ts"))
-    C, L = spec.channels, spec.length
+    shape = spec.shape
     if props.get("shape") is not None:
-        _check_shape_property(props["shape"], C, L)
-    n = len(payload)
+        _check_shape_property(props["shape"], shape)
+    n, size = len(payload), spec.size
     if n % 4:
         raise BadMessage(f"binary payload: {n} bytes is not a multiple of 4 (float32)")
-    if n != C * L * 4:
-        raise BadMessage(f"binary payload: expected {C}x{L} float32 values ({C * L * 4} bytes), "
+    if n != size * 4:
+        dims = "x".join(map(str, shape))
+        raise BadMessage(f"binary payload: expected {dims} float32 values ({size * 4} bytes), "
                          f"got {n} bytes ({n // 4} values)")
-    values = np.frombuffer(payload, dtype="<f4").reshape(C, L).astype(np.float32)  # own copy
+    values = np.frombuffer(payload, dtype="<f4").reshape(shape).astype(np.float32)  # own copy
     finite = np.isfinite(values)
     if not finite.all():
-        c, i = np.argwhere(~finite)[0]
-        raise BadMessage(f"values: channel {c}, sample {i}: NaN or Infinity is not allowed")
+        at = where(len(shape), tuple(np.argwhere(~finite)[0]))
+        raise BadMessage(f"values: {at}: NaN or Infinity is not allowed")
     return SensorReading(id=msg_id, ts=ts, values=values)
 
 
@@ -288,12 +347,19 @@ def _property_ts(raw: object) -> float | None:
     return ts
 
 
-def _check_shape_property(raw: object, C: int, L: int) -> None:
+_SHAPE_LETTERS = {1: "F", 2: "C,L", 3: "C,H,W"}  # the shape property's form, by rank
+
+
+def _check_shape_property(raw: object, shape: tuple[int, ...]) -> None:
+    """The sender's `shape` user property ("6,100") is the sample shape, axis by axis."""
     parts = [p.strip() for p in str(raw)[:64].split(",")]
-    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
-        raise BadMessage(f"shape: expected 'C,L' like '{C},{L}', got {_short(raw)}")
-    if (int(parts[0]), int(parts[1])) != (C, L):
-        raise BadMessage(f"shape: {parts[0]},{parts[1]} does not match the expected {C},{L}")
+    expected = as_text(shape)
+    if len(parts) != len(shape) or not all(p.isascii() and p.isdigit() and len(p) < 10
+                                           for p in parts):
+        raise BadMessage(f"shape: expected '{_SHAPE_LETTERS[len(shape)]}' like "
+                         f"'{expected}', got {_short(raw)}")
+    if tuple(int(p) for p in parts) != shape:
+        raise BadMessage(f"shape: {','.join(parts)} does not match the expected {expected}")
 
 
 def _type_name(value: object) -> str:

@@ -1,7 +1,7 @@
 """Which model serves which production line: line -> (adapter version or base, labels,
 normaliser), built from the line assignments and the adapter store.
 
-    tables = TableBuilder(store, manifest, channels)   # the base route built once
+    tables = TableBuilder(store, manifest, shape)   # the base route built once
     holder = RouteHolder(tables.build(lines))          # the table in force
     table = holder.current()                           # the worker, once per batch
     previous = holder.install(tables.build(new_lines)) # the control thread: a hot swap
@@ -60,7 +60,7 @@ class AdapterSource(Protocol[H]):
 
     def loaded(self, held: H) -> Any: ...  # LoraAdapter / DeviceSlots, or arrays for a bank
 
-    def normalizer(self, held: H, channels: int) -> Normalizer: ...
+    def normalizer(self, held: H, shape: tuple[int, ...]) -> Normalizer: ...
 
     def prepare_bank(self, tensors: Mapping[str, np.ndarray]
                      ) -> Mapping[str, np.ndarray] | DeviceSlots: ...
@@ -108,30 +108,33 @@ class RoutingTable:
         return {r.key for r in self.routes.values() if r.adapter is not None}  # type: ignore
 
 
-def base_route(manifest: Manifest, channels: int) -> Route:
-    """The base model: its own labels and preprocessing."""
+def base_route(manifest: Manifest, shape: tuple[int, ...]) -> Route:
+    """The base model: its own labels and preprocessing, for samples of `shape`."""
+    normalizer = Normalizer.from_preprocessing(manifest.base.preprocessing, shape[0],
+                                               len(shape))
     return Route(adapter=None, version=None, session_adapter=None,
-                 labels=tuple(manifest.base.class_names),
-                 normalizer=Normalizer.from_preprocessing(manifest.base.preprocessing, channels))
+                 labels=tuple(manifest.base.class_names), normalizer=normalizer)
 
 
-def held_route(held: H, store: AdapterSource[H], channels: int) -> Route:
+def held_route(held: H, store: AdapterSource[H], shape: tuple[int, ...]) -> Route:
     """A held adapter version, loaded (or taken from the store's cache)."""
     entry = held.entry
     session_adapter = None if store.bank is not None else store.loaded(held)
-    normalizer = store.normalizer(held, channels)
+    normalizer = store.normalizer(held, shape)
     return Route(adapter=entry.name, version=entry.version, session_adapter=session_adapter,
                  labels=tuple(entry.class_names), sha256=entry.sha256, normalizer=normalizer)
 
 
 class TableBuilder:
-    """Routing tables for one adapter store and model input width (`channels`). The base
-    route is built once here: its normaliser is half of a table's build time otherwise."""
+    """Routing tables for one adapter store and model sample `shape` (without the batch
+    axis). The base route is built once here: its normaliser is half of a table's build
+    time otherwise."""
 
-    def __init__(self, store: AdapterSource[Any], manifest: Manifest, channels: int) -> None:
+    def __init__(self, store: AdapterSource[Any], manifest: Manifest,
+                 shape: tuple[int, ...]) -> None:
         self.store = store
-        self.channels = channels
-        self.base = base_route(manifest, channels)
+        self.shape = tuple(shape)
+        self.base = base_route(manifest, self.shape)
 
     def build(self, state: LineState) -> RoutingTable:
         """The routing table for the line assignments; AdapterRejected names a line whose
@@ -155,7 +158,7 @@ class TableBuilder:
         except AdapterRejected as exc:
             raise AdapterRejected(f"line {line!r}: {exc}") from None
         if held.key not in built:
-            built[held.key] = held_route(held, self.store, self.channels)
+            built[held.key] = held_route(held, self.store, self.shape)
         return built[held.key]
 
 

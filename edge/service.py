@@ -43,6 +43,7 @@ from .codec import (
 )
 from .config import Config, load_config
 from .contract import line_of, name_problem
+from .contract.shapes import sample_shape_problem
 from .control import ControlPlane, ControlSettings
 from .dedupe import Dedupe
 from .drift.capture import Capture
@@ -128,7 +129,7 @@ class Service:
         self.placement: dict[str, dict[str, int]] = {}  # provider -> op -> nodes, at warm-up
         self.spec = self._input_spec()
         self.store = AdapterStore.open(self.cfg, self.bundle, self.manifest, self.engine)
-        self.tables = TableBuilder(self.store, self.manifest, self.spec.channels)
+        self.tables = TableBuilder(self.store, self.manifest, self.spec.shape)
         lines = self._line_state()
         self.routing = RouteHolder(self.tables.build(lines))
         self.store.pin(self.routes.adapter_keys())
@@ -228,11 +229,12 @@ class Service:
         return self.routing.current()
 
     def _input_spec(self) -> InputSpec:
-        shape = self.manifest.inputs[0].shape  # ["batch", C, L]
-        if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape[1:]):
+        shape = self.manifest.inputs[0].shape  # ["batch", *sample]: (F,), (C, L), (C, H, W)
+        problem = sample_shape_problem(shape[1:])
+        if problem:
             raise IncompatibleBundle(f"{self.bundle}: model input shape {shape} is not "
-                                     "(batch, channels, length)")
-        return InputSpec(channels=shape[1], length=shape[2],
+                                     f"(batch, *sample): {problem}")
+        return InputSpec(shape=tuple(shape[1:]),
                          max_payload_bytes=self.cfg.limits.max_payload_bytes)
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -331,7 +333,7 @@ class Service:
         """One run per distinct model: a broken adapter fails here, and the first real batch
         does not pay for the memory-mapped adapter's first touch."""
         rows = self.engine.static_batch or 1  # a fixed-batch bundle runs its own shape
-        x = np.zeros((rows, self.spec.channels, self.spec.length), np.float32)
+        x = np.zeros((rows, *self.spec.shape), np.float32)
         table = self.routes
         seen = {}
         for route in [*table.routes.values(), table.default]:
@@ -497,9 +499,9 @@ class Service:
     def _run_group(self, table: RoutingTable, row_routes: list[Route],
                    items: list[WorkItem]) -> None:
         """Rows with their routes (one shared route unless the bundle has a bank)."""
-        x = np.stack([it.reading.values for it in items])  # (n, C, L) raw
-        raw = window_stats(x) if self.drift is not None else None  # 2 x (n, C), before
-        groups = group_rows(row_routes, lambda r: r.key).values()  # normalising in place
+        x = np.stack([it.reading.values for it in items])  # (n, *sample) raw
+        raw = window_stats(x, self.spec.rank) if self.drift is not None else None  # (n, C) x2,
+        groups = group_rows(row_routes, lambda r: r.key).values()  # before normalising
         for rows in groups:
             x[rows] = row_routes[rows[0]].normalizer.apply(x[rows])  # as each model trained
         started = time.monotonic()
@@ -576,11 +578,11 @@ class Service:
                 predicted=route.labels[int(cls[row])], classes=list(route.labels),
                 received=round(item.received + wall, 3), reason=reason, id=item.reading.id,
                 drift_state=state, ood=None if ood is None else round(float(ood[row]), 4)),
-                item.reading.values)  # raw (C, L): never normalised
+                item.reading.values)  # raw sample: never normalised
 
     def _infer(self, table: RoutingTable, row_routes: list[Route], x: np.ndarray
                ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logits (n, num_classes) of x (n, C, L), normalised, and from the same onnxruntime
+        """Logits (n, num_classes) of x (n, *sample), normalised, and from the same onnxruntime
         run the penultimate features (n, D) when the drift watch is on and the graph has
         them (else None)."""
         features = self.drift is not None

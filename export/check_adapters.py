@@ -234,12 +234,12 @@ def _score(result: AdapterCheck, sample: CheckSample, entry: AdapterEntry, file:
            bundle: Path, manifest: Manifest, engine: Engine, tolerance: float) -> AdapterCheck:
     """The sample through the new bundle as the gateway runs it: the adapter's own
     normalisation (else the base's), logits of its classes, argmax."""
-    channels, length = manifest.inputs[0].shape[1:3]
-    if sample.X.shape[1:] != (channels, length):
-        return _with(result, "error", f"{result.path}: its check sample holds windows of "
-                     f"{list(sample.X.shape[1:])}; the model takes {[channels, length]}")
+    shape = tuple(manifest.inputs[0].shape[1:])  # the sample: (F,), (C, L) or (C, H, W)
+    if sample.X.shape[1:] != shape:
+        return _with(result, "error", f"{result.path}: its check sample holds samples of "
+                     f"{list(sample.X.shape[1:])}; the model takes {list(shape)}")
     pre = entry.preprocessing or manifest.base.preprocessing
-    x = Normalizer.from_preprocessing(pre, channels).apply(sample.X)  # (N, C, L)
+    x = Normalizer.from_preprocessing(pre, shape[0], len(shape)).apply(sample.X)  # (N, *shape)
     try:
         logits = run_adapter(engine, bundle, manifest, file, x)  # (N, num_classes)
     except AdapterRejected as exc:

@@ -2,7 +2,8 @@
 check-adapters`): a few of the held-out windows it was scored on at training, with their labels
 and the answers it gave, so a new base can be checked against what the adapter achieved.
 
-    OUT/check_sample.npz   X (N, C, L) float32: raw windows, as a gateway receives them (before
+    OUT/check_sample.npz   X (N, *sample) float32: raw samples ((N, C, L) windows, (N, F),
+                           (N, C, H, W)), as a gateway receives them (before
                            the adapter's normalisation); y (N,) int64 labels and pred (N,)
                            int64 the adapter's answers at training, both indices into
                            class_names (K,) str
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.contract.shapes import MAX_RANK
 from edge.errors import AdapterError
 from export.fitting import predict
 
@@ -41,7 +43,7 @@ SEED = 0
 
 @dataclass
 class CheckSample:
-    """Raw windows X (N, C, L) float32, labels y (N,) and the adapter's answers pred (N,) at
+    """Raw samples X (N, *sample) float32, labels y (N,) and the adapter's answers pred (N,) at
     training (int64 into class_names); `accuracy` is mean(pred == y), as recorded."""
 
     X: np.ndarray
@@ -87,7 +89,7 @@ def sample_indices(y: np.ndarray, classes: int, cap: int = SAMPLE_CAP,
 
 def make_sample(model: nn.Module, raw: np.ndarray, x: torch.Tensor, y: torch.Tensor,
                 class_names: list[str], split: str) -> CheckSample:
-    """The sample of the held-out windows: `raw` (N, C, L) as recorded, `x` the same windows
+    """The sample of the held-out windows: `raw` (N, *sample) as recorded, `x` the same windows
     normalised as the model trained, `y` (N,) their labels; the model answers the chosen ones."""
     labels = y.numpy().astype(np.int64)
     keep = sample_indices(labels, len(class_names))
@@ -135,8 +137,9 @@ def _decode(blob: bytes, file: Path, class_names: Any, split: str) -> CheckSampl
 
 def _problem(X: np.ndarray, y: np.ndarray, pred: np.ndarray, names: list[str],
              class_names: Any) -> str | None:
-    if X.ndim != 3 or X.dtype != np.float32 or not len(X):
-        return f"X is {X.dtype} {list(X.shape)}; a sample holds (N, C, L) float32 windows"
+    if not 2 <= X.ndim <= MAX_RANK + 1 or X.dtype != np.float32 or not len(X):
+        return (f"X is {X.dtype} {list(X.shape)}; a sample holds (N, C, L) float32 windows "
+                "(or (N, F), (N, C, H, W) samples)")
     if not np.isfinite(X).all():
         return "X holds NaN or Inf values"
     for key, labels in (("y", y), ("pred", pred)):

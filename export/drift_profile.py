@@ -15,6 +15,8 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from edge.contract.shapes import MAX_RANK
+from edge.drift.monitor import window_stats
 from edge.drift.profile import ClassProfile, DriftProfile, InputProfile, histogram
 from edge.errors import ExportError, validation_problem
 from export.feature_stats import fit_features
@@ -29,15 +31,17 @@ BATCH = 256  # windows per forward pass: bounds memory on long training sets
 def compute_profile(model: nn.Module, raw: np.ndarray, x: torch.Tensor,
                     class_names: list[str], held_out: torch.Tensor | None = None
                     ) -> dict[str, Any]:
-    """`DriftProfile(...).model_dump()` of `model` on its training windows: `raw` (N, C, L)
-    as recorded (before normalisation), `x` the same windows normalised as the model trained
-    (N, C, L). Class shares and top scores use the first len(class_names) logits, as the
-    gateway does (it slices padded logits before its softmax). `held_out` (M, C, L),
-    normalised windows the model did not train on, calibrate the out-of-distribution
-    threshold of the feature statistics (export/feature_stats.py)."""
+    """`DriftProfile(...).model_dump()` of `model` on its training samples: `raw` (N, *sample)
+    as recorded (before normalisation; (N, F), (N, C, L) or (N, C, H, W)), `x` the same
+    samples normalised as the model trained. Class shares and top scores use the first
+    len(class_names) logits, as the gateway does (it slices padded logits before its
+    softmax). `held_out` (M, *sample), normalised samples the model did not train on,
+    calibrate the out-of-distribution threshold of the feature statistics
+    (export/feature_stats.py)."""
     raw = np.asarray(raw, dtype=np.float64)
-    if raw.ndim != 3 or len(raw) != len(x) or not len(raw):
-        raise ExportError(f"a drift profile needs (N, C, L) windows, got raw {raw.shape} "
+    if not 2 <= raw.ndim <= MAX_RANK + 1 or raw.shape != tuple(x.shape) or not len(raw):
+        raise ExportError(f"a drift profile needs the same N samples raw and normalised "
+                          f"((N, C, L) windows, (N, F) or (N, C, H, W)), got raw {raw.shape} "
                           f"and normalised {tuple(x.shape)}")
     classes = len(class_names)
     logits, features = _outputs(model, x)
@@ -45,11 +49,11 @@ def compute_profile(model: nn.Module, raw: np.ndarray, x: torch.Tensor,
     probs = torch.softmax(logits.double(), dim=1).numpy()[:, :classes]  # (N, K) float64
     top = probs.max(axis=1)  # (N,)
     counts = np.bincount(probs.argmax(axis=1), minlength=classes).astype(np.float64)
-    means, stds = raw.mean(axis=2), raw.std(axis=2)  # (N, C) each: per window and channel
+    means, stds = window_stats(raw, raw.ndim - 1)  # (N, C) each: per sample and channel
     profile = DriftProfile(
         n_windows=len(raw),
-        inputs=InputProfile(window_mean=[histogram(means[:, c]) for c in range(raw.shape[1])],
-                            window_std=[histogram(stds[:, c]) for c in range(raw.shape[1])]),
+        inputs=InputProfile(window_mean=[histogram(means[:, c]) for c in range(means.shape[1])],
+                            window_std=[histogram(stds[:, c]) for c in range(means.shape[1])]),
         classes=ClassProfile(names=list(class_names), shares=(counts / counts.sum()).tolist()),
         top_score=histogram(top), top_score_mean=float(np.clip(top.mean(), 0.0, 1.0)),
         features=None if features is None else fit_features(features, probs.argmax(axis=1),

@@ -97,7 +97,8 @@ class TrainResult:
 
 @dataclass
 class Splits:
-    """Normalised tensors: x (N, C, L) float32, y (N,) int64. `eval` is the test data, or a
+    """Normalised tensors: x (N, *sample) float32 ((N, C, L) windows, (N, F), (N, C, H, W)),
+    y (N,) int64. `eval` is the test data, or a
     stratified 20% of the data held out (`eval_split` "test" / "val"); `val` (early stopping,
     carved from the training part only) exists when a validation fraction was asked for."""
 
@@ -324,6 +325,10 @@ def prepare(base: str, weights: Any, data: Any, test_data: Any, *, length: int |
     if base == "reference" and weights is None:
         # A new reference model takes its input and output sizes from the data.
         ds = load_dataset(data, length=length or config.pop("length", None), columns=columns)
+        if not ds.is_windows:
+            raise ConfigError(f"--data {data}: samples of shape {list(ds.sample_shape)}; the "
+                              "reference model takes windows (C, L): pass --base "
+                              "package.module:callable for feature vectors or images")
         model = load_base("reference", in_channels=ds.num_channels, num_classes=ds.num_classes,
                           length=ds.length, **config)
     else:
@@ -340,6 +345,9 @@ def prepare(base: str, weights: Any, data: Any, test_data: Any, *, length: int |
     val_ds = None
     if val_fraction is not None:
         train_ds, val_ds = train_val_split(train_ds, val_fraction, seed)
+    if eval_ds.X.ndim != train_ds.X.ndim:
+        raise DataError(f"{eval_ds.source}: samples of shape {list(eval_ds.sample_shape)}, "
+                        f"the training data's are {list(train_ds.sample_shape)}")
     if eval_ds.num_channels != train_ds.num_channels:
         raise DataError(f"{eval_ds.source}: {eval_ds.num_channels} channel(s), the training "
                         f"data has {train_ds.num_channels}")
@@ -358,7 +366,7 @@ def _model_length(model: nn.Module) -> int | None:
 
 
 def _tensors(stats: ChannelStats, ds: SensorDataset) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(stats.apply(ds.X)), torch.from_numpy(ds.y)  # (N, C, L), (N,)
+    return torch.from_numpy(stats.apply(ds.X)), torch.from_numpy(ds.y)  # (N, *sample), (N,)
 
 
 def _check_fits(model: nn.Module, x: torch.Tensor, ds: SensorDataset, name: str) -> None:
@@ -374,7 +382,7 @@ def _check_fits(model: nn.Module, x: torch.Tensor, ds: SensorDataset, name: str)
             logits = model(x[:2])
     except RuntimeError as exc:
         reason = (str(exc).splitlines() or [""])[0]
-        raise DataError(f"{name}: windows of shape {tuple(x.shape[1:])} do not fit the base "
+        raise DataError(f"{name}: samples of shape {tuple(x.shape[1:])} do not fit the base "
                         f"model: {reason}") from None
     if logits.ndim != 2:
         raise DataError(f"base model returns shape {tuple(logits.shape)}; a classifier returns "
@@ -509,7 +517,7 @@ def output_meta(base: str, weights: Any, base_config: dict | None, fingerprint: 
         "base_fingerprint": fingerprint,
         "base": {"spec": base, "weights": None if weights is None else str(weights),
                  "config": base_config},
-        "preprocessing": Preprocessing.of(splits.stats, splits.train.length,
+        "preprocessing": Preprocessing.of(splits.stats, splits.train.sample_shape,
                                           splits.train.channel_names).to_dict(),
         "class_names": list(splits.train.class_names),
         "metrics": metrics,

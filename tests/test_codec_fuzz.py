@@ -1,5 +1,6 @@
 """Fuzz `decode_sensor`: whatever arrives, the only exception is BadMessage, and a valid
-message decodes to exactly the values that were sent.
+message decodes to exactly the values that were sent. Every sample rank is drawn: (F,)
+feature vectors, (C, L) windows and (C, H, W) images.
 
 Default run: ~300 examples in all (a few seconds). `pytest -m slow -s` runs ~20000 mixed
 examples and prints how many inputs it tried.
@@ -28,7 +29,7 @@ FAST = settings(max_examples=50, deadline=None, database=None, print_blob=True,
 
 @dataclass
 class Case:
-    """One input; `want` is (id, ts, values (C, L)) when it is a valid message, else None."""
+    """One input; `want` is (id, ts, values of spec.shape) when it is a valid message."""
 
     payload: bytes
     content_type: str | None
@@ -46,10 +47,9 @@ def check(case: Case) -> bool:
         assert str(exc) and len(str(exc)) < 300, exc
         assert case.want is None, f"valid message rejected: {exc}"
         return False
-    C, L = case.spec.channels, case.spec.length
     assert isinstance(reading.id, str) and 0 < len(reading.id) <= 128
     assert reading.ts is None or math.isfinite(reading.ts)
-    assert reading.values.dtype == np.float32 and reading.values.shape == (C, L)
+    assert reading.values.dtype == np.float32 and reading.values.shape == case.spec.shape
     assert np.isfinite(reading.values).all()
     if case.want is not None:
         want_id, want_ts, want_values = case.want
@@ -62,12 +62,15 @@ def check(case: Case) -> bool:
 # Strategies
 # --------------------------------------------------------------------------------------------
 
-specs = st.builds(InputSpec, channels=st.integers(1, 4), length=st.integers(1, 8))
+windows = st.builds(InputSpec, channels=st.integers(1, 4), length=st.integers(1, 8))
+shapes = st.lists(st.integers(1, 5), min_size=1, max_size=3).map(tuple)  # (F,) .. (C, H, W)
+specs = windows | shapes.map(lambda shape: InputSpec(shape=shape))
 text = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)  # JSON-encodable
 content_types = st.sampled_from(CONTENT_TYPES) | st.text(max_size=30)
 props = st.none() | st.dictionaries(st.sampled_from(["id", "ts", "shape"]) | st.text(max_size=4),
                                     st.text(max_size=20) | st.sampled_from(
-                                        ["1,1", "2,3", "nan", "1e309", "-0", " 7 "]), max_size=4)
+                                        ["1,1", "2,3", "nan", "1e309", "-0", " 7 ", "1,2,3",
+                                         "4", "1,,2", "9" * 40]), max_size=4)
 scalars = (st.none() | st.booleans() | st.integers() | st.floats() | text
            | st.sampled_from([10**400, 1e39, -1e39, 3.4e38]))
 json_values = st.recursive(
@@ -79,10 +82,11 @@ ids = (st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=12
 stamps = st.none() | st.floats(allow_nan=False, allow_infinity=False) | st.integers(-2**53, 2**53)
 
 
-def finite_windows(C: int, L: int):
-    """Finite float32 (C, L) arrays, including subnormals, -0.0 and the float32 extremes."""
-    return arrays(np.float32, (C, L), elements=st.floats(width=32, allow_nan=False,
-                                                        allow_infinity=False))
+def finite_samples(shape: tuple[int, ...]):
+    """Finite float32 arrays of `shape`, including subnormals, -0.0 and the float32
+    extremes."""
+    return arrays(np.float32, shape, elements=st.floats(width=32, allow_nan=False,
+                                                       allow_infinity=False))
 
 
 @st.composite
@@ -122,44 +126,49 @@ def deep_nesting(draw) -> Case:
 
 @st.composite
 def wrong_shapes(draw) -> Case:
-    """Valid-looking messages whose values or byte count do not fit the spec."""
+    """Valid-looking messages whose values or byte count do not fit the spec: another
+    rank (1 to 4 axes) or another size along some axis, sizes 0 to 5."""
     spec = draw(specs)
-    C = draw(st.integers(0, 5))
-    L = draw(st.integers(0, 9))
-    if (C, L) == (spec.channels, spec.length):
-        L += 1
-    values = draw(finite_windows(C, L)) if C and L else np.zeros((C, L), np.float32)
+    shape = tuple(draw(st.lists(st.integers(0, 5), min_size=1, max_size=4)))
+    if shape in (spec.shape, (spec.shape[-1],) if spec.shape[:1] == (1,) and spec.rank == 2
+                 else None):  # the spec's own shape, or a univariate window's flat list
+        shape = (*shape[:-1], shape[-1] + 1)
+    values = draw(finite_samples(shape)) if 0 not in shape else np.zeros(shape, np.float32)
     if draw(st.booleans()):
         payload = values.astype("<f4").tobytes() or b"\x00"
-        if values.size == spec.channels * spec.length:  # (3, 2) for (2, 3): same byte count
+        if values.size == spec.size:  # (3, 2) for (2, 3): the same byte count
             payload += b"\x00" * 4
         return Case(payload, "application/octet-stream", {"id": "m"}, spec)
     ragged = values.tolist()
-    if len(ragged) >= 2 and draw(st.booleans()):  # one longer row; another keeps the bad L
+    if len(shape) >= 2 and len(ragged) >= 2 and draw(st.booleans()):  # one longer row
         ragged[draw(st.integers(0, len(ragged) - 1))].append(1.0)
     return Case(json.dumps({"id": "m", "values": ragged}).encode(), None, None, spec)
 
 
 @st.composite
 def poisoned(draw) -> Case:
-    """A valid message with one sample replaced by NaN/Inf/overflow or a non-number."""
+    """A valid message with one value replaced by NaN/Inf/overflow or a non-number."""
     spec = draw(specs)
-    values = draw(finite_windows(spec.channels, spec.length)).tolist()
-    c, i = draw(st.integers(0, spec.channels - 1)), draw(st.integers(0, spec.length - 1))
-    values[c][i] = draw(st.sampled_from([math.nan, math.inf, -math.inf, 1e39, "1.0", True,
-                                         None, [1.0], {"v": 1}, 10**400]))
-    if draw(st.booleans()) or isinstance(values[c][i], float):
-        payload = json.dumps({"id": "m", "values": values}).encode()
-        return Case(payload, None, None, spec)
-    window = np.full((spec.channels, spec.length), draw(st.sampled_from([np.nan, np.inf])))
-    return Case(window.astype("<f4").tobytes(), "application/x-float32", {"id": "m"}, spec)
+    values = draw(finite_samples(spec.shape))
+    index = tuple(draw(st.integers(0, n - 1)) for n in spec.shape)
+    bad = draw(st.sampled_from([math.nan, math.inf, -math.inf, 1e39, "1.0", True, None,
+                                [1.0], {"v": 1}, 10**400]))
+    if draw(st.booleans()) or isinstance(bad, float):
+        nested = values.tolist()
+        inner = nested
+        for i in index[:-1]:
+            inner = inner[i]
+        inner[index[-1]] = bad
+        return Case(json.dumps({"id": "m", "values": nested}).encode(), None, None, spec)
+    sample = np.full(spec.shape, draw(st.sampled_from([np.nan, np.inf])))
+    return Case(sample.astype("<f4").tobytes(), "application/x-float32", {"id": "m"}, spec)
 
 
 @st.composite
 def valid_messages(draw) -> Case:
     """Well-formed JSON or binary messages; they must decode to the exact values sent."""
     spec = draw(specs)
-    values = draw(finite_windows(spec.channels, spec.length))  # (C, L) float32
+    values = draw(finite_samples(spec.shape))  # spec.shape float32
     msg_id, ts = draw(ids), draw(stamps)
     want_ts = None if ts is None else float(ts)
     if draw(st.booleans()):
@@ -167,12 +176,12 @@ def valid_messages(draw) -> Case:
         if ts is not None:
             props["ts"] = repr(float(ts))
         if draw(st.booleans()):
-            props["shape"] = f"{spec.channels},{spec.length}"
+            props["shape"] = ",".join(map(str, spec.shape))
         return Case(values.astype("<f4").tobytes(), draw(st.sampled_from(CONTENT_TYPES[4:6])),
                     props, spec, want=(str(msg_id), want_ts, values))
     nested = values.tolist()
-    doc = {"id": msg_id, "values": nested[0] if spec.channels == 1 and draw(st.booleans())
-           else nested}
+    flat = spec.rank == 2 and spec.channels == 1 and draw(st.booleans())  # univariate window
+    doc = {"id": msg_id, "values": nested[0] if flat else nested}
     if ts is not None:
         doc["ts"] = ts
     payload = json.dumps(doc, indent=draw(st.sampled_from([None, 1]))).encode()

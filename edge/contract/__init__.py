@@ -3,6 +3,7 @@
     names.py          the rules for line and adapter names, device ids and the topic prefix
     topics.py         the topic layout: every topic either side publishes or subscribes to
     preprocessing.py  the preprocessing record and the one normalisation that applies it
+    shapes.py         the sample shape ((F,), (C, L), (C, H, W)) and its names in messages
 
 The config, the control plane, the adapter store, `edge-export push`/`revoke` and the demo
 all use these, so a name, a topic or a record one side accepts is what the other expects.

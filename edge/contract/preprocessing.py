@@ -4,41 +4,88 @@ The record says what a model's training inputs went through; the export side wri
 (edge_adapter.json, edge_model.json, metrics.json: `Preprocessing.to_dict`), the bundle
 carries it (manifest.json, envelope headers) and the gateway applies it (`Normalizer`):
 
-    {"length": 100, "channel_names": ["ch0", ...], "mean": [...], "std": [...]}
+    {"length": 100, "channel_names": ["ch0", ...], "mean": [...], "std": [...]}   windows (C, L)
+    {"shape": [30], "channel_names": ["radius", ...], "mean": [...], "std": [...]}  features (F,)
+    {"shape": [1, 8, 8], "channel_names": ["gray"], "mean": [...], "std": [...]}  images (C, H, W)
 
-`Normalizer` is the one implementation of per-channel standardisation: the training side
-computes the statistics with `from_data` and normalises with the same `apply` the gateway
-runs, so the numbers cannot differ.
+Windows keep the original form (`length`, no `shape`), so gateways that predate other
+shapes read new window records; for (F,) `channel_names` are the feature names.
+
+`Normalizer` is the one implementation of per-channel standardisation (per feature for
+(F,), per channel over every other axis for (C, L) and (C, H, W): edge/contract/shapes.py):
+the training side computes the statistics with `from_data` and normalises with the same
+`apply` the gateway runs, so the numbers cannot differ.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, model_validator
 
 from ..errors import DataError, EdgeError, IncompatibleBundle, validation_problem
+from .shapes import MAX_RANK, per_channel, sample_shape_problem
 
 STD_FLOOR = 1e-6  # a constant channel divides by this, not by zero
+_OTHER_AXES = {1: (), 2: ("L",), 3: ("H", "W")}  # by sample rank, for error messages
 
 
 class Preprocessing(BaseModel):
-    """What the gateway applies to a raw window before inference: windows of `length`
-    samples, channel i standardised with mean[i] and std[i]."""
+    """What the gateway applies to a raw sample before inference: samples of `shape` (or
+    windows of `length` samples, the original form), entry i of axis 0 (a channel, or a
+    feature of a vector) standardised with mean[i] and std[i]."""
 
     model_config = ConfigDict(extra="forbid")
 
-    length: int
+    length: int | None = None  # windows (C, L): L; the form older gateways read
+    shape: list[int] | None = None  # any other sample shape: (F,) or (C, H, W)
     channel_names: list[str]
     mean: list[float]
     std: list[float]
 
+    @model_validator(mode="after")
+    def _one_shape(self) -> Preprocessing:
+        if self.shape is None:
+            if self.length is None:
+                raise ValueError("length (windows) or shape (other samples) is required")
+            if self.length < 1:
+                raise ValueError(f"length must be positive, got {self.length}")
+            return self
+        problem = sample_shape_problem(self.shape)
+        if problem is None and self.length is not None and self.shape[1:] != [self.length]:
+            problem = f"shape {self.shape} and length {self.length} disagree"
+        if problem is None and self.shape[0] != len(self.mean):
+            problem = f"shape {self.shape} has {self.shape[0]} channels, mean {len(self.mean)}"
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler) -> dict[str, Any]:
+        # unset shape fields are left out: a window record stays the pre-shape format
+        return {k: v for k, v in handler(self).items()
+                if not (k in ("length", "shape") and v is None)}
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The raw sample shape this record normalises: `shape`, else (C, length)."""
+        return tuple(self.shape) if self.shape is not None else (len(self.mean), self.length)
+
+    @property
+    def rank(self) -> int:
+        return len(self.sample_shape)
+
     @classmethod
-    def of(cls, stats: Normalizer, length: int, channel_names: list[str]) -> Preprocessing:
-        """The record of statistics computed on training data (`Normalizer.from_data`)."""
-        return cls(length=length, channel_names=list(channel_names), **stats.to_dict())
+    def of(cls, stats: Normalizer, shape: int | Sequence[int],
+           channel_names: list[str]) -> Preprocessing:
+        """The record of statistics computed on training data (`Normalizer.from_data`) for
+        samples of `shape` (an int: the length L of (C, L) windows)."""
+        shape = (len(stats.mean), shape) if isinstance(shape, int) else tuple(shape)
+        form = {"length": shape[1]} if len(shape) == 2 else {"shape": list(shape)}
+        return cls(**form, channel_names=list(channel_names), **stats.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, as manifest.json holds it and the export side writes it."""
@@ -61,7 +108,7 @@ class Preprocessing(BaseModel):
             data.update(mean=legacy["mean"], std=legacy["std"])
             data["channel_names"] = data.get("channel_names") or [
                 f"ch{i}" for i in range(len(stats.mean))]
-        if not {"length", "mean", "std"} <= set(data):
+        if not {"mean", "std"} <= set(data) or not {"length", "shape"} & set(data):
             return None
         check_stats(data["mean"], data["std"], error=DataError)
         try:
@@ -92,30 +139,40 @@ def check_stats(mean: object, std: object, *, channels: int | None = None,
 
 @dataclass(frozen=True)
 class Normalizer:
-    """Per-channel standardisation: `(values - mean) / std` with mean, std float32 (C,).
-    Its problems raise `error` (a subclass may raise another EdgeError)."""
+    """Per-channel standardisation: `(values - mean) / std` with mean, std float32 (C,)
+    along axis 0 of samples of `rank` axes ((F,): per feature; (C, L), (C, H, W): per
+    channel). Its problems raise `error` (a subclass may raise another EdgeError)."""
 
     mean: np.ndarray
     std: np.ndarray
+    rank: int = 2
     error: ClassVar[type[EdgeError]] = IncompatibleBundle
 
     @classmethod
     def from_data(cls, X: np.ndarray) -> Normalizer:
-        """Statistics of X (N, C, L) over samples and time (float64 sums); std floored at
-        STD_FLOOR."""
-        if X.ndim != 3:
-            raise cls.error(f"X has shape {X.shape}; expected (N, C, L)")
-        X64 = np.asarray(X, dtype=np.float64)
+        """Statistics of X (N, *sample) over samples and every axis but the channel axis
+        (float64 sums); std floored at STD_FLOOR."""
+        if not 2 <= X.ndim <= MAX_RANK + 1:
+            raise cls.error(f"X has shape {X.shape}; expected (N, F), (N, C, L) or "
+                            "(N, C, H, W)")
+        X64 = per_channel(np.asarray(X, dtype=np.float64), X.ndim - 1)  # (N, C, M)
         mean = X64.mean(axis=(0, 2))  # (C,)
         std = np.maximum(X64.std(axis=(0, 2)), STD_FLOOR)  # (C,)
-        return cls(mean=mean.astype(np.float32), std=std.astype(np.float32))
+        return cls(mean=mean.astype(np.float32), std=std.astype(np.float32), rank=X.ndim - 1)
 
     @classmethod
-    def from_preprocessing(cls, pre: Preprocessing | None, channels: int) -> Normalizer:
-        """From a manifest's preprocessing record; the identity when it is None."""
+    def from_preprocessing(cls, pre: Preprocessing | None, channels: int,
+                           rank: int | None = None) -> Normalizer:
+        """From a manifest's preprocessing record; the identity when it is None. `rank`
+        (the model's sample rank) defaults to the record's, else 2 (windows)."""
         if pre is None:
-            return cls(mean=np.zeros(channels, np.float32), std=np.ones(channels, np.float32))
-        return cls(*check_stats(pre.mean, pre.std, channels=channels, error=cls.error))
+            return cls(mean=np.zeros(channels, np.float32), std=np.ones(channels, np.float32),
+                       rank=rank or 2)
+        if rank is not None and rank != pre.rank:
+            raise cls.error(f"preprocessing is for samples of shape {list(pre.sample_shape)}; "
+                            f"the model takes samples of {rank} axes")
+        return cls(*check_stats(pre.mean, pre.std, channels=channels, error=cls.error),
+                   rank=pre.rank)
 
     def to_dict(self) -> dict[str, list[float]]:
         """{"mean": [...], "std": [...]}, JSON-able."""
@@ -131,11 +188,14 @@ class Normalizer:
         return cls(*check_stats(data["mean"], data["std"], error=error))
 
     def apply(self, values: np.ndarray) -> np.ndarray:
-        """values (C, L) or (N, C, L) -> float32 of the same shape."""
-        channels = self.mean.shape[0]
-        if values.ndim not in (2, 3) or values.shape[-2] != channels:
-            raise self.error(f"values have shape {values.shape}; expected (..., {channels}, L):"
-                             f" one window (C, L) or a batch (N, C, L)")
-        # mean[:, None] (C, 1) broadcasts over time and, for (N, C, L), over the batch too
-        out = (values.astype(np.float32, copy=False) - self.mean[:, None]) / self.std[:, None]
+        """values: one sample (C, *rest) or a batch (N, C, *rest) -> float32, same shape."""
+        channels, rank = self.mean.shape[0], self.rank
+        if values.ndim not in (rank, rank + 1) or values.shape[values.ndim - rank] != channels:
+            sample = ", ".join([str(channels), *_OTHER_AXES[rank]])
+            raise self.error(f"values have shape {values.shape}; expected (..., {sample}): "
+                             f"one sample ({sample}) or a batch (N, {sample})")
+        # mean (C, 1, ...) broadcasts over the other axes and over the batch too
+        tail = (channels,) + (1,) * (rank - 1)
+        out = ((values.astype(np.float32, copy=False) - self.mean.reshape(tail))
+               / self.std.reshape(tail))
         return out.astype(np.float32, copy=False)

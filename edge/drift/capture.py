@@ -155,7 +155,8 @@ class Capture:
         return cached[1]
 
     def offer(self, record: Record, x: np.ndarray) -> bool:
-        """Queue one window (C, L) for the writer; False (counted) when the queue is full."""
+        """Queue one raw sample (C, L) (any sample shape) for the writer; False (counted)
+        when the queue is full."""
         try:
             self.queue.put_nowait((record, x))
             return True

@@ -5,7 +5,7 @@
 
 The npz is the training format `edge-export train --data` reads (docs/DATA.md):
 
-    X (N, C, L) float32   raw windows, as they arrived (before normalisation)
+    X (N, *sample) float32  raw samples ((N, C, L) windows ...), as they arrived
     y (N,) str            the PREDICTED class names: provisional labels, to be checked
     class_names (K,) str  the model's classes, when every exported record shares them
     line, adapter, reason, drift_state, id (N,) str; version (N,) int64 (-1: the base);
@@ -32,7 +32,7 @@ from .capture_store import CaptureStore, Record
 @dataclass
 class ExportSummary:
     windows: int
-    shape: tuple[int, int]  # (C, L)
+    shape: tuple[int, ...]  # the sample shape: (F,), (C, L) or (C, H, W)
     classes: int  # distinct predicted classes among them
     left_out: int  # records of another window shape
 
@@ -70,7 +70,7 @@ def export_npz(store: CaptureStore, out: Path, *, line: str | None = None,
     kept = [(r, x) for r, x in records if x.shape == shape]
     recs = [r for r, _ in kept]
     arrays = {
-        "X": np.stack([x for _, x in kept]).astype(np.float32),  # (N, C, L)
+        "X": np.stack([x for _, x in kept]).astype(np.float32),  # (N, *sample)
         "y": np.array([r.predicted for r in recs], dtype=str),
         "line": np.array([r.line for r in recs], dtype=str),
         "adapter": np.array([r.adapter for r in recs], dtype=str),

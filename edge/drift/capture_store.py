@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import struct
 import threading
 import zlib
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import atomic_write
+from ..contract.shapes import sample_shape_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,8 @@ MAX_HEADER = 1 << 20  # a header past this is not one of ours
 
 @dataclass
 class Record:
-    """One captured window's fields (the window itself travels beside it, (C, L) float32)."""
+    """One captured window's fields (the sample itself travels beside it, float32 of the
+    model's sample shape: (F,), (C, L) or (C, H, W))."""
 
     line: str
     adapter: str  # "base" for the base model
@@ -60,7 +63,7 @@ class Record:
 
 
 def encode(record: Record, x: np.ndarray) -> bytes:
-    """The file bytes of a record and its window x (C, L)."""
+    """The file bytes of a record and its sample x (C, L) (or any sample shape)."""
     data = np.ascontiguousarray(x, "<f4").tobytes()
     head = {**asdict(record), "shape": list(x.shape), "crc32": zlib.crc32(data)}
     head_bytes = json.dumps(head, separators=(",", ":"), allow_nan=False).encode()
@@ -68,7 +71,8 @@ def encode(record: Record, x: np.ndarray) -> bytes:
 
 
 def decode(blob: bytes) -> tuple[Record, np.ndarray]:
-    """(record, x (C, L) float32) of a file's bytes; ValueError saying what is wrong."""
+    """(record, x float32 of the recorded sample shape) of a file's bytes; ValueError saying
+    what is wrong."""
     if blob[:4] != MAGIC or len(blob) < 8:
         raise ValueError("not a capture record")
     (n,) = _LEN.unpack_from(blob, 4)
@@ -77,7 +81,7 @@ def decode(blob: bytes) -> tuple[Record, np.ndarray]:
     head = json.loads(blob[8:8 + n])
     shape, crc = tuple(head.pop("shape")), head.pop("crc32")
     data = blob[8 + n:]
-    if len(shape) != 2 or len(data) != 4 * shape[0] * shape[1]:
+    if sample_shape_problem(shape) or len(data) != 4 * math.prod(shape):
         raise ValueError(f"{len(data)} data bytes for shape {shape}: cut short")
     if zlib.crc32(data) != crc:
         raise ValueError("CRC mismatch")

@@ -3,7 +3,7 @@ the model's DriftProfile (edge/drift/profile.py), and an ok / warn / drift state
 hysteresis.
 
     monitor = DriftMonitor(profile, MonitorSettings())
-    mean, std = window_stats(x)                 # x (n, C, L) raw, before normalisation
+    mean, std = window_stats(x, rank)           # x (n, *sample) raw, before normalisation
     ood = monitor.distances(features)           # features (n, D) -> (n,), or None
     ev = monitor.observe(mean, std, top, cls, ood)  # top (n,) top softmax score, cls (n,)
     if ev is not None: ev.state, ev.changed, ev.indicators
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..contract.shapes import per_channel
 from .features import FeatureScorer
 from .profile import DriftProfile, Histogram, bin_counts, psi
 
@@ -93,9 +94,13 @@ class Evaluation:
         return self.state != self.previous
 
 
-def window_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std (n, C) of raw windows x (n, C, L), in float64."""
-    return x.mean(axis=2, dtype=np.float64), x.std(axis=2, dtype=np.float64)
+def window_stats(x: np.ndarray, rank: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (n, C) of raw samples x (n, *sample) of `rank` axes, in
+    float64, over every axis but the channel axis. For feature vectors (F,) the "channels"
+    are the features: the mean is each feature's value and the std is 0 (only the
+    window_mean histograms then carry information)."""
+    flat = per_channel(x, rank)  # (n, C, M)
+    return flat.mean(axis=2, dtype=np.float64), flat.std(axis=2, dtype=np.float64)
 
 
 def corrected_psi(hist: Histogram | list[float], n_ref: int, values: np.ndarray | None = None,

@@ -21,7 +21,8 @@ def _shape(value: str | None) -> tuple[int, ...] | None:
     try:
         return tuple(int(v) for v in value.split(","))
     except ValueError:
-        raise ConfigError(f"--input-shape {value!r}: expected integers like 3,128") from None
+        raise ConfigError(f"--input-shape {value!r}: expected 1 to 3 integers: F (feature "
+                          "vectors), C,L (windows) or C,H,W (images), like 3,128") from None
 
 
 def _echo_report(report) -> None:
@@ -38,7 +39,8 @@ _base_options = [
                  help="firmware_configs/<device>.toml: opset, precision, batch, max rank."),
     click.option("--atol", type=float, help="Parity tolerance [default: 1e-4 fp32, 1e-2 fp16]."),
     click.option("--data", help="Real samples for the parity check (.npz, .ts, ucr:NAME:test)."),
-    click.option("--input-shape", help="C,L of one sample when --base is not the reference."),
+    click.option("--input-shape", help="One sample's shape when --base is not the reference: "
+                 "F (feature vectors), C,L (windows) or C,H,W (images)."),
     click.option("--force", is_flag=True, help="Overwrite --out."),
 ]
 

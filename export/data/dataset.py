@@ -1,4 +1,5 @@
-"""`SensorDataset` and `load_dataset`: any supported file as validated (N, C, L) windows.
+"""`SensorDataset` and `load_dataset`: any supported file as validated (N, C, L) windows,
+or, from `.npz` files, (N, F) feature vectors and (N, C, H, W) images.
 
 Sources: `.npz` (export/data/npz.py), UCR/UEA `.ts` and `ucr:NAME:train|test` (ts.py), CSV
 and Parquet tables in the wide or the long shape (tables.py, wide.py, long.py; pyarrow is
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.contract.shapes import describe
 from edge.errors import ConfigError, DataError
 
 from .columns import TableColumns
@@ -28,7 +30,9 @@ SUPPORTED = ".npz, .ts, .csv, .csv.gz, .parquet or .pq file or ucr:NAME:train|te
 
 @dataclass
 class SensorDataset:
-    """Validated windows `X` float32 (N, C, L) with labels `y` int64 (N,) in [0, K)."""
+    """Validated samples `X` float32 (N, *sample) with labels `y` int64 (N,) in [0, K): windows
+    (N, C, L), feature vectors (N, F) or images (N, C, H, W); `channel_names` name axis 0 of
+    a sample (the features of (N, F))."""
 
     X: np.ndarray
     y: np.ndarray
@@ -46,8 +50,17 @@ class SensorDataset:
         return int(self.X.shape[1])
 
     @property
-    def length(self) -> int:
-        return int(self.X.shape[2])
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.X.shape[1:])
+
+    @property
+    def is_windows(self) -> bool:
+        return self.X.ndim == 3
+
+    @property
+    def length(self) -> int | None:
+        """L of (N, C, L) windows; None for other samples."""
+        return int(self.X.shape[2]) if self.is_windows else None
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -83,13 +96,25 @@ def load_dataset(
         raise ConfigError(f"length must be a positive integer, got {length!r}")
     source = str(path_or_spec)
     raw = _read(source, length, columns or TableColumns())
-    X = to_fixed_length(raw.cases, length)  # (N, C, L) float32
+    X = _fixed(raw, length, source)  # (N, C, L) float32, or (N, F) / (N, C, H, W)
     check_finite(X, source)
     names, y = encode_labels(raw.labels, class_names, raw.file_classes, source)
     description = _describe(X, raw, source)
     log.info(description)
     return SensorDataset(X=X, y=y, class_names=names, channel_names=list(raw.channels),
                          source=source, description=description)
+
+
+def _fixed(raw: RawWindows, length: int | None, source: str) -> np.ndarray:
+    """Windows resampled to one length; other samples (an npz's (N, F) or (N, C, H, W)) as
+    they are: `length` applies to windows only."""
+    if isinstance(raw.cases, np.ndarray) and raw.cases.ndim != 3:
+        if length is not None:  # asked by --length, or by a base that takes windows
+            raise DataError(f"{source}: X has shape {raw.cases.shape} (rank {raw.cases.ndim}), "
+                            f"not (N, C, L) windows: a length ({length}) applies to windows "
+                            "only")
+        return raw.cases.astype(np.float32)
+    return to_fixed_length(raw.cases, length)
 
 
 def _read(source: str, length: int | None, columns: TableColumns) -> RawWindows:
@@ -118,6 +143,9 @@ def _read_table(path: Path, length: int | None, columns: TableColumns) -> RawWin
 
 def _describe(X: np.ndarray, raw: RawWindows, source: str) -> str:
     """`read 40 windows x 6 channels x 100 samples from X (how)`, resampling said."""
+    if X.ndim != 3:  # feature vectors or images: never resampled
+        return (f"read {len(X)} sample{'s' * (len(X) != 1)} of {describe(X.shape[1:])} from "
+                f"{source} ({raw.detail})")
     n, c, length = X.shape
     lengths = sorted({case.shape[-1] for case in raw.cases})
     resampled = "" if lengths == [length] else (

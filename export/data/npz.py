@@ -1,4 +1,5 @@
-"""`.npz` files: arrays `X` (N, C, L), `y` (N,), optional `class_names`, `channel_names`."""
+"""`.npz` files: arrays `X` (N, C, L) windows, (N, F) feature vectors or (N, C, H, W) images,
+`y` (N,), optional `class_names`, `channel_names` (for (N, F): the feature names)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.contract.shapes import MAX_RANK
 from edge.errors import DataError
 
 from .windows import RawWindows
 
 
 def load_npz(path: Path) -> RawWindows:
-    """An npz without pickles as raw windows (N, C, L) float64."""
+    """An npz without pickles as raw samples (N, *sample) float64."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
@@ -30,10 +32,11 @@ def load_npz(path: Path) -> RawWindows:
             f"(found: {', '.join(sorted(arrays)) or 'nothing'})"
         )
     X, y = arrays["X"], arrays["y"]
-    if X.ndim != 3:
-        raise DataError(f"{path}: X has shape {X.shape} (rank {X.ndim}); expected (N, C, L)")
-    if X.shape[0] == 0 or X.shape[1] == 0 or X.shape[2] == 0:
-        raise DataError(f"{path}: X has shape {X.shape}; expected (N, C, L) with no zero size")
+    if not 2 <= X.ndim <= MAX_RANK + 1:
+        raise DataError(f"{path}: X has shape {X.shape} (rank {X.ndim}); expected (N, C, L) "
+                        "windows, (N, F) feature vectors or (N, C, H, W) images")
+    if 0 in X.shape:
+        raise DataError(f"{path}: X has shape {X.shape}; expected no zero size")
     if X.dtype.kind not in "fiu":
         raise DataError(f"{path}: X has dtype {X.dtype}; expected numbers (float32)")
     if y.ndim != 1 or len(y) != len(X):

@@ -7,14 +7,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge.contract.shapes import where
 from edge.errors import DataError
 
 
 @dataclass
 class RawWindows:
-    """What a reader found: N windows (C, L_i) float64 (NaN = missing), their label strings
-    (N,), the channel names (C), the file's own class list if it declares one, and a few words
-    on how the file was read (echoed after loading)."""
+    """What a reader found: N windows (C, L_i) float64 (NaN = missing), or an npz's samples
+    (N, F) / (N, C, H, W) as one array, their label strings (N,), the names along axis 0 of a
+    sample (C channels, F features), the file's own class list if it declares one, and a few
+    words on how the file was read (echoed after loading)."""
 
     cases: np.ndarray | list[np.ndarray]
     labels: np.ndarray
@@ -62,14 +64,19 @@ def _resample(series: np.ndarray, length: int) -> np.ndarray:
 
 
 def check_finite(X: np.ndarray, source: str) -> None:
-    """Raise DataError on NaN/Inf left in X (N, C, L), naming the first one."""
+    """Raise DataError on NaN/Inf left in X (N, *sample), naming the first one."""
     bad = ~np.isfinite(X)
     if bad.any():
-        n, c, t = (int(v) for v in np.argwhere(bad)[0])
-        raise DataError(
-            f"{source}: X holds {int(bad.sum())} NaN/Inf value(s) left after interpolating "
-            f"missing values (first: sample {n}, channel {c}, step {t})"
-        )
+        first = np.argwhere(bad)[0]
+        if X.ndim == 3:  # windows: missing values were interpolated, what is left is not
+            n, c, t = (int(v) for v in first)
+            raise DataError(
+                f"{source}: X holds {int(bad.sum())} NaN/Inf value(s) left after interpolating "
+                f"missing values (first: sample {n}, channel {c}, step {t})"
+            )
+        raise DataError(f"{source}: X holds {int(bad.sum())} NaN/Inf value(s) (first: sample "
+                        f"{int(first[0])}, {where(X.ndim - 1, first[1:])}); only windows "
+                        "(N, C, L) have missing values interpolated")
 
 
 def label_key(label: str) -> tuple[int, float, str]:

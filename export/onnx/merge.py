@@ -20,6 +20,7 @@ from edge import __version__
 from edge.bundle import Manifest, TensorSpec
 from edge.config import Export, load_config
 from edge.contract import Preprocessing
+from edge.contract.shapes import as_text, sample_shape_problem
 from edge.drift import DriftProfile
 from edge.engine import Engine
 from edge.errors import AdapterRejected, ConfigError, ExportError
@@ -77,13 +78,18 @@ def load_settings(target: str | Path | None, *, max_rank: int | None = None,
 
 
 def input_shape(model: nn.Module, given: tuple[int, ...] | None) -> tuple[int, ...]:
-    """(C, L) of one sample: `--input-shape`, else the reference model's config."""
+    """The shape of one sample, without the batch axis ((F,), (C, L) or (C, H, W)):
+    `--input-shape`, else the reference model's config."""
     if given:
+        problem = sample_shape_problem(tuple(given))
+        if problem:
+            raise ConfigError(f"--input-shape {as_text(given)}: {problem}")
         return tuple(given)
     config = getattr(model, "config", None)
     if isinstance(config, dict) and {"in_channels", "length"} <= set(config):
         return (int(config["in_channels"]), int(config["length"]))
-    raise ConfigError("cannot tell the model's input shape; pass --input-shape C,L")
+    raise ConfigError("cannot tell the model's input shape; pass --input-shape (F for "
+                      "feature vectors, C,L for windows, C,H,W for images)")
 
 
 def sample_inputs(shape: tuple[int, ...], settings: ExportSettings,
@@ -237,12 +243,18 @@ def _profile(adapter_dir, channels: int) -> DriftProfile | None:
 
 def real_samples(data: str | Path | None, meta: dict, shape: tuple[int, ...],
                  n: int = 8) -> np.ndarray | None:
-    """A few real windows from `--data`, normalised as the adapter was trained."""
+    """A few real samples (n, *shape) from `--data`, normalised as the adapter was trained;
+    a sample shape other than the model's is an error naming --data."""
     if data is None:
         return None
     from export.data import ChannelStats, load_dataset
 
-    ds = load_dataset(data, length=shape[-1])
+    ds = load_dataset(data)
+    if ds.is_windows and len(shape) == 2 and ds.length != shape[1]:
+        ds = load_dataset(data, length=shape[1])  # windows resampled to the model's length
+    if ds.sample_shape != tuple(shape):
+        raise ConfigError(f"--data {data}: samples of shape {list(ds.sample_shape)}; the "
+                          f"model takes {list(shape)} (--input-shape)")
     pre = Preprocessing.from_dict(meta.get("preprocessing"))
     # stats of this data only when the adapter recorded none; apply checks the channel count
     norm = ChannelStats.from_data(ds.X) if pre is None else ChannelStats.from_preprocessing(
