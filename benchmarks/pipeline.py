@@ -14,7 +14,9 @@ min(a, b), and p99 at half load < 3 x batching.max_wait_ms.
 
 Then drift monitoring's cost (benchmarks/pipeline_drift.py): (c) against two fresh
 runtimes, `[drift] enabled = true` and `false`, in `--drift-rounds` interleaved rounds of
-`--drift-seconds`. Target: msg/s with drift on >= 0.95 x off.
+`--drift-seconds`. Target: msg/s with drift on >= 0.95 x off. And plant integration's
+(benchmarks/pipeline_integration.py): Sparkplug B and Prometheus on against off, the same
+way. Target: >= 0.9 x off.
 
     .venv/bin/python benchmarks/pipeline.py [--bundle DIR] [--seconds 3] [--in-process]
         [--rounds 5] [--drift-rounds 5]
@@ -40,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from pipeline_drift import drift_cost, drift_table  # noqa: E402
+from pipeline_integration import integration_cost, integration_table  # noqa: E402
 from pipeline_load import RAW_TOPIC, SPAN, WINDOW, Payloads, RunningService, measure  # noqa: E402
 from reference_bundle import build_bundle, sample_windows  # noqa: E402
 from report import machine_line, write_section  # noqa: E402
@@ -178,10 +181,12 @@ def run_all(work: Path, port: int, bundle: Path, args) -> dict:
                          **summarise(rounds, b)})
     finally:
         service.stop_checked()
-    drift = drift_cost(work, port, bundle, sections, LINE,
-                       {r["kind"]: r["half"]["rate"] for r in rows}, args.drift_seconds,
+    half_rates = {r["kind"]: r["half"]["rate"] for r in rows}
+    drift = drift_cost(work, port, bundle, sections, LINE, half_rates, args.drift_seconds,
                        args.drift_rounds, args.in_process)
-    return {"rows": rows, "drift": drift}
+    integration = integration_cost(work, port, bundle, sections, LINE, half_rates,
+                                   args.drift_seconds, args.drift_rounds, args.in_process)
+    return {"rows": rows, "drift": drift, "integration": integration}
 
 
 def interleaved_rounds(port: int, payloads: Payloads, rounds: int, seconds: float
@@ -252,7 +257,8 @@ def report(res: dict, args) -> str:
             "otherwise the spread is too wide and the verdict says \"cannot judge\". "
             "(a) max / min is the spread of the baseline itself across rounds.\n\n"
             + table(res["rows"]) + "\n"
-            + drift_table(res["drift"], args.drift_seconds))
+            + drift_table(res["drift"], args.drift_seconds) + "\n"
+            + integration_table(res["integration"], args.drift_seconds))
 
 
 def mosquitto_version() -> str:

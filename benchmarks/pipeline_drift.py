@@ -28,8 +28,8 @@ from edge.contract.topics import ANY
 from edge.drift.capture_store import SUFFIX
 from export.demo.local_broker import subscriber, write_runtime_config
 
-SIDES = {"on": TopicLayout("bench-on", "gw-drift-on"),
-         "off": TopicLayout("bench-off", "gw-drift-off")}
+SIDES = {"on": TopicLayout("bench-on", "gw-bench-on"),
+         "off": TopicLayout("bench-off", "gw-bench-off")}
 TARGET = 0.95  # median msg/s with drift on / with it off
 EVALUATED = ("ok", "warn", "drift")  # states of a line the monitor has evaluated
 
@@ -52,27 +52,27 @@ class DriftDocs:
         self.client.loop_stop()
 
 
-def _start(work: Path, port: int, bundle: Path, sections: dict, side: str,
-           in_process: bool) -> RunningService:
+def start_side(work: Path, port: int, bundle: Path, sections: dict, side: str,
+               extra: dict, in_process: bool) -> RunningService:
     """One runtime: `sections` (lines, device, batching, limits, topics) as pipeline.py's,
-    this side's prefix and device id, and drift on or off."""
-    layout, directory = SIDES[side], work / f"drift-{side}"
+    this side's prefix and device id, and `extra` sections on top."""
+    layout, directory = SIDES[side], work / f"{work.name}-{side}"
     directory.mkdir(parents=True, exist_ok=True)
     topics = {**sections.get("topics", {}), "prefix": layout.prefix}
     config = write_runtime_config(directory, port=port, bundle=bundle, device_id=layout.device,
-                                  **{**sections, "topics": topics},
-                                  drift={"enabled": side == "on"})
+                                  **{**sections, "topics": topics, **extra})
     return RunningService(config, in_process, directory / "service.log")
 
 
-def drift_cost(work: Path, port: int, bundle: Path, sections: dict, line: str,
-               half_rates: dict[str, float], seconds: float, rounds: int,
-               in_process: bool = False) -> dict:
-    """For each payload kind (`half_rates`: kind -> the open-loop rate), `rounds` rounds of
-    both sides; the runs, the drift docs seen and the windows the "on" side captured."""
-    services = {side: _start(work, port, bundle, sections, side, in_process)
+def on_off_runs(work: Path, port: int, bundle: Path, sections: dict, line: str,
+                half_rates: dict[str, float], seconds: float, rounds: int,
+                extra: dict[str, dict], in_process: bool = False) -> list[dict]:
+    """Two fresh runtimes, `extra["on"]` and `extra["off"]` sections on top of `sections`:
+    for each payload kind (`half_rates`: kind -> the open-loop rate), `rounds` interleaved
+    rounds of both sides (on, off, then off, on, ...)."""
+    work.mkdir(parents=True, exist_ok=True)
+    services = {side: start_side(work, port, bundle, sections, side, extra[side], in_process)
                 for side in SIDES}
-    docs = DriftDocs(port)
     runs = []
     try:
         for side, service in services.items():
@@ -88,10 +88,24 @@ def drift_cost(work: Path, port: int, bundle: Path, sections: dict, line: str,
                     runs.append({"kind": kind, "round": r, "side": side, "closed": full,
                                  "half": half})
     finally:
-        docs.close()
         for service in services.values():
             service.stop_checked()
-    capture = work / "drift-on" / "state" / "capture"
+    return runs
+
+
+def drift_cost(work: Path, port: int, bundle: Path, sections: dict, line: str,
+               half_rates: dict[str, float], seconds: float, rounds: int,
+               in_process: bool = False) -> dict:
+    """Drift on against off: the runs, the drift docs seen and the windows the "on" side
+    captured."""
+    docs = DriftDocs(port)
+    try:
+        runs = on_off_runs(work / "drift", port, bundle, sections, line, half_rates, seconds,
+                           rounds, {side: {"drift": {"enabled": side == "on"}}
+                                    for side in SIDES}, in_process)
+    finally:
+        docs.close()
+    capture = work / "drift" / "drift-on" / "state" / "capture"
     res = {"runs": runs, "drift": _checked(docs.docs, line),
            "captured": sum(1 for _ in capture.glob(f"*{SUFFIX}")) if capture.is_dir() else 0}
     res["rows"] = summary(runs)
@@ -139,7 +153,7 @@ def summary(runs: list[dict]) -> list[dict]:
 def drift_table(res: dict, seconds: float) -> str:
     """The comparison's paragraph and table (markdown)."""
     drift = res["drift"]
-    head = (f"Drift monitoring on against off: two fresh edge-runtimes on the same broker, "
+    return (f"Drift monitoring on against off: two fresh edge-runtimes on the same broker, "
             f"bundle and line, `[drift] enabled = true` (defaults: window, thresholds, the "
             f"capture store on) and `false`, in {res['rows'][0]['rounds']} interleaved rounds "
             f"per payload (on, off, then off, on, ...) of {seconds:g} s closed loop and "
@@ -148,17 +162,24 @@ def drift_table(res: dict, seconds: float) -> str:
             f"{' / '.join(drift['states'])} (last: {drift['last_state']} after "
             f"{drift['windows']} windows, {drift['messages']} drift messages); it captured "
             f"{res['captured']} windows. Target: on / off >= {TARGET:g}.\n\n"
-            "| payload | on msg/s | off msg/s | on / off | per-round on / off | "
-            "half load msg/s | on p99 ms, half load | off p99 ms, half load | "
-            "lost / errors | target |\n"
-            "|---|---:|---:|---:|---|---:|---:|---:|---:|---|\n")
+            + on_off_rows(res["rows"], TARGET))
+
+
+ON_OFF_HEAD = ("| payload | on msg/s | off msg/s | on / off | per-round on / off | "
+               "half load msg/s | on p99 ms, half load | off p99 ms, half load | "
+               "lost / errors | target |\n"
+               "|---|---:|---:|---:|---|---:|---:|---:|---:|---|\n")
+
+
+def on_off_rows(rows: list[dict], target: float) -> str:
+    """The table of an on / off comparison (summary's rows) against `target`."""
     lines = []
-    for r in res["rows"]:
-        ok = r["ratio"] >= TARGET
+    for r in rows:
+        ok = r["ratio"] >= target
         lines.append(f"| {r['kind']} | {r['rate']['on']:,.0f} | {r['rate']['off']:,.0f} | "
                      f"{r['ratio']:.3f} | {min(r['round_ratios']):.2f} .. "
                      f"{max(r['round_ratios']):.2f} | {r['half_rate']:,.0f} | "
                      f"{r['p99']['on']:.1f} | {r['p99']['off']:.1f} | "
                      f"{r['lost']} / {r['errors']} | {'pass' if ok else 'FAIL'} "
-                     f"({'>=' if ok else '<'} {TARGET:g}) |")
-    return head + "\n".join(lines) + "\n"
+                     f"({'>=' if ok else '<'} {target:g}) |")
+    return ON_OFF_HEAD + "\n".join(lines) + "\n"

@@ -1,0 +1,97 @@
+"""Plant integration's cost in the pipeline: two fresh edge-runtimes on one broker serving
+the same bundle and line, one with Sparkplug B (`[sparkplug]`, alongside the JSON topics, a
+SCADA-like subscriber on spBv1.0/#) and Prometheus (`[metrics]`, scraped every second as a
+busy Prometheus would) on, and one with both off, in interleaved short rounds (on, off,
+then off, on, ...). Target (issue 16): median msg/s on / off >= 0.9.
+
+    res = integration_cost(work, port, bundle, sections, line, half_rates, seconds, rounds)
+    integration_table(res, seconds) -> markdown
+
+The comparison is empty unless both ran: the "on" runtime must have published DDATA and
+answered scrapes; otherwise RuntimeError.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from pathlib import Path
+
+from pipeline_drift import on_off_rows, on_off_runs, summary
+
+from export.demo.local_broker import free_port, subscriber
+
+TARGET = 0.9  # median msg/s with Sparkplug and metrics on / with both off
+SCRAPE_S = 1.0
+
+
+class Scraper:
+    """GET /metrics every SCRAPE_S on a thread; counts the answers and the failures."""
+
+    def __init__(self, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/metrics"
+        self.ok, self.failed, self.bytes = 0, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SCRAPE_S):
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as answer:
+                    self.bytes += len(answer.read())
+                    self.ok += 1
+            except OSError:
+                self.failed += 1  # before the runtime listens, or refused
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class SparkplugCount:
+    """Counts the Sparkplug messages of the "on" runtime, by type (NBIRTH, DBIRTH, DDATA)."""
+
+    def __init__(self, port: int) -> None:
+        self.counts: dict[str, int] = {}
+        self.client = subscriber(port, ["spBv1.0/#"], self._on_message)
+
+    def _on_message(self, c, userdata, msg) -> None:
+        kind = msg.topic.split("/")[2]
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def integration_cost(work: Path, port: int, bundle: Path, sections: dict, line: str,
+                     half_rates: dict[str, float], seconds: float, rounds: int,
+                     in_process: bool = False) -> dict:
+    metrics_port = free_port()
+    extra = {"on": {"sparkplug": {"enabled": True, "group_id": "bench"},
+                    "metrics": {"enabled": True, "port": metrics_port}}, "off": {}}
+    spb, scraper = SparkplugCount(port), Scraper(metrics_port)
+    try:
+        runs = on_off_runs(work / "integration", port, bundle, sections, line, half_rates,
+                           seconds, rounds, extra, in_process)
+    finally:
+        scraper.close()
+        spb.close()
+    if not spb.counts.get("DDATA") or not scraper.ok:
+        raise RuntimeError(f"the comparison is empty: Sparkplug messages {spb.counts}, "
+                           f"scrapes answered {scraper.ok}")
+    return {"runs": runs, "rows": summary(runs), "sparkplug": spb.counts,
+            "scrapes": scraper.ok, "scrape_bytes": scraper.bytes // max(scraper.ok, 1)}
+
+
+def integration_table(res: dict, seconds: float) -> str:
+    spb = ", ".join(f"{k} {v:,}" for k, v in sorted(res["sparkplug"].items()))
+    return (f"Plant integration on against off: two fresh edge-runtimes on the same broker, "
+            f"bundle and line, one with `[sparkplug]` (alongside the JSON topics) and "
+            f"`[metrics]` on, scraped every {SCRAPE_S:g} s, the other with both off, in "
+            f"{res['rows'][0]['rounds']} interleaved rounds per payload of {seconds:g} s "
+            f"closed loop and {seconds:g} s at half load; medians over rounds. The \"on\" "
+            f"runtime published {spb} and answered {res['scrapes']} scrapes of "
+            f"{res['scrape_bytes']:,} bytes. Target: on / off >= {TARGET:g}.\n\n"
+            + on_off_rows(res["rows"], TARGET))
