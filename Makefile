@@ -12,7 +12,7 @@ PACKAGE_FILES := pyproject.toml $(shell find edge export -type f -not -path '*/_
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test lint bench venv gateway-venv mosquitto chromium clean
+.PHONY: demo test lint bench venv gateway-venv mosquitto chromium node-red clean
 
 # $(call new_venv,DIR): python3 -m venv DIR, installing Debian's python3-venv when it lacks.
 define new_venv
@@ -52,10 +52,23 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
+# Node-RED for tests/test_node_red.py (the example flow of deploy/node-red/, run headless):
+# node and npm from Debian's packages when missing (Node-RED 4.1 runs on node >= 18.5), then
+# exactly the versions of tests/js/node-red/package-lock.json; node_modules is not committed.
+NODE_RED_DIR := tests/js/node-red
+
+$(NODE_RED_DIR)/node_modules/.installed: $(NODE_RED_DIR)/package-lock.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm; }
+	cd $(NODE_RED_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+node-red: $(NODE_RED_DIR)/node_modules/.installed
+
 # The full suite, then the gateway's tests in the gateway venv (tests/conftest.py: no torch
 # there, bundles from tests/data, a skip fails), by its bin/pytest and without PYTHONPATH:
 # `python -m pytest` or PYTHONPATH would import this tree instead of the installed copy.
-test: venv gateway-venv mosquitto chromium
+test: venv gateway-venv mosquitto chromium node-red
 	$(PY) -m pytest
 	env -u PYTHONPATH EDGE_TESTS=gateway $(GATEWAY_VENV)/bin/pytest
 
