@@ -12,7 +12,7 @@ PACKAGE_FILES := pyproject.toml $(shell find edge export -type f -not -path '*/_
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test lint bench venv gateway-venv mosquitto chromium sparkplug-js clean
+.PHONY: demo test lint bench venv gateway-venv mosquitto chromium js clean
 
 # $(call new_venv,DIR): python3 -m venv DIR, installing Debian's python3-venv when it lacks.
 define new_venv
@@ -52,21 +52,25 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 
-# Eclipse Tahu's Sparkplug B decoder for tests/test_sparkplug.py: node and npm from Debian's
-# packages, then the locked npm packages (tests/js/sparkplug/package-lock.json).
-SPARKPLUG_JS := tests/js/sparkplug
-$(SPARKPLUG_JS)/node_modules/.installed: $(SPARKPLUG_JS)/package-lock.json
+# The JavaScript the tests run as the other side of an integration, each folder with its
+# committed package-lock.json (node_modules is not committed): Eclipse Tahu's Sparkplug B
+# decoder (tests/test_sparkplug.py) and Node-RED 4.1, which runs on node >= 18.5
+# (tests/test_node_red.py, the flow of deploy/node-red/ run headless). node and npm come from
+# Debian's packages when missing.
+JS_DIRS := tests/js/sparkplug tests/js/node-red
+
+tests/js/%/node_modules/.installed: tests/js/%/package-lock.json
 	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm; }
-	cd $(SPARKPLUG_JS) && npm ci --no-audit --no-fund
+	cd tests/js/$* && npm ci --no-audit --no-fund
 	touch $@
 
-sparkplug-js: $(SPARKPLUG_JS)/node_modules/.installed
+js: $(JS_DIRS:%=%/node_modules/.installed)
 
 # The full suite, then the gateway's tests in the gateway venv (tests/conftest.py: no torch
 # there, bundles from tests/data, a skip fails), by its bin/pytest and without PYTHONPATH:
 # `python -m pytest` or PYTHONPATH would import this tree instead of the installed copy.
-test: venv gateway-venv mosquitto chromium sparkplug-js
+test: venv gateway-venv mosquitto chromium js
 	$(PY) -m pytest
 	env -u PYTHONPATH EDGE_TESTS=gateway $(GATEWAY_VENV)/bin/pytest
 

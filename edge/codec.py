@@ -22,6 +22,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic_core import from_json
@@ -35,6 +36,9 @@ from .contract.shapes import (
     where,
 )
 from .errors import BadMessage, ConfigError
+
+if TYPE_CHECKING:  # the payload types (docs/schemas/); nothing of them runs per message
+    from .contract.payloads import DriftChange, DriftEvent, ErrorReport, Result
 
 __all__ = [
     "InputSpec",
@@ -416,7 +420,7 @@ def encode_result(
         raise ValueError(f"{probs.shape[0]} scores for {len(labels)} labels")
     finite = np.isfinite(probs)
     best = int(np.argmax(np.where(finite, probs, -np.inf))) if finite.any() else None
-    doc = {
+    doc: Result = {
         "id": clean_text(id, MAX_ID_CHARS),
         "ts": ts,
         "line": line,
@@ -443,7 +447,7 @@ def clean_text(text: object, limit: int) -> str:
 def encode_error(*, id: str | None, topic: str, reason: str) -> bytes:
     """The errors-topic JSON: {"id", "topic", "reason", "ts"}; long fields are truncated and
     the reason is one line."""
-    doc = {
+    doc: ErrorReport = {
         "id": None if id is None else clean_text(id, MAX_ID_CHARS),
         "topic": clean_text(topic, MAX_TOPIC_CHARS),
         "reason": clean_text(" ".join(str(reason).split()), MAX_REASON_CHARS),
@@ -452,11 +456,11 @@ def encode_error(*, id: str | None, topic: str, reason: str) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def encode_event(doc: dict) -> bytes:
+def encode_event(doc: DriftChange) -> bytes:
     """The events-topic JSON: the event's fields (names and numbers the gateway made, not
     message content) and "ts"."""
-    return json.dumps({**doc, "ts": time.time()}, separators=(",", ":"),
-                      allow_nan=False).encode()
+    event: DriftEvent = {**doc, "ts": time.time()}
+    return json.dumps(event, separators=(",", ":"), allow_nan=False).encode()
 
 
 def best_effort_id(payload: bytes, user_properties: dict[str, str] | None) -> str | None:

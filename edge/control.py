@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .adapters import AdapterStore
 from .commands import MAX_COMMAND_BYTES, Command, parse_command, request_id
@@ -44,6 +44,9 @@ from .inbox import FolderWatcher
 from .line_state import LineState
 from .routing import RouteHolder, RoutingTable
 from .status import Counters
+
+if TYPE_CHECKING:  # the payload types (docs/schemas/)
+    from .contract.payloads import AdapterState, LastCommand
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class ControlPlane:
         self.settings, self.lines, self.routing, self.build = settings, lines, routing, build
         self.store, self.link, self.counters = store, link, counters
         self.queue: queue.Queue[Command | None] = queue.Queue(QUEUE_BOUND)
-        self.last: dict = {}
+        self.last: LastCommand = {}
         self._active: dict[str, tuple] = {}  # line -> (model key, since): when it took over
         self.max_put = settings.max_put
         self.topics = settings.topics
@@ -312,7 +315,7 @@ class ControlPlane:
                         for line, r in table.routes.items()
                         for key, since in [self._active.get(line, (None, now))]}
 
-    def state_doc(self) -> dict:
+    def state_doc(self) -> AdapterState:
         table = self.routing.current()
         if not self._active:
             self._note_active(table)

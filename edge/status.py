@@ -15,16 +15,21 @@ from __future__ import annotations
 import json
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import onnxruntime as ort
 
 from . import __version__
 
+if TYPE_CHECKING:  # the payload types (docs/schemas/)
+    from .contract.payloads import Stats
+
 
 def status_payload(state: str, device: str, *, reason: str | None = None,
                    details: dict | None = None, stamp: bool = True) -> bytes:
-    """The status JSON; `stamp=False` for the last will, whose time the broker decides."""
-    doc = {"state": state, "device": device}
+    """The status JSON (OnlineStatus or OfflineStatus in edge/contract/payloads.py);
+    `stamp=False` for the last will, whose time the broker decides."""
+    doc: dict = {"state": state, "device": device}
     if stamp:
         doc["ts"] = round(time.time(), 3)
     if reason is not None:
@@ -128,7 +133,7 @@ def stats_payload(device: str, counts: dict, elapsed: float, latency: dict,
     the number of messages waiting for the broker (None without an outbox)."""
     elapsed = max(elapsed, 1e-9)
     batches = counts["batches"]
-    doc = {
+    doc: Stats = {
         "device": device, "ts": round(time.time(), 3), "interval_s": round(elapsed, 3),
         "provider": provider,
         "messages_per_s": round(counts["results"] / elapsed, 2),

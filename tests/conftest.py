@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from gateway_data import HAVE_TORCH, PARTS, unpack
+from payload_recorder import PayloadRecorder, load_validators
 
 from export.demo.local_broker import BrokerMissing, start_broker, write_runtime_config
 
@@ -98,17 +99,35 @@ def _skip_reason(report) -> str:
     return str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
 
 
+@pytest.fixture(scope="session")
+def payload_validators() -> dict:
+    """{schema name: jsonschema validator} of docs/schemas/ (tests/payload_recorder.py)."""
+    return load_validators()
+
+
 @pytest.fixture
-def mosquitto(tmp_path):
+def mosquitto(tmp_path, request, payload_validators):
     """A fresh broker per test (no retained state leaks between tests). Its log is printed
-    at teardown, which pytest shows only for failing tests."""
+    at teardown, which pytest shows only for failing tests. A recorder on it checks, at
+    teardown, every payload the gateway published against docs/schemas/ (and the test's own
+    windows and commands when it is marked `valid_inputs`): a payload that breaks its
+    schema fails the test with the topic, the payload and the schema's complaint."""
     try:
         broker = start_broker(tmp_path / "mosquitto")
     except BrokerMissing as exc:
         pytest.skip(str(exc))
+    recorder = PayloadRecorder(
+        broker.port, inputs=request.node.get_closest_marker("valid_inputs") is not None)
     yield broker
-    broker.stop()
-    print(f"--- mosquitto log ({broker.conf}) ---\n{broker.log_text()}")
+    try:
+        problems = recorder.check(payload_validators)
+    finally:
+        recorder.close()
+        broker.stop()
+        print(f"--- mosquitto log ({broker.conf}) ---\n{broker.log_text()}")
+    if problems:
+        pytest.fail(f"{len(problems)} payload(s) break their schema (docs/schemas/):\n"
+                    + "\n".join(problems[:20]), pytrace=False)
 
 
 @pytest.fixture(scope="session")

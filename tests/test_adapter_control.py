@@ -39,6 +39,7 @@ def revoke_cli(port: int, key, version: int, reason: str = "saturates on lot 42"
         "--version", str(version), "--key", str(key), "--reason", reason, "--timeout", "20"])
 
 
+@pytest.mark.valid_inputs  # a signed revoke as edge-export writes it
 def test_revoke_withdraws_a_version_and_lines_fall_back(swap_config, started, mosquitto,
                                                         keys, basicmotions_bundle, tmp_path):
     """v2 and v3 accepted; line-a follows the newest (v3), line-d is pinned to v3. A signed

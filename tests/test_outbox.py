@@ -4,15 +4,16 @@ session keeps what came while the runtime was down, the outbox is sent after a r
 
 from __future__ import annotations
 
-import json
 import threading
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from reference_bundle import sample_windows
 from test_runtime import WAIT_S, Collector, Publisher, exactly_once
 
+from edge.codec import encode_result
 from edge.config import Config, OutboxSettings
 from edge.dedupe import Dedupe
 from edge.delivery import Delivery, properties_from_json, properties_json
@@ -174,8 +175,9 @@ def test_dedupe_and_the_outbox_survive_a_restart(runtime_config, mosquitto):
     assert collector.wait(lambda c: len(c.answers()) >= 1)
     first.stop(5)
     left = Outbox.open(first.cfg)  # answers a crash left behind, oldest first
-    left.commit([Outgoing("factory/line-b/inference", json.dumps({"id": f"k{i}"}).encode())
-                 for i in range(3)])
+    left.commit([Outgoing("factory/line-b/inference", encode_result(  # a result, as sent
+        id=f"k{i}", ts=None, line="line-b", adapter="base", adapter_version=None,
+        labels=["a", "b"], scores=np.array([0.25, 0.75]), latency_ms=1.0)) for i in range(3)])
     left.close()
     second = Service(config)
     try:

@@ -174,6 +174,7 @@ def exactly_once(answers: list[dict], ids: list[str]) -> None:
 # Results for real windows
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.valid_inputs  # real windows: they must match docs/schemas/sensor-window too
 def test_results_match_offline_engine(service, mosquitto, basicmotions_bundle, tmp_path):
     """Real test windows on two lines (adapter and base), sent as JSON and binary with paho
     and mosquitto_pub, read with paho and mosquitto_sub: one result each, same label and
@@ -262,6 +263,7 @@ def wait_until(predicate, timeout: float = WAIT_S) -> bool:
     return True
 
 
+@pytest.mark.valid_inputs
 def test_batches_group_rows_by_adapter(service, mosquitto):
     """Rows queued behind a held batch come out as one batch: one engine.run per model."""
     x, _, _ = sample_windows(8)

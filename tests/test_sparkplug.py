@@ -1,6 +1,6 @@
 """Sparkplug B mode against a real Mosquitto, every message decoded by an implementation this
 code does not share: Eclipse Tahu's JavaScript decoder (npm sparkplug-payload, run by node
-from tests/js/sparkplug; `make sparkplug-js` installs it with npm ci, `make test` first).
+from tests/js/sparkplug; `make js` installs it with npm ci, `make test` first).
 
 One gateway session goes through: births, results, a rebirth request, bad commands, its
 Sparkplug connection cut uncleanly (the will NDEATH, results waiting for the rebirth), and a
@@ -40,7 +40,7 @@ def tahu(args: list[str], doc: list) -> list:
     """Run tests/js/sparkplug/decode.js with `doc` as its stdin JSON."""
     node = shutil.which("node")
     if node is None or not (JS / "node_modules" / "sparkplug-payload").is_dir():
-        pytest.fail("node or tests/js/sparkplug/node_modules missing: run `make sparkplug-js`")
+        pytest.fail("node or tests/js/sparkplug/node_modules missing: run `make js`")
     out = subprocess.run([node, str(JS / "decode.js"), *args], input=json.dumps(doc),
                          capture_output=True, text=True, check=True, timeout=60)
     return json.loads(out.stdout)

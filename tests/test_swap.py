@@ -309,6 +309,7 @@ def test_same_version_other_bytes_and_older_versions_are_refused(
 # Rollback, restart, the memory budget
 # --------------------------------------------------------------------------------------------
 
+@pytest.mark.valid_inputs  # envelopes, activate and rollback: all good ones
 def test_activate_rollback_and_restart_keep_the_routing(swap_config, started, mosquitto, keys,
                                                         basicmotions_bundle, tmp_path):
     x, _, _ = sample_windows(2)

@@ -15,6 +15,10 @@ name, never by hand.
 
 Each builder takes ANY ("+") in place of a line, sensor, adapter name or device to make a
 subscription filter: `TopicLayout("factory").errors` is factory/+/errors, every device's.
+
+`layout.payloads()` pairs each filter with the name of its payload's JSON Schema
+(edge/contract/schemas.py, docs/schemas/) and its direction; `layout.payload_kind(topic)`
+gives the schema name of one topic (None: not a topic of the contract).
 """
 
 from __future__ import annotations
@@ -117,6 +121,26 @@ class TopicLayout:
         """Retained: lines, held and revoked adapters, the last command."""
         return self._device_topic("adapters", "state")
 
+    # -- payloads ----------------------------------------------------------------------------
+    def payloads(self) -> list[tuple[str, str, str]]:
+        """(subscription filter, schema name, "in" or "out") of every topic of the contract,
+        with ANY in place of each device, line, sensor and adapter name."""
+        layout = TopicLayout(self.prefix)  # every device's
+        out = [(layout.results(ANY), "result"), (layout.errors, "error"),
+               (layout.status, "status"), (layout.stats, "stats"),
+               (layout.drift(ANY), "drift-state"), (layout.events, "event"),
+               (layout.state, "adapter-state")]
+        ins = [(layout.sensors(), "sensor-window"), (layout.put(ANY), "envelope-header"),
+               *((layout.command(kind), f"command-{kind}") for kind in ADAPTER_COMMANDS)]
+        return [(f, name, "out") for f, name in out] + [(f, name, "in") for f, name in ins]
+
+    def payload_kind(self, topic: str) -> str | None:
+        """The schema name of `topic`'s payload; None for a topic outside the contract."""
+        for topic_filter, name, _direction in self.payloads():
+            if matches(topic_filter, topic):
+                return name
+        return None
+
     # -- per-line topics (any device may serve a line) ---------------------------------------
     def results(self, line: str) -> str:
         """One result per sensor window of `line`."""
@@ -132,3 +156,12 @@ def line_of(topic: str, prefix: str) -> str | None:
     if not topic.startswith(prefix + "/"):
         return None
     return topic[len(prefix) + 1:].partition("/")[0] or None
+
+
+def matches(topic_filter: str, topic: str) -> bool:
+    """MQTT matching of `topic` against a filter of whole levels, "+" and a final "#"."""
+    want, got = topic_filter.split("/"), topic.split("/")
+    if want[-1] == "#":
+        return len(got) >= len(want) - 1 and all(
+            w in (ANY, g) for w, g in zip(want[:-1], got, strict=False))
+    return len(want) == len(got) and all(w in (ANY, g) for w, g in zip(want, got, strict=True))

@@ -24,13 +24,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..bundle import atomic_write
 from .monitor import UNKNOWN, DriftMonitor, Evaluation, MonitorSettings
 from .profile import DriftProfile
+
+if TYPE_CHECKING:  # the payload types (docs/schemas/)
+    from ..contract.payloads import DriftChange, DriftState
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ class DriftWatch:
 
     def __init__(self, settings: WatchSettings, topic: Callable[[str], str], state_dir: Path,
                  *, channels: int, profile_of: Callable[[Any], DriftProfile | None],
-                 publish: Callable[[str, bytes], None], event: Callable[[dict], None],
+                 publish: Callable[[str, bytes], None], event: Callable[[DriftChange], None],
                  changed: Callable[[], None]) -> None:
         self.settings, self.monitor_settings = settings, settings.monitor_settings()
         self.topic, self.channels, self.profile_of = topic, channels, profile_of
@@ -157,10 +160,12 @@ class DriftWatch:
             self.changed()
             worst = max(ev.indicators, key=lambda k: ev.indicators[k] / max(
                 self.monitor_settings.thresholds[k].drift, 1e-9))
-            self.event({"type": "drift", "line": line, "adapter": watched.key[0],
-                        "version": watched.key[1], "previous": ev.previous, "state": ev.state,
-                        "windows": ev.windows, "indicator": worst,
-                        "value": ev.indicators[worst], "topic": self.topic(line)})
+            change: DriftChange = {
+                "type": "drift", "line": line, "adapter": watched.key[0],
+                "version": watched.key[1], "previous": ev.previous, "state": ev.state,
+                "windows": ev.windows, "indicator": worst, "value": ev.indicators[worst],
+                "topic": self.topic(line)}
+            self.event(change)
             log.warning("line %s: drift state %s -> %s (%s)", line, ev.previous, ev.state,
                         ev.indicators, extra={"line": line})
             self._save()
@@ -169,7 +174,7 @@ class DriftWatch:
             watched.published = now
             self.publish(self.topic(line), _encode(self._doc(line, watched)))
 
-    def _doc(self, line: str, watched: _Watched) -> dict:
+    def _doc(self, line: str, watched: _Watched) -> DriftState:
         adapter, version = watched.key
         doc = {"line": line, "adapter": adapter, "version": version}
         m = watched.monitor

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.contract import DEFAULT_PREFIX, name_problem
+from edge.contract.payloads import ActivateCommand
 from edge.envelope import unpack
 from edge.errors import AdapterError, AdapterRejected, ConfigError, EdgeError
 from export.fleet.link import DeviceLink, Message, Progress, check_gateway, device_link
@@ -154,7 +155,7 @@ def _activate_answer(dev: DeviceLink, request: str, line: str, msg: Message) -> 
 def _activate(dev: DeviceLink, line: str, header: dict) -> None:
     name, version = header["name"], header["version"]
     request = f"push-{uuid.uuid4().hex[:12]}"
-    command = {"line": line, "name": name, "version": version, "id": request}
+    command: ActivateCommand = {"line": line, "name": name, "version": version, "id": request}
     dev.link.publish(dev.topics.activate, json.dumps(command).encode())
     dev.progress(f"activating {name} v{version} on line {line}")
     shown = dev.wait(f"the activate of line {line}",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge.contract import DEFAULT_PREFIX, name_problem
+from edge.contract.payloads import RevokeCommand
 from edge.envelope import REVOKE_CONTEXT, canonical, key_id
 from edge.errors import AdapterRejected, ConfigError
 from export.fleet.link import DeviceLink, Message, Progress, check_gateway, device_link
@@ -57,7 +58,7 @@ def signed_revoke(*, name: str, version: int, key: str | Path, reason: str = "",
     if not 1 <= version <= 2**31 - 1:
         raise ConfigError(f"--version {version}: must be from 1 to {2**31 - 1}")
     private = load_private_key(key)
-    doc = {"name": name, "version": version, "reason": reason,
+    doc: RevokeCommand = {"name": name, "version": version, "reason": reason,
            "id": request or f"revoke-{uuid.uuid4().hex[:12]}",
            "key_id": key_id(private.public_key())}
     doc["signature"] = base64.b64encode(private.sign(canonical(doc, REVOKE_CONTEXT))).decode()
