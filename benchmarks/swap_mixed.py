@@ -40,7 +40,7 @@ def bank_store(work: Path, ws: dict) -> tuple[Engine, AdapterStore, LineState]:
 
 def mixed_batches(work: Path, ws: dict, sizes: tuple[int, ...], reps: int) -> dict:
     bank_engine, store, lines = bank_store(work, ws)
-    build, tables = [], TableBuilder(store, store.manifest, bank_engine.input.shape[1])
+    build, tables = [], TableBuilder(store, store.manifest, tuple(bank_engine.input.shape[1:]))
     for _ in range(max(reps // 4, 10)):  # the bank-mode switch: fresh bank tensors (K, ...)
         t0 = time.perf_counter()
         table = tables.build(lines)

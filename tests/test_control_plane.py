@@ -55,7 +55,7 @@ def parts(tmp_path, basicmotions_bundle, keys):
     manifest = read_manifest(basicmotions_bundle)
     engine = Engine(basicmotions_bundle / manifest.base.file, threads=1)
     store = AdapterStore.open(cfg, basicmotions_bundle, manifest, engine)
-    tables = TableBuilder(store, manifest, manifest.inputs[0].shape[1])
+    tables = TableBuilder(store, manifest, tuple(manifest.inputs[0].shape[1:]))
     lines = LineState.load(cfg)
     return cfg, store, tables, RouteHolder(tables.build(lines)), lines
 
