@@ -48,8 +48,9 @@ Numbers = TypeAliasType("Numbers", "list[float] | list[Numbers]")
 
 # -- sensor windows (in) ----------------------------------------------------------------------
 class SensorWindow(TypedDict):
-    """One JSON sensor window. The shape of `values` is the bundle's input: C channels of L
-    samples ((C, L) nested lists; a one-channel sensor may send a flat list of L numbers).
+    """One JSON sensor message. The shape of `values` is the bundle's sample shape: F numbers
+    for a feature vector, C lists of L samples for a window (a one-channel sensor may send a
+    flat list of L numbers), C x H x W nested lists for an image.
     Numbers must be finite (JSON has no NaN or Infinity). Binary windows (raw float32, MQTT v5
     content type application/octet-stream) are not JSON and carry id, ts and shape as user
     properties."""
@@ -57,7 +58,8 @@ class SensorWindow(TypedDict):
     id: Annotated[str | int, Field(min_length=1, max_length=MAX_ID_CHARS,
                                    description="the message id, echoed in the result")]
     ts: NotRequired[Annotated[float | None, Field(description="a time stamp, echoed")]]
-    values: Annotated[Numbers, Field(description="the window: (C, L) nested lists of numbers")]
+    values: Annotated[Numbers, Field(description="the sample: [F], [C][L] or [C][H][W] "
+                                                  "nested lists of numbers")]
 
 
 # -- results and errors (out) -----------------------------------------------------------------
