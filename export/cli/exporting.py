@@ -39,6 +39,9 @@ _base_options = [
     click.option("--atol", type=float, help="Parity tolerance [default: 1e-4 fp32, 1e-2 fp16]."),
     click.option("--data", help="Real samples for the parity check (.npz, .ts, ucr:NAME:test)."),
     click.option("--input-shape", help="C,L of one sample when --base is not the reference."),
+    click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]),
+                 help="torch -> ONNX exporter [default: the target's, else auto: torchscript "
+                 "for the reference model, dynamo for others] (docs/MODELS.md)."),
     click.option("--force", is_flag=True, help="Overwrite --out."),
 ]
 
