@@ -475,6 +475,9 @@ class Export(_Section):
     max_rank: int = Field(8, ge=1, le=256, description="rank adapter slots are padded to")
     atol: float | None = Field(None, gt=0, description="export parity tolerance; unset = "
                                "the exporter's default")
+    exporter: Literal["auto", "dynamo", "torchscript"] = Field(
+        "auto", description="torch -> ONNX exporter: dynamo (opset >= 18), torchscript, or "
+        "auto (torchscript for the reference model, dynamo for --base models); export only")
 
     @field_validator("batch", mode="before")
     @classmethod

@@ -35,7 +35,7 @@ WORKSTATION_ONLY = [
     "test_gpu.py", "test_model_size.py", "test_peft_io.py", "test_pilot.py", "test_pilot_report.py",
     "test_readme_recipe.py", "test_reference_model.py", "test_running_cost.py", "test_train.py",
     "test_input_shapes.py",
-    "test_drift_export.py", "test_check_adapters.py",
+    "test_drift_export.py", "test_check_adapters.py", "test_models_catalogue.py",
 ]
 WORKSTATION_PACKAGES = ("torch", "onnx", "peft", "sktime", "safetensors")
 GATEWAY_SKIPS = (  # skip reasons that are about the machine, allowed in the gateway run

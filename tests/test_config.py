@@ -128,6 +128,7 @@ BAD = [
     ("[export]\nopset = 12\n", "export.opset", "greater than or equal to 13"),
     ("[export]\nmax_rank = 0\n", "export.max_rank", "greater than or equal to 1"),
     ("[export]\natol = 0.0\n", "export.atol", "greater than 0"),
+    ("[export]\nexporter = \"jit\"\n", "export.exporter", "'auto', 'dynamo' or 'torchscript'"),
     ("[exprot]\nopset = 17\n", "exprot", "allowed keys here: adapters, batching, broker, "
      "device, drift, export, limits, metrics, outbox, sparkplug, topics"),
 ]

@@ -41,6 +41,9 @@ _base_options = [
     click.option("--data", help="Real samples for the parity check (.npz, .ts, ucr:NAME:test)."),
     click.option("--input-shape", help="One sample's shape when --base is not the reference: "
                  "F (feature vectors), C,L (windows) or C,H,W (images)."),
+    click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]),
+                 help="torch -> ONNX exporter [default: the target's, else auto: torchscript "
+                 "for the reference model, dynamo for others] (docs/MODELS.md)."),
     click.option("--force", is_flag=True, help="Overwrite --out."),
 ]
 

@@ -49,6 +49,7 @@ from export.onnx.adapter_files import (
     run_adapter_features,
     write_onnx_adapter,
 )
+from export.onnx.exporters import graph_opset, rejected_path
 from export.onnx.merge import (
     INPUT,
     OUTPUT,
@@ -130,8 +131,8 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
                   out: str | Path, names: list[str] | None = None, max_rank: int | None = None,
                   target: str | Path | None = None, atol: float | None = None,
                   data: str | Path | None = None, input_shape_: tuple[int, ...] | None = None,
-                  bank: int = 0, force: bool = False,
-                  card: CardOptions | None = None) -> ExportReport:
+                  bank: int = 0, force: bool = False, card: CardOptions | None = None,
+                  exporter: str | None = None) -> ExportReport:
     """Write BUNDLE/: base.onnx with one slot per adapted module, every adapter as an
     `.onnx_adapter`, manifest.json; then check each against torch in onnxruntime.
     `bank` K > 0 writes the mixed-adapter variant: slots hold K adapters, rows pick one.
@@ -142,7 +143,7 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
     if bank < 0 or (bank and bank < len(adapters)):
         raise ExportError(f"--bank {bank} must be 0 or at least the number of adapters "
                           f"({len(adapters)})")
-    settings = load_settings(target, max_rank=max_rank, atol=atol)
+    settings = load_settings(target, max_rank=max_rank, atol=atol, exporter=exporter)
     out = Path(out)
     check_output(out, force)
     model = load_base(base, weights=weights).eval()
@@ -162,7 +163,7 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         manifest = _write_bundle(tmp, model, fingerprint, dirs, names, slots, x, settings,
-                                 weights, bank, (base_card, cards))
+                                 weights, bank, (base_card, cards), rejected_path(out))
         check = validate_bank if bank else validate_bundle
         parity = check(tmp, manifest, model, dirs, x, settings.tolerance)
         raise_on_failure(parity)
@@ -176,6 +177,7 @@ def export_attach(*, base: str, weights: str | Path | None, adapters: list[str |
         raise
     sizes = {BASE_FILE: (out / BASE_FILE).stat().st_size}
     sizes.update({a.file: (out / a.file).stat().st_size for a in manifest.adapters})
+    notes.append(settings.exported)
     notes.append(f"{len(slots)} slots, max rank {settings.max_rank}, "
                  f"{len(manifest.adapters)} adapter(s)")
     return ExportReport(out, parity, sizes, notes)
@@ -193,10 +195,13 @@ def _record_references(bundle: Path, manifest: Manifest) -> None:
 def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: list[AdapterDir],
                   names: list[str], slots: list, x: np.ndarray, settings: ExportSettings,
                   weights: str | Path | None, bank: int,
-                  cards: tuple[Card, list[Card]]) -> Manifest:
+                  cards: tuple[Card, list[Card]], keep: Path) -> Manifest:
+    """Write base.onnx, the adapters and the manifest into `tmp`; a base.onnx onnxruntime
+    refuses is copied to `keep`."""
     (tmp / ADAPTER_DIR).mkdir()
     defaults = default_tensors(model, slots)
-    graph = _write_base(tmp / BASE_FILE, model, slots, defaults, x, settings, bank, fingerprint)
+    graph = _write_base(tmp / BASE_FILE, model, slots, defaults, x, settings, bank,
+                        fingerprint, keep)
     if bank:
         np.savez(tmp / SLOT_DEFAULTS, **defaults)
     inputs, outputs = io_specs(graph, exclude={s.name for s in slots} | {INDEX_INPUT})
@@ -215,7 +220,7 @@ def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: lis
     manifest = Manifest(
         target=settings.target,
         base=BaseInfo(sha256=sha256_file(tmp / BASE_FILE), weights_fingerprint=fingerprint,
-                      opset=settings.opset, precision=settings.precision,
+                      opset=graph_opset(graph), precision=settings.precision,
                       class_names=class_names,
                       preprocessing=Preprocessing.from_dict(base_meta.get("preprocessing")),
                       drift_profile=base_profile(base_meta, weights, channels, class_names,
@@ -229,7 +234,7 @@ def _write_bundle(tmp: Path, model: torch.nn.Module, fingerprint: str, dirs: lis
 
 
 def _write_base(path: Path, model: torch.nn.Module, slots: list, defaults: dict, x: np.ndarray,
-                settings: ExportSettings, bank: int, fingerprint: str):
+                settings: ExportSettings, bank: int, fingerprint: str, keep: Path):
     """base.onnx: inputs x [, adapter_index], then one per slot with its default attached."""
     if bank:  # every bank entry starts as the base: (K, *slot shape)
         defaults = {k: np.repeat(v[None], bank, axis=0) for k, v in defaults.items()}
@@ -241,7 +246,7 @@ def _write_base(path: Path, model: torch.nn.Module, slots: list, defaults: dict,
     meta = {"edge.kind": "attached-base", "edge.weights_fingerprint": fingerprint,
             "edge.max_rank": str(settings.max_rank), "edge.slots": str(len(slots)),
             "edge.bank": str(bank), "edge.package_version": __version__}
-    return finish_onnx(path, defaults=defaults, metadata=meta, precision=settings.precision)
+    return finish_onnx(path, defaults=defaults, metadata=meta, settings=settings, keep=keep)
 
 
 def validate_bundle(bundle: Path, manifest: Manifest, model: torch.nn.Module,

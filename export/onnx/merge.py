@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from export.cards import adapter_card, bundle_base_card
 from export.drift_profile import profile_of
 from export.features import FEATURES_OUTPUT, WithFeatures, feature_parity, head_path
 from export.models import load_base, weights_fingerprint
+from export.onnx.exporters import check_loads, graph_opset, rejected_path, resolve, run_export
 from export.onnx.parity import ParityResult, compare, raise_on_failure
 from export.outputs import check_writable, shared_mode
 from export.peft_io import load_adapter
@@ -51,7 +51,9 @@ class ExportSettings:
     batch: str | int = _DEFAULTS.batch
     max_rank: int = _DEFAULTS.max_rank
     atol: float | None = _DEFAULTS.atol
+    exporter: str = _DEFAULTS.exporter
     target: str = Manifest.model_fields["target"].default
+    exported: str = ""  # set by to_onnx: which exporter wrote the graph, at which opset
 
     @property
     def tolerance(self) -> float:
@@ -64,7 +66,7 @@ class ExportSettings:
 
 
 def load_settings(target: str | Path | None, *, max_rank: int | None = None,
-                  atol: float | None = None) -> ExportSettings:
+                  atol: float | None = None, exporter: str | None = None) -> ExportSettings:
     """Settings from `--target FILE` (or defaults), with command-line overrides on top."""
     settings = ExportSettings()
     if target is not None:
@@ -74,6 +76,8 @@ def load_settings(target: str | Path | None, *, max_rank: int | None = None,
         settings.max_rank = max_rank
     if atol is not None:
         settings.atol = atol
+    if exporter is not None:
+        settings.exporter = exporter
     return settings
 
 
@@ -104,40 +108,31 @@ def sample_inputs(shape: tuple[int, ...], settings: ExportSettings,
 
 def to_onnx(module: nn.Module, args: tuple, input_names: list[str], path: Path,
             settings: ExportSettings, batch_inputs: int = 1) -> list[str]:
-    """TorchScript-based export (dynamo=False) of `module`, with a second output `features`
-    (N, D) when it has a classification head to read them at (export/features.py). The first
-    `batch_inputs` inputs and the outputs have a batch axis, dynamic unless the target fixes
-    it. Returns the output names."""
+    """Export `module` with the settings' exporter (export/onnx/exporters.py), with a second
+    output `features` (N, D) when it has a classification head to read them at
+    (export/features.py). The first `batch_inputs` inputs and the outputs have a batch axis,
+    dynamic unless the target fixes it. Returns the output names."""
     head = head_path(module.eval(), args)
     outputs = [OUTPUT] if head is None else [OUTPUT, FEATURES_OUTPUT]
+    exporter = resolve(settings.exporter, module)
     if head is not None:
         module = WithFeatures(module, head)
-    axes = None
-    if settings.dynamic:
-        axes = {name: {0: "batch"} for name in [*input_names[:batch_inputs], *outputs]}
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    # The fused Transformer fast path (aten::_native_multi_head_attention) has no ONNX form.
-    torch.backends.mha.set_fastpath_enabled(False)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        try:
-            torch.onnx.export(module.eval(), args, str(path), input_names=input_names,
-                              output_names=outputs, dynamic_axes=axes,
-                              opset_version=settings.opset, dynamo=False)
-        except Exception as exc:
-            raise ExportError(f"torch.onnx.export failed: {exc}".splitlines()[0]) from exc
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
+    done = run_export(module, args, path, input_names=input_names, output_names=outputs,
+                      batch_inputs=batch_inputs if settings.dynamic else None,
+                      opset=settings.opset, exporter=exporter)
+    settings.exporter, settings.exported = done.exporter, done.note  # what ran, for the report
     return outputs
 
 
 def finish_onnx(path: Path, *, defaults: dict[str, np.ndarray] | None = None,
-                metadata: dict[str, str], precision: str) -> onnx.ModelProto:
-    """Add zero/default initializers for slot inputs, metadata_props, and fp16 weights."""
+                metadata: dict[str, str], settings: ExportSettings,
+                keep: Path) -> onnx.ModelProto:
+    """Add zero/default initializers for slot inputs, metadata_props, and fp16 weights; then
+    check that onnxruntime opens the graph (a refused one is copied to `keep`)."""
     model = onnx.load(str(path))
     for name, value in (defaults or {}).items():
         model.graph.initializer.append(numpy_helper.from_array(value, name))
-    if precision == "fp16":
+    if settings.precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
@@ -145,6 +140,7 @@ def finish_onnx(path: Path, *, defaults: dict[str, np.ndarray] | None = None,
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, str(path))
+    check_loads(path, keep=keep, exporter=settings.exporter, opset=graph_opset(model))
     return model
 
 
@@ -178,11 +174,11 @@ class ExportReport:
 def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
                   out: str | Path, target: str | Path | None = None, atol: float | None = None,
                   data: str | Path | None = None, input_shape_: tuple[int, ...] | None = None,
-                  force: bool = False) -> ExportReport:
+                  force: bool = False, exporter: str | None = None) -> ExportReport:
     """`edge-export merge`: LoRA folded into the base (safe merge) as one ONNX file; a
     bottleneck adapter, which cannot fold, stays in the static graph. The adapter's class
     names, preprocessing, drift profile and card go into the file's `edge.*` metadata_props."""
-    settings = load_settings(target, atol=atol)
+    settings = load_settings(target, atol=atol, exporter=exporter)
     out = Path(out)
     check_output(out, force)
     model = load_base(base, weights=weights)
@@ -214,7 +210,8 @@ def export_merged(*, base: str, weights: str | Path | None, adapter: str | Path,
     meta["edge.card"] = card.model_dump_json(exclude_none=True)
     with staging_file(out) as tmp:
         to_onnx(plain, (torch.from_numpy(x),), [INPUT], tmp, settings)
-        finish_onnx(tmp, metadata=meta, precision=settings.precision)
+        notes.append(settings.exported)
+        finish_onnx(tmp, metadata=meta, settings=settings, keep=rejected_path(out))
         with torch.no_grad():
             want = plain(torch.from_numpy(x)).numpy()
         got, features = Engine(tmp).run_with_features(x)
