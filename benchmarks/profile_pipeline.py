@@ -186,9 +186,25 @@ def tables(results: list[dict], seconds: float) -> str:
                                     sorted(t["stages"].items(), key=lambda kv: -kv[1])[:3])
                         + ")" for t in r["threads"][:6])
         per_thread.append(f"- {r['kind']}, {r['windows']} windows in {seconds:g} s: {top}")
-    return ("\n".join(procs) + "\n\n" + head + "\n".join(rows)
+    return ("\n".join(procs) + "\n\n" + verdict(results) + head + "\n".join(rows)
             + "\n\nPer thread (CPU us per window; its top stages):\n\n"
             + "\n".join(per_thread) + "\n")
+
+
+def verdict(results: list[dict]) -> str:
+    """What the busy cores say: a gateway short of CPU, or one serialised by its GIL."""
+    cores, idle = os.cpu_count() or 1, []
+    for r in results:
+        service = r["processes"]["edge-runtime"] * r["windows"] / 1e6  # CPU s over the run
+        idle.append((r["kind"], r["cores_busy"], service))
+    if all(busy < cores - 0.5 for _, busy, _ in idle):
+        return ("All three processes together kept " + " and ".join(
+            f"{busy:.2f} ({kind})" for kind, busy, _ in idle) + f" of {cores} cores busy: "
+            "under full load the gateway is not short of CPU but serialised, one Python "
+            "process whose threads (paho's network loop, the worker, the outbox sender) take "
+            "turns on one interpreter lock. Fewer microseconds per window in any thread, or "
+            "more processes, are what raise its rate.\n\n")
+    return "The processes kept the cores busy: the machine's CPU is the limit.\n\n"
 
 
 def main() -> int:
