@@ -521,6 +521,7 @@ class Service:
                 probs[row] = p
             if raw is not None:
                 top[rows], cls[rows] = scores.max(axis=1), scores.argmax(axis=1)
+        answered = []  # (line, result JSON) for Sparkplug, one hand-over per batch
         for item, route, scores in zip(items, row_routes, probs, strict=True):
             latency_ms = (time.monotonic() - item.received) * 1000.0
             payload = encode_result(id=item.reading.id, ts=item.reading.ts, line=item.line,
@@ -529,9 +530,10 @@ class Service:
                                     latency_ms=latency_ms)
             if self._json_results:
                 self._last_publish = self.link.publish(self._topic(item.line), payload)
-            if self.sparkplug is not None:
-                self.sparkplug.result(item.line, payload)
+            answered.append((item.line, payload))
             self.latency.record(latency_ms)
+        if self.sparkplug is not None:
+            self.sparkplug.results(answered)
         self.counters.add(results=len(items))
         if self.metrics is not None:
             self.metrics.answered(items, row_routes, inference_s)

@@ -94,9 +94,10 @@ def test_pipeline_quick(tmp_path):
                                        "ood_share"}  # the bundle outputs features
     assert "written to" not in proc.stdout  # --no-write: printed, docs/ untouched
     assert "Drift monitoring on against off" in proc.stdout
-    integration = res["integration"]  # Sparkplug and metrics on against off
-    assert {(r["kind"], r["rounds"], r["lost"], r["errors"]) for r in integration["rows"]} == {
-        ("json", 2, 0, 0), ("binary", 2, 0, 0)}
-    assert integration["sparkplug"]["NBIRTH"] >= 1 and integration["sparkplug"]["DDATA"] > 0
-    assert integration["scrapes"] > 0
+    for mode in ("per_result", "per_batch"):  # Sparkplug and metrics on against off
+        integration = res["integration"][mode]
+        assert {(r["kind"], r["rounds"], r["lost"], r["errors"])
+                for r in integration["rows"]} == {("json", 2, 0, 0), ("binary", 2, 0, 0)}
+        assert integration["sparkplug"]["NBIRTH"] >= 1 and integration["sparkplug"]["DDATA"]
+        assert integration["scrapes"] > 0
     assert "Plant integration on against off" in proc.stdout

@@ -7,7 +7,6 @@ from __future__ import annotations
 import filecmp
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import WORKSTATION_PACKAGES
 from reference_bundle import sample_windows
-from test_runtime import WAIT_S, Collector, Publisher, exactly_once
+from test_runtime import Collector, Publisher, exactly_once, stops_cleanly
 
 import edge
 
@@ -58,7 +57,7 @@ def test_console_script_serves_and_exits_zero(runtime_config, mosquitto, tmp_pat
     with open(log, "w") as out:
         proc = subprocess.Popen([str(CONSOLE_SCRIPT), "run", "--config", str(runtime_config())],
                                 cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    with stops_cleanly(proc, log, collector):
         assert collector.wait(lambda c: any(s["state"] == "online" for s in c.status())), \
             log.read_text()
         pub = Publisher(mosquitto.port)
@@ -68,9 +67,3 @@ def test_console_script_serves_and_exits_zero(runtime_config, mosquitto, tmp_pat
         pub.close()
         assert collector.wait(lambda c: len(c.docs("/inference")) >= len(ids)), log.read_text()
         exactly_once(collector.answers(), ids)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(WAIT_S) == 0, log.read_text()
-    finally:
-        proc.kill()
-        proc.wait(5)
-        collector.close()

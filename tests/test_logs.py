@@ -8,14 +8,13 @@ import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from reference_bundle import sample_windows
-from test_runtime import WAIT_S, Collector, Publisher
+from test_runtime import WAIT_S, Collector, Publisher, stops_cleanly
 
 from edge import __version__
 from edge.logs import JsonFormatter, RateLimit
@@ -49,7 +48,7 @@ def test_run_with_json_logs(runtime_config, mosquitto, tmp_path):
     with open(log, "w") as err:
         proc = edge_runtime("run", "--config", str(config), "--log-format", "json",
                             stdout=subprocess.DEVNULL, stderr=err)
-    try:
+    with stops_cleanly(proc, log, collector):
         assert collector.wait(lambda c: any(s["state"] == "online" for s in c.status())), \
             log.read_text()
         x, _, _ = sample_windows(1)
@@ -61,12 +60,6 @@ def test_run_with_json_logs(runtime_config, mosquitto, tmp_path):
         pub.close()
         assert collector.wait(lambda c: len(c.docs("/inference")) == 1
                               and len(c.docs("/errors")) == 2), log.read_text()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(WAIT_S) == 0, log.read_text()
-    finally:
-        proc.kill()
-        proc.wait(5)
-        collector.close()
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert records, "no log lines"
     for rec in records:

@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -442,6 +444,22 @@ def test_status_online_stats_and_offline(service, mosquitto):
     assert late.wait(lambda c: c.status())
     assert late.status()[-1]["state"] == "offline" and late.messages[-1][2]
     late.close()
+
+
+@contextmanager
+def stops_cleanly(proc: subprocess.Popen, log: Path, collector: Collector
+                  ) -> Iterator[subprocess.Popen]:
+    """Around a test of `edge-runtime run` as a subprocess: after the body, SIGTERM must end
+    it with exit 0 (its log in the message); whatever happened, it is killed and
+    `collector` closed."""
+    try:
+        yield proc
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(WAIT_S) == 0, log.read_text()
+    finally:
+        proc.kill()
+        proc.wait(5)
+        collector.close()
 
 
 def _spawn(config: Path, log: Path) -> subprocess.Popen:

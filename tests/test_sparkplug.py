@@ -274,9 +274,53 @@ def test_instead_mode_publishes_results_only_to_sparkplug(runtime_config, mosqui
                   if "/DDATA/" in m["topic"]) == sorted(ids)
 
 
+def results_in(ddata: dict) -> list[dict]:
+    """A DDATA's results: its metrics split where each result's first metric (the label)
+    starts again, as {name: value} plus the group's timestamps."""
+    groups: list[dict] = []
+    for m in ddata["payload"]["metrics"]:
+        if m["name"] == "Inference/Label":
+            groups.append({"_stamps": set()})
+        groups[-1][m["name"]] = m["value"]
+        groups[-1]["_stamps"].add(m["timestamp"])
+    return groups
+
+
+def test_per_batch_ddata_carries_every_result_in_order(runtime_config, mosquitto):
+    """`ddata = "per_batch"`: one DDATA per line per inference batch, fewer messages than
+    results, each result's metrics once, in the JSON results' order, with one timestamp."""
+    config = runtime_config(sparkplug={"enabled": True, "group_id": GROUP,
+                                       "ddata": "per_batch"})
+    capture = Capture(mosquitto.port)
+    svc = Service(config)
+    try:
+        assert svc.start()
+        assert capture.wait(lambda c: c.count("/DBIRTH/") == 2)
+        ids = send(mosquitto.port, "b", 64)
+        assert capture.wait(lambda c: len(c.json("/inference")) == len(ids))
+        assert capture.wait(lambda c: sum(len(results_in(m)) for m in c.sparkplug()
+                                          if "/DDATA/" in m["topic"]) == len(ids))
+    finally:
+        svc.stop(5)
+    msgs = capture.sparkplug()
+    docs = capture.json("/inference")
+    capture.close()
+    check_sessions([m for m in msgs if "/NDEATH/" not in m["topic"]])
+    ddata = [m for m in msgs if "/DDATA/" in m["topic"]]
+    assert len(ddata) < len(ids)  # 64 windows sent at once form batches
+    for line in LINES:
+        sent = [r for m in ddata if m["topic"].endswith(f"/{line}") for r in results_in(m)]
+        answered = [d for d in docs if d["line"] == line]
+        assert [r["Inference/Message ID"] for r in sent] == [d["id"] for d in answered]
+        for r, doc in zip(sent, answered, strict=True):
+            assert len(r["_stamps"]) == 1 and r["Inference/Label"] == doc["label"]
+            assert all(r[f"Inference/Scores/{c}"] == v for c, v in doc["scores"].items())
+
+
 @pytest.mark.parametrize("key,value", [("group_id", "a/b"), ("group_id", "plant+1"),
                                        ("edge_node_id", "gw#1"), ("edge_node_id", ""),
-                                       ("group_id", "has space"), ("mode", "both")])
+                                       ("group_id", "has space"), ("mode", "both"),
+                                       ("ddata", "per_line")])
 def test_sparkplug_ids_follow_the_spec(key, value):
     with pytest.raises(ValueError, match=f"sparkplug.{key}|{key}"):
         Config.model_validate({"device": {"id": "gw"}, "sparkplug": {key: value}})

@@ -14,7 +14,6 @@ log says why. A TLS config never falls back to plaintext. No test asserts timing
 from __future__ import annotations
 
 import logging
-import signal
 import socket
 import subprocess
 import threading
@@ -25,7 +24,15 @@ from pathlib import Path
 import pytest
 from certs import Pki, make_pki
 from reference_bundle import sample_windows
-from test_runtime import WAIT_S, Collector, Publisher, _spawn, exactly_once, wait_until
+from test_runtime import (
+    WAIT_S,
+    Collector,
+    Publisher,
+    _spawn,
+    exactly_once,
+    stops_cleanly,
+    wait_until,
+)
 
 from edge.service import Service
 from export.demo.local_broker import (
@@ -228,18 +235,11 @@ def test_cli_with_credential_files_serves_a_window(secure, config, tmp_path):
                  password_file=write_secret(tmp_path, "mqtt-password", PASSWORD))
     log = tmp_path / "service.log"
     collector = Collector(secure.broker.port, ("factory/+/inference", f"factory/{DEVICE}/#"))
-    proc = _spawn(cfg, log)
-    try:
+    with stops_cleanly(_spawn(cfg, log), log, collector) as proc:
         assert collector.wait(lambda c: any(s["state"] == "online" for s in c.status())
                               or proc.poll() is not None), log.read_text()
         assert proc.poll() is None, log.read_text()
         assert serve_one_window(secure, collector)["adapter"] == "line-a"
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(WAIT_S) == 0, log.read_text()
-    finally:
-        proc.kill()
-        proc.wait(5)
-        collector.close()
     assert PASSWORD not in cfg.read_text() and PASSWORD not in log.read_text()
 
 

@@ -10,8 +10,9 @@ Per connection (paho's network thread):
     -> DBIRTH per line (seq 1, 2, ...) -> the results that waited, as DDATA
     disconnect -> b+1 (mod 256, kept in <state_dir>/sparkplug.json), the will re-set
 
-Results (the worker thread, `node.result(line, json_bytes)`) go out at once as DDATA while
-the node is born, else wait in a bounded queue for the next birth. DDATA is QoS 0 as the
+Results (the worker thread, `node.results([(line, json_bytes), ...])` once per batch) go out
+at once as DDATA while the node is born (one per result, or with `ddata = "per_batch"` one
+per line and batch), else wait in a bounded queue for the next birth. DDATA is QoS 0 as the
 spec says; a result stays ours until paho has written it to the socket (on_publish), so one
 handed to paho just before a disconnect is sent again after the rebirth, with a new seq.
 """
@@ -23,7 +24,7 @@ import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -106,7 +107,7 @@ class SparkplugNode:
         self.born = False
         self._births: dict[str, tuple] = {}  # line -> the metric set of its DBIRTH
         self._pending: deque[Result] = deque()
-        self._unconfirmed: dict[int, Result] = {}  # mid -> DDATA handed to paho, unwritten
+        self._unconfirmed: dict[int, tuple[Result, ...]] = {}  # mid -> DDATA's, unwritten
         self._written: deque[int] = deque()  # mids paho wrote (on_publish; no lock needed)
         self._dropped = 0
         self._stopping = False
@@ -174,12 +175,23 @@ class SparkplugNode:
     # -- results (worker thread) ------------------------------------------------------------
     def result(self, line: str, payload: bytes) -> None:
         """One result (the results topic's JSON) of `line`: DDATA now, or after the rebirth."""
-        item = Result(line, json.loads(payload), now_ms(),
-                      None if self._drift is None else self._drift(line))
+        self.results([(line, payload)])
+
+    def results(self, answered: Sequence[tuple[str, bytes]]) -> None:
+        """A batch's results, (line, results topic's JSON) in order: DDATA now (one per
+        result, or one per line with `ddata = "per_batch"`), or after the rebirth."""
+        ts = now_ms()
+        items = [Result(line, json.loads(payload), ts,
+                        None if self._drift is None else self._drift(line))
+                 for line, payload in answered]
         with self._lock:
             self._settle()
             if self.born:
-                return self._send(item)
+                return self._send_all(items)
+            self._queue(items)
+
+    def _queue(self, items: list[Result]) -> None:
+        for item in items:
             if len(self._pending) >= self.cfg.sparkplug.queue:
                 self._pending.popleft()
                 self._dropped += 1
@@ -193,7 +205,7 @@ class SparkplugNode:
         """Results not yet written to the Sparkplug connection."""
         with self._lock:
             self._settle()
-            return len(self._pending) + len(self._unconfirmed)
+            return len(self._pending) + sum(map(len, self._unconfirmed.values()))
 
     def _next_seq(self) -> int:
         seq, self._seq = self._seq, (self._seq + 1) % 256
@@ -203,18 +215,35 @@ class SparkplugNode:
         while self._written:
             self._unconfirmed.pop(self._written.popleft(), None)
 
-    def _send(self, item: Result) -> None:
-        """DDATA of `item`, after a DBIRTH when its line has none with these metrics yet."""
-        doc = item.doc
-        labels = tuple(doc.get("scores") or ())
+    def _send_all(self, items: Sequence[Result]) -> None:
+        """DDATA of `items` in order: one each, or with `ddata = "per_batch"` one per run of
+        results with the same line and metric set."""
+        if self.cfg.sparkplug.ddata == "per_result":
+            for item in items:
+                self._send((item,))
+            return
+        run: list[Result] = []
+        for item in items:
+            if run and (item.line, _metric_set(item)) != (run[0].line, _metric_set(run[0])):
+                self._send(tuple(run))
+                run = []
+            run.append(item)
+        if run:
+            self._send(tuple(run))
+
+    def _send(self, items: tuple[Result, ...]) -> None:
+        """One DDATA of `items` (one line, one metric set), after a DBIRTH when the line has
+        none with these metrics yet."""
+        first = items[0]
+        labels, adapter, version = _metric_set(first)
         shape = (labels, self._drift is not None)
-        if self._births.get(item.line) != shape:
-            self._device_birth(item.line, labels, doc.get("adapter"), doc.get("adapter_version"))
-        metrics = result_metrics(doc, labels, doc.get("adapter"), doc.get("adapter_version"),
-                                 item.drift, self._drift is not None)
-        info = self.client.publish(self.topics.ddata(item.line), device_data(
-            seq=self._next_seq(), metrics=metrics, ts_ms=item.ts_ms), qos=0)
-        self._unconfirmed[info.mid] = item
+        if self._births.get(first.line) != shape:
+            self._device_birth(first.line, labels, adapter, version)
+        results = [(result_metrics(item.doc, labels, adapter, version, item.drift,
+                                   self._drift is not None), item.ts_ms) for item in items]
+        info = self.client.publish(self.topics.ddata(first.line), device_data(
+            seq=self._next_seq(), results=results), qos=0)
+        self._unconfirmed[info.mid] = items
 
     def _device_birth(self, line: str, labels: tuple[str, ...], adapter: str | None,
                       version: int | None) -> None:
@@ -237,8 +266,8 @@ class SparkplugNode:
             for line, route in sorted(self._lines().items()):
                 self._device_birth(line, tuple(route.labels), route.key[0], route.version)
             self.born = True
-            while self._pending:
-                self._send(self._pending.popleft())
+            pending, self._pending = list(self._pending), deque()
+            self._send_all(pending)
         log.info("Sparkplug NBIRTH %s (bdSeq %d)", self.topics.nbirth, self.bd_seq)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -261,7 +290,8 @@ class SparkplugNode:
         with self._lock:
             self.born = False
             self._settle()
-            self._pending.extendleft(reversed(self._unconfirmed.values()))
+            self._pending.extendleft(reversed([item for items in self._unconfirmed.values()
+                                               for item in items]))
             self._unconfirmed.clear()
             self.bd_seq = (self.bd_seq + 1) % 256
             self._save_bd_seq()
@@ -295,6 +325,12 @@ class SparkplugNode:
         if rebirth:
             log.info("Sparkplug rebirth requested")
             self._birth()
+
+
+def _metric_set(item: Result) -> tuple[tuple[str, ...], str | None, int | None]:
+    """(class labels, adapter, version) of a result: what its line's DBIRTH declares."""
+    doc = item.doc
+    return tuple(doc.get("scores") or ()), doc.get("adapter"), doc.get("adapter_version")
 
 
 def node_properties(provider: str) -> dict[str, str]:

@@ -41,22 +41,34 @@ def now_ms() -> int:
 
 
 def _payload(metrics: Iterable[Metric], seq: int | None, ts_ms: int | None) -> bytes:
-    msg = Payload(timestamp=now_ms() if ts_ms is None else ts_ms)
+    ts = now_ms() if ts_ms is None else ts_ms
+    return _stamped_payload([(metrics, ts)], seq, ts)
+
+
+def _stamped_payload(groups: Iterable[tuple[Iterable[Metric], int]], seq: int | None,
+                     ts_ms: int) -> bytes:
+    """One payload stamped `ts_ms`; each group's metrics carry that group's timestamp."""
+    msg = Payload(timestamp=ts_ms)
     if seq is not None:
         msg.seq = seq
-    for name, datatype, value in metrics:
-        m = msg.metrics.add(name=name, datatype=datatype, timestamp=msg.timestamp)
-        if value is None:
-            m.is_null = True
-        elif datatype in (INT64, UINT64):
-            m.long_value = int(value) & 0xFFFFFFFFFFFFFFFF  # two's complement, as Tahu does
-        elif datatype == DOUBLE:
-            m.double_value = float(value)
-        elif datatype == BOOLEAN:
-            m.boolean_value = bool(value)
-        else:
-            m.string_value = str(value)
+    for metrics, stamp in groups:
+        for name, datatype, value in metrics:
+            _add_metric(msg, name, datatype, value, stamp)
     return msg.SerializeToString()
+
+
+def _add_metric(msg: Payload, name: str, datatype: int, value: object, ts_ms: int) -> None:
+    m = msg.metrics.add(name=name, datatype=datatype, timestamp=ts_ms)
+    if value is None:
+        m.is_null = True
+    elif datatype in (INT64, UINT64):
+        m.long_value = int(value) & 0xFFFFFFFFFFFFFFFF  # two's complement, as Tahu does
+    elif datatype == DOUBLE:
+        m.double_value = float(value)
+    elif datatype == BOOLEAN:
+        m.boolean_value = bool(value)
+    else:
+        m.string_value = str(value)
 
 
 def node_birth(*, bd_seq: int, seq: int, properties: dict[str, str]) -> bytes:
@@ -76,10 +88,11 @@ def device_birth(*, seq: int, metrics: Sequence[Metric]) -> bytes:
     return _payload(metrics, seq, None)
 
 
-def device_data(*, seq: int, metrics: Sequence[Metric], ts_ms: int) -> bytes:
-    """DDATA stamped with the result's own time: a result sent after an outage is not
-    dated at its sending."""
-    return _payload(metrics, seq, ts_ms)
+def device_data(*, seq: int, results: Sequence[tuple[Sequence[Metric], int]]) -> bytes:
+    """DDATA of one or more results of a line, in order, each result's metrics stamped with
+    its own time (a result sent after an outage is not dated at its sending); the payload
+    carries the last one's."""
+    return _stamped_payload(results, seq, results[-1][1])
 
 
 def result_metrics(doc: dict | None, labels: Sequence[str], adapter: str,

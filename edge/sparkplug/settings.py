@@ -49,6 +49,11 @@ class SparkplugSettings(BaseModel):
     mode: Literal["alongside", "instead"] = Field(
         "alongside", description="alongside = results on the JSON topics and in Sparkplug; "
         "instead = results only in Sparkplug (status, errors, stats stay JSON)")
+    ddata: Literal["per_result", "per_batch"] = Field(
+        "per_result", description="per_result = one DDATA per result; per_batch = one DDATA "
+        "per line per inference batch, holding each result's metrics with that result's "
+        "timestamp, in order (far fewer messages under load; the host must take several "
+        "values of a metric in one payload)")
     queue: int = Field(10_000, ge=1, le=1_000_000, description="results held in memory "
                        "while the Sparkplug connection is down; past it the oldest are "
                        "dropped, with a warning")
