@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 import pytest
-from gateway_data import HAVE_TORCH, PARTS, unpack
+from gateway_data import HAVE_TORCH, PARTS, SHAPE_KINDS, unpack, write_shapes
 from payload_recorder import PayloadRecorder, load_validators
 
 from export.demo.local_broker import BrokerMissing, start_broker, write_runtime_config
@@ -154,6 +154,25 @@ def engine_bundles(tmp_path_factory) -> dict[str, Path]:
     from adapter_factory import engine_bundles
 
     return engine_bundles(root)
+
+
+@pytest.fixture(scope="session")
+def shape_lines(tmp_path_factory) -> dict:
+    """{"features", "images": shape_models.Line}: a base pretrained on real scikit-learn
+    samples of that shape, a LoRA `line-a`, its bundle and merged model (workstation only)."""
+    from shape_models import build_line
+
+    return {kind: build_line(kind, tmp_path_factory.mktemp(kind)) for kind in SHAPE_KINDS}
+
+
+@pytest.fixture(scope="session")
+def shape_bundles(request, tmp_path_factory) -> Path:
+    """root/features and root/images (bundles of shape_lines), root/samples/<kind>.npz (held-
+    out rows): built now where torch is installed, the checked-in ones where not."""
+    root = tmp_path_factory.mktemp("shapes")
+    if not HAVE_TORCH:
+        return unpack("shapes", root)
+    return write_shapes(request.getfixturevalue("shape_lines"), root)
 
 
 @pytest.fixture(scope="session")

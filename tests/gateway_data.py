@@ -33,7 +33,10 @@ PARTS: dict[str, tuple[str, ...]] = {
     "basicmotions": ("bundle", "bank2", "bank4", "static4"),  # reference_bundle.py
     "engine": ("dynamic", "static4", "bank", "bank_static4"),  # adapter_factory.py
     "signing": ("bundle",),  # adapter_factory.py signing_bundle
+    "shapes": ("features", "images", "samples"),  # shape_models.py: two bundles, test rows
 }
+SHAPE_KINDS = ("features", "images")  # (N, 30) breast-cancer rows, (N, 1, 8, 8) digit scans
+SHAPE_SAMPLES = 32  # held-out rows of each kind the gateway tests publish
 
 
 def unpack(part: str, root: Path) -> Path:
@@ -68,6 +71,26 @@ def build(root: Path) -> Path:
     build_static_bundle(motions, 4)
     engine_bundles(root / "engine")
     signing_bundle(root / "signing")
+    from shape_models import build_line
+
+    work = root / "shape-work"  # training files: not packed (not in PARTS)
+    write_shapes({kind: build_line(kind, work / kind) for kind in SHAPE_KINDS}, root / "shapes")
+    return root
+
+
+def write_shapes(lines: dict, root: Path) -> Path:
+    """root/<kind>: each shape_models.Line's attached bundle; root/samples/<kind>.npz: the
+    first SHAPE_SAMPLES rows of its held-out split (X raw, y); root."""
+    import shutil
+
+    import numpy as np
+
+    (root / "samples").mkdir(parents=True, exist_ok=True)
+    for kind, line in lines.items():
+        shutil.copytree(line.bundle, root / kind, dirs_exist_ok=True)
+        with np.load(line.data["test"], allow_pickle=False) as test:
+            np.savez(root / "samples" / f"{kind}.npz", X=test["X"][:SHAPE_SAMPLES],
+                     y=test["y"][:SHAPE_SAMPLES])
     return root
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from export.onnx.adapter_files import reference_fields
 REBUILD = ("tests/data is out of date: run `.venv/bin/python tests/gateway_data.py` and "
            "commit tests/data")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+TMP = tempfile.gettempdir() + "/"
 CARD_RUN = ("author", "created", "command")  # a card's who, when and how: each build's own
 
 
@@ -46,7 +48,7 @@ def test_windows_are_the_real_basicmotions_data(split):
 
 def _masked(doc: object) -> object:
     """A manifest with what training changes replaced by its kind: floats, sha256 digests,
-    a card's author, time and command line."""
+    a card's author, time and command line, and the temporary paths of its data files."""
     if isinstance(doc, dict):
         return {k: ("<card>" if k in CARD_RUN and doc.get("format") == "edge-card/1"
                     else _masked(v))
@@ -57,6 +59,8 @@ def _masked(doc: object) -> object:
         return "<float>"
     if isinstance(doc, str) and SHA256.fullmatch(doc):
         return "<sha256>"
+    if isinstance(doc, str) and doc.startswith(TMP):  # a data file the builder wrote there
+        return "<tmp path>"
     return doc
 
 
@@ -103,14 +107,15 @@ def signature(bundle: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def fresh(basicmotions_bundle, engine_bundles, signing_bundle) -> dict[str, Path]:
+def fresh(basicmotions_bundle, engine_bundles, signing_bundle, shape_bundles
+          ) -> dict[str, Path]:
     """part -> its root, built in this session by the current export code."""
     root = basicmotions_bundle.parent
     for bank in (2, 4):
         build_bank_bundle(root, bank)
     build_static_bundle(root, 4)
     return {"basicmotions": root, "engine": engine_bundles["dynamic"].parent,
-            "signing": signing_bundle.parent}
+            "signing": signing_bundle.parent, "shapes": shape_bundles}
 
 
 @pytest.fixture(scope="module")

@@ -1,38 +1,32 @@
 """Inputs other than windows, end to end: (N, 30) feature vectors (scikit-learn's breast
 cancer measurements) and (N, 1, 8, 8) images (its digit scans), each through a tiny base
-pretrained here, a LoRA adapter trained with `export.train`, `attach` and `merge`, and a
-running gateway fed JSON and binary payloads of that shape over a real Mosquitto.
+pretrained here, a LoRA adapter trained with `export.train`, `attach` and `merge`
+(tests/shape_models.py, the `shape_lines` fixture). A gateway serving them over MQTT is
+tests/test_shapes_served.py, which the gateway venv runs too.
 
-Workstation only (torch, scikit-learn): tests/shape_models.py builds everything.
+Workstation only (torch, scikit-learn).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
 
 import numpy as np
 import pytest
-from shape_models import build_line
-from test_runtime import Collector, Publisher, exactly_once
 
 from edge.bundle import read_manifest, read_reference_inputs
-from edge.codec import softmax
-from edge.contract import Normalizer, Preprocessing
+from edge.contract import Normalizer
 from edge.engine import Engine, load_adapter_file
-from edge.mqtt import publish_properties
 from export.data import load_dataset
-from export.demo.local_broker import write_runtime_config
 
 ERRORS = "factory/gw-test/errors"
 WAIT_S = 60.0
 BIN = "application/octet-stream"
 
 
-@pytest.fixture(scope="module", params=["features", "images"])
-def line(request, tmp_path_factory):
-    return build_line(request.param, tmp_path_factory.mktemp(request.param))
+@pytest.fixture(params=["features", "images"])
+def line(request, shape_lines):
+    return shape_lines[request.param]
 
 
 def test_training_records_the_sample_shape(line):
@@ -76,93 +70,6 @@ def test_merged_model_equals_the_attached_bundle(line):
     accuracy = float(np.mean(attached[:, :2 if line.kind == "features" else 10].argmax(1)
                              == test.y))
     assert accuracy > 0.85
-
-
-def offline(bundle, x: np.ndarray) -> np.ndarray:
-    """Probabilities (N, K) of line-a on raw samples x (N, *shape), as onnxruntime gives
-    them outside the gateway."""
-    manifest = read_manifest(bundle)
-    entry = manifest.adapter("line-a")
-    pre = Preprocessing.from_dict(entry.preprocessing.to_dict())
-    mean = np.asarray(pre.mean, np.float32).reshape(-1, *[1] * (x.ndim - 2))  # (C, 1, ...)
-    std = np.asarray(pre.std, np.float32).reshape(mean.shape)
-    logits = Engine(bundle / manifest.base.file).run(
-        (x - mean) / std, load_adapter_file(bundle / entry.file))
-    return softmax(logits[:, :len(entry.class_names)])
-
-
-def bad_payloads(shape: tuple[int, ...], good: np.ndarray) -> list[tuple[str, bytes, object, str]]:
-    """(name, payload, properties, words of the reason) of broken messages of one shape."""
-    nested = good.tolist()
-    deep = json.dumps({"id": "too deep", "values": good[..., None].tolist()}).encode()
-    ragged = [*nested[:-1], nested[-1][:-1] if len(shape) > 1 else "x"]
-    last = f"{shape[-1] - 1}"
-    nan = good.copy()
-    nan.flat[-1] = np.nan
-    dims = ",".join(map(str, shape))
-    wrong = ",".join(map(str, (*shape[:-1], shape[-1] + 1)))
-    return [
-        ("too deep", deep, None, " 0: expected a number, got list"),
-        ("ragged", json.dumps({"id": "ragged", "values": ragged}).encode(), None,
-         "values: " + ("channel" if len(shape) > 1 else "feature")),
-        ("string", json.dumps({"id": "string", "values": "1,2"}).encode(), None,
-         "got string"),
-        ("NaN", json.dumps({"id": "NaN", "values": nan.tolist()}).encode(), None,
-         f"{last}: NaN or Infinity"),
-        ("short binary", good.astype("<f4").tobytes()[:-4], {"id": "short binary"},
-         f"expected {'x'.join(map(str, shape))} float32 values"),
-        ("shape property", good.astype("<f4").tobytes(), {"id": "shape property",
-                                                          "shape": wrong},
-         f"does not match the expected {dims}"),
-        ("NaN binary", nan.astype("<f4").tobytes(), {"id": "NaN binary"}, "NaN or Infinity"),
-    ]
-
-
-def test_the_gateway_serves_the_shape(line, mosquitto, started, tmp_path):
-    """Real test samples as JSON (nested like the shape) and binary (C order, user property
-    shape "d1,d2,..."): one result each, with the scores onnxruntime gives the same samples
-    offline; broken payloads of the same shape get one error each and the service keeps
-    serving; the drift watch evaluates the line (its statistics per feature or channel)."""
-    test = load_dataset(line.data["test"])
-    x = test.X[:32]
-    config = write_runtime_config(tmp_path, port=mosquitto.port, bundle=line.bundle,
-                                  lines={"line-a": {"adapter": "line-a"}},
-                                  drift={"window": 8, "every": 4, "min_windows": 8,
-                                         "publish_s": 0.0})
-    collector = Collector(mosquitto.port)
-    started(config)
-    pub = Publisher(mosquitto.port)
-    topic = "factory/line-a/sensors/cam-1"
-    bad = bad_payloads(line.shape, x[0])
-    for i, sample in enumerate(x):
-        if i % 2:
-            props = {"id": f"s{i}", "shape": ",".join(map(str, line.shape))}
-            pub.raw(topic, sample.astype("<f4").tobytes(), publish_properties(BIN, props))
-        else:
-            pub.raw(topic, json.dumps({"id": f"s{i}", "values": sample.tolist()}).encode())
-        if i < len(bad):
-            name, payload, props, _ = bad[i]
-            pub.raw(topic, payload, None if props is None else publish_properties(BIN, props))
-    pub.close()
-    ids = [f"s{i}" for i in range(len(x))] + [b[0] for b in bad]
-    assert collector.wait(lambda c: len(c.answers()) >= len(ids), WAIT_S), collector.answers()
-    time.sleep(0.2)  # a duplicate answer would show now
-    exactly_once(collector.answers(), ids)
-    want = offline(line.bundle, x)
-    results = {d["id"]: d for d in collector.docs("/inference")}
-    labels = read_manifest(line.bundle).adapter("line-a").class_names
-    for i in range(len(x)):
-        got = results[f"s{i}"]["scores"]
-        np.testing.assert_allclose([got[n] for n in labels], want[i], atol=1e-5)
-    errors = {d["id"]: d["reason"] for d in collector.docs("/errors")}
-    for name, _, _, words in bad:
-        assert words in errors[name], (name, errors[name])
-    assert collector.wait(lambda c: any(d.get("windows", 0) >= 8
-                                        for d in c.docs("/drift/line-a")), WAIT_S)
-    drift = [d for d in collector.docs("/drift/line-a") if d.get("windows", 0) >= 8][-1]
-    assert drift["state"] in ("ok", "warn", "drift")
-    assert drift["indicators"] and all(math.isfinite(v) for v in drift["indicators"].values())
-    collector.close()
 
 
 def test_check_adapters_scores_its_sample_of_that_shape(line):
