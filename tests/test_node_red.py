@@ -34,8 +34,9 @@ def _get(url: str, data: bytes | None = None) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
+    except urllib.error.HTTPError as exc:  # Node-RED's own 404 page (HTML) until the flow
+        body = exc.read()                     # is deployed; the flow's errors are JSON
+        return exc.code, json.loads(body) if body.lstrip().startswith(b"{") else {}
 
 
 def _wait(predicate, what: str, timeout: float = WAIT_S):
