@@ -65,7 +65,8 @@ def test_revoke_withdraws_a_version_and_lines_fall_back(swap_config, started, mo
     assert result.exit_code == 0, result.output
     assert "line-a v3 revoked on gw-test" in result.output
     assert "line-a -> line-a v2" in result.output and "line-d -> line-a v2" in result.output
-    doc = state(collector)
+    # The CLI's own subscriber saw the new state; this collector may get it a moment later.
+    doc = wait_state(collector, lambda s: bool(s.get("revoked")))
     assert [(r["name"], r["version"], r["reason"]) for r in doc["revoked"]] == [
         ("line-a", 3, "saturates on lot 42")]
     assert {h["version"] for h in doc["held"]} == {1, 2}
