@@ -22,7 +22,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic_core import from_json
@@ -399,7 +399,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def encode_result(
+def encode_result(**fields: Any) -> bytes:
+    """The results-topic JSON for one message: `result_doc(**fields)` encoded."""
+    return encode_doc(result_doc(**fields))
+
+
+def encode_doc(doc: Result) -> bytes:
+    """A result document as the results topic carries it (compact JSON, no NaN)."""
+    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+
+
+def result_doc(
     *,
     id: str,
     ts: float | None,
@@ -409,8 +419,8 @@ def encode_result(
     labels: list[str],
     scores: np.ndarray,
     latency_ms: float,
-) -> bytes:
-    """The results-topic JSON for one message; `scores` (K,) are probabilities for `labels`.
+) -> Result:
+    """The result document for one message; `scores` (K,) are probabilities for `labels`.
 
     Slice padded logits to `len(labels)` before the softmax; a length mismatch is a bug and
     raises ValueError. Non-finite scores are written as null.
@@ -431,7 +441,7 @@ def encode_result(
                    for name, p, ok in zip(labels, probs, finite, strict=True)},
         "latency_ms": round(float(latency_ms), 3),
     }
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    return doc
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

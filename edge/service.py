@@ -37,8 +37,9 @@ from .codec import (
     InputSpec,
     best_effort_id,
     decode_sensor,
+    encode_doc,
     encode_event,
-    encode_result,
+    result_doc,
     softmax,
 )
 from .config import Config, load_config
@@ -521,16 +522,15 @@ class Service:
                 probs[row] = p
             if raw is not None:
                 top[rows], cls[rows] = scores.max(axis=1), scores.argmax(axis=1)
-        answered = []  # (line, result JSON) for Sparkplug, one hand-over per batch
+        answered = []  # (line, result document) for Sparkplug, one hand-over per batch
         for item, route, scores in zip(items, row_routes, probs, strict=True):
             latency_ms = (time.monotonic() - item.received) * 1000.0
-            payload = encode_result(id=item.reading.id, ts=item.reading.ts, line=item.line,
-                                    adapter=route.key[0], adapter_version=route.version,
-                                    labels=list(route.labels), scores=scores,
-                                    latency_ms=latency_ms)
+            doc = result_doc(id=item.reading.id, ts=item.reading.ts, line=item.line,
+                             adapter=route.key[0], adapter_version=route.version,
+                             labels=list(route.labels), scores=scores, latency_ms=latency_ms)
             if self._json_results:
-                self._last_publish = self.link.publish(self._topic(item.line), payload)
-            answered.append((item.line, payload))
+                self._last_publish = self.link.publish(self._topic(item.line), encode_doc(doc))
+            answered.append((item.line, doc))
             self.latency.record(latency_ms)
         if self.sparkplug is not None:
             self.sparkplug.results(answered)

@@ -10,7 +10,7 @@ Per connection (paho's network thread):
     -> DBIRTH per line (seq 1, 2, ...) -> the results that waited, as DDATA
     disconnect -> b+1 (mod 256, kept in <state_dir>/sparkplug.json), the will re-set
 
-Results (the worker thread, `node.results([(line, json_bytes), ...])` once per batch) go out
+Results (the worker thread, `node.results([(line, result_doc), ...])` once per batch) go out
 at once as DDATA while the node is born (one per result, or with `ddata = "per_batch"` one
 per line and batch), else wait in a bounded queue for the next birth. DDATA is QoS 0 as the
 spec says; a result stays ours until paho has written it to the socket (on_publish), so one
@@ -82,7 +82,7 @@ class SparkplugTopics:
 @dataclass(frozen=True)
 class Result:
     line: str
-    doc: dict  # the results topic's JSON
+    doc: dict  # the result document (edge/codec.py result_doc)
     ts_ms: int  # when it was computed: DDATA carries this time, even when sent late
     drift: str | None
 
@@ -173,17 +173,15 @@ class SparkplugNode:
         self.client.loop_stop()
 
     # -- results (worker thread) ------------------------------------------------------------
-    def result(self, line: str, payload: bytes) -> None:
-        """One result (the results topic's JSON) of `line`: DDATA now, or after the rebirth."""
-        self.results([(line, payload)])
-
-    def results(self, answered: Sequence[tuple[str, bytes]]) -> None:
-        """A batch's results, (line, results topic's JSON) in order: DDATA now (one per
-        result, or one per line with `ddata = "per_batch"`), or after the rebirth."""
+    def results(self, answered: Sequence[tuple[str, dict]]) -> None:
+        """A batch's results, (line, result document as the results topic carries it) in
+        order: DDATA now (one per result, or one per line with `ddata = "per_batch"`), or
+        after the rebirth."""
         ts = now_ms()
-        items = [Result(line, json.loads(payload), ts,
-                        None if self._drift is None else self._drift(line))
-                 for line, payload in answered]
+        drift: dict[str, str | None] = {}  # one drift lookup per line of the batch
+        if self._drift is not None:
+            drift = {line: self._drift(line) for line in {line for line, _ in answered}}
+        items = [Result(line, doc, ts, drift.get(line)) for line, doc in answered]
         with self._lock:
             self._settle()
             if self.born:
