@@ -108,8 +108,9 @@ class AdapterStore:
     """
 
     def __init__(self, *, cfg: Config, bundle: Path, manifest: Manifest, engine: Engine,
-                 state_dir: Path) -> None:
+                 state_dir: Path, follower: bool = False) -> None:
         self.manifest, self.engine, self.bundle = manifest, engine, bundle
+        self.follower = follower  # a follower worker reads the leader's files, never edits them
         self.max_bytes = cfg.limits.max_adapter_bytes
         self.require_signed = cfg.adapters.require_signed
         self.trusted = load_public_keys(cfg.adapters.trusted_keys)
@@ -132,9 +133,10 @@ class AdapterStore:
         self._hold_persisted()
 
     @classmethod
-    def open(cls, cfg: Config, bundle: Path, manifest: Manifest, engine: Engine) -> AdapterStore:
+    def open(cls, cfg: Config, bundle: Path, manifest: Manifest, engine: Engine,
+             follower: bool = False) -> AdapterStore:
         return cls(cfg=cfg, bundle=bundle, manifest=manifest, engine=engine,
-                   state_dir=cfg.device.state_dir)
+                   state_dir=cfg.device.state_dir, follower=follower)
 
     # -- lookups ----------------------------------------------------------------------------
     def resolve(self, name: str, version: int | None) -> HeldAdapter:
@@ -405,16 +407,39 @@ class AdapterStore:
             log.warning("%s", line)
         for entry, path, meta in found:
             if (entry.name, entry.version) in self.revoked:
-                self._delete_files(entry.name, entry.version, path)  # revoked, then a crash
+                if not self.follower:
+                    self._delete_files(entry.name, entry.version, path)  # revoked, a crash
                 continue
-            held = HeldAdapter(entry=self._shared(entry), path=path, size=path.stat().st_size,
-                               source=str(meta.get("source", "mqtt")),
-                               signer=str(meta.get("signer", "unsigned")),
-                               accepted=float(meta.get("accepted", 0.0)))
+            held = self._persisted(entry, path, meta)
             self.held.setdefault(held.key, held)
+        if self.follower:  # a .tmp may be the leader's intake in progress
+            return
         for tmp in self.dir.glob(".*.tmp"):  # a crash in the middle of an intake
             tmp.unlink(missing_ok=True)
 
+    def _persisted(self, entry: AdapterEntry, path: Path, meta: dict) -> HeldAdapter:
+        return HeldAdapter(entry=self._shared(entry), path=path, size=path.stat().st_size,
+                           source=str(meta.get("source", "mqtt")),
+                           signer=str(meta.get("signer", "unsigned")),
+                           accepted=float(meta.get("accepted", 0.0)))
+
+    def refresh(self) -> None:
+        """A follower worker's view of the leader's changes: hold what the leader accepted
+        since, forget what it pruned or revoked (edge/workers/route_sync.py)."""
+        self.revoked = Revocations.load(self.dir.parent)
+        found, _ = persisted_adapters(self.dir, self.manifest, self.policy)
+        on_disk = {(e.name, e.version): (e, path, meta) for e, path, meta in found
+                   if (e.name, e.version) not in self.revoked}
+        with self._lock:
+            held = dict(self.held)
+        for key, adapter in held.items():
+            if key in self.revoked or (adapter.source != "bundle" and key not in on_disk):
+                self._forget(key)
+        for key, (entry, path, meta) in on_disk.items():
+            if key not in held:
+                adapter = self._persisted(entry, path, meta)
+                with self._lock:
+                    self.held[key] = adapter
 
 def persisted_adapters(directory: Path, manifest: Manifest, policy: CardPolicy | None = None
                        ) -> tuple[list[tuple[AdapterEntry, Path, dict]], list[str]]:

@@ -2,7 +2,7 @@
 
     edge-runtime --version
     edge-runtime run --config firmware_configs/cpu.toml [--bundle DIR] [--log-level info]
-                     [--log-format text|json]
+                     [--log-format text|json] [--workers N]
     edge-runtime check-config firmware_configs/cpu.toml
     edge-runtime doctor --config firmware_configs/jetson-orin-nano.toml [--bundle DIR] [--json]
     edge-runtime capture list --config FILE
@@ -68,18 +68,31 @@ BUNDLE_OPTION = click.option("--bundle", type=click.Path(file_okay=False, path_t
 @click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
               help="json: one object per line (time, level, logger, message, line, id...) "
               "for journald and log shippers.")
-def run_command(config: Path, bundle: Path | None, log_level: str, log_format: str) -> None:
+@click.option("--workers", type=int, default=None, help="Worker processes sharing the sensor "
+              "topics; overrides [workers] count (docs/WORKERS.md).")
+def run_command(config: Path, bundle: Path | None, log_level: str, log_format: str,
+                workers: int | None) -> None:
     """Run the service until SIGTERM or SIGINT, then drain and exit 0."""
     setup_logging(log_level, log_format)
-    sys.exit(run(config=config, bundle=bundle))
+    sys.exit(run(config=config, bundle=bundle, workers=workers, log_level=log_level,
+                 log_format=log_format))
 
 
-def run(*, config: str | Path, bundle: str | Path | None = None) -> int:
-    """Load the config and bundle, serve until a signal; the exit code."""
+def run(*, config: str | Path, bundle: str | Path | None = None, workers: int | None = None,
+        log_level: str = "info", log_format: str = "text") -> int:
+    """Load the config and bundle, serve until a signal; the exit code. More than one
+    worker (or workers of an earlier run to retire): a supervisor and its worker processes."""
     from .config import load_config
+    from .workers.role import with_workers
+    from .workers.supervisor import Supervisor, needs_supervisor
+
+    cfg = with_workers(load_config(config), workers)
+    if needs_supervisor(cfg):
+        return Supervisor(cfg, Path(config), None if bundle is None else Path(bundle),
+                          log_level=log_level, log_format=log_format).run()
     from .service import Service
 
-    return Service(load_config(config), bundle_dir=bundle).run_forever()
+    return Service(cfg, bundle_dir=bundle).run_forever()
 
 
 @main.command("check-config")

@@ -368,6 +368,14 @@ class MetricsSettings(_Section):
                       "free port (tests), logged at start")
 
 
+class WorkersSettings(_Section):
+    """[workers]: gateway processes sharing the sensor subscription (docs/WORKERS.md)."""
+
+    count: int = Field(1, ge=1, le=64, description="worker processes; more than 1 shares the "
+                       "sensor topics among them (MQTT v5 shared subscription), one per core "
+                       "at most is useful; `edge-runtime run --workers` overrides")
+
+
 class DriftLimits(_Section):
     """[drift.thresholds.<indicator>]: the levels at which an indicator says warn and drift."""
 
@@ -504,11 +512,16 @@ class Config(_Section):
     export: Export = Field(default_factory=Export, description="workstation export settings")
     sparkplug: SparkplugSettings = Field(default_factory=SparkplugSettings,
                                          description="Sparkplug B edge node")
+    workers: WorkersSettings = Field(default_factory=WorkersSettings,
+                                     description="worker processes")
     _source: Path | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         self.broker.client_id = self.broker.client_id or f"edge-{self.device.id}"
+        if self.workers.count > 1 and self.sparkplug.enabled:
+            raise _conflict("sparkplug.enabled", True, "a Sparkplug edge node is one "
+                            "session with one seq counter: set workers.count = 1 to use it")
         return self
 
     @property

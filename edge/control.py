@@ -93,9 +93,13 @@ class ControlPlane:
 
     def __init__(self, *, settings: ControlSettings, lines: LineState, routing: RouteHolder,
                  build: Callable[[LineState], RoutingTable], store: AdapterStore,
-                 link: ControlLink, counters: Counters) -> None:
+                 link: ControlLink, counters: Counters,
+                 changed: Callable[[], object] | None = None) -> None:
         self.settings, self.lines, self.routing, self.build = settings, lines, routing, build
         self.store, self.link, self.counters = store, link, counters
+        # With worker processes: every worker serves a change before it is answered
+        # (edge/workers/route_sync.py RouteSignal.changed).
+        self.changed = changed
         self.queue: queue.Queue[Command | None] = queue.Queue(QUEUE_BOUND)
         self.last: LastCommand = {}
         self._active: dict[str, tuple] = {}  # line -> (model key, since): when it took over
@@ -294,6 +298,8 @@ class ControlPlane:
                          installed_ms=round(installed_ms, 3),  # received -> serving it
                          command_ms=round((time.monotonic() - cmd.received) * 1000.0, 3))
         log.info("%s: routes now %s (switch %.2f ms)", cmd.kind, table.describe(), switch_ms)
+        if self.changed is not None:
+            self.changed()
         self.publish_state()
 
     def _prune(self, name: str) -> None:
@@ -306,6 +312,8 @@ class ControlPlane:
         gone = store.prune(name, self.settings.keep_versions, in_use)
         if gone:
             log.info("deleted old versions %s of %s", [v for _, v in gone], name)
+            if self.changed is not None:
+                self.changed()
             self.publish_state()
 
     # -- state --------------------------------------------------------------------------------

@@ -89,10 +89,25 @@ class _TextFormatter(logging.Formatter):
         return f"{line} ({suppressed} similar lines suppressed)" if suppressed else line
 
 
-def setup_logging(level: str, fmt: str = "text") -> None:
-    """Root logging to stderr at `level` in `fmt` ("text" or "json"), rate limited."""
+def setup_logging(level: str, fmt: str = "text", worker: int | None = None) -> None:
+    """Root logging to stderr at `level` in `fmt` ("text" or "json"), rate limited; in a
+    worker process (edge/workers/) each line names the worker: `[w1]`, or `"worker": 1`."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else _TextFormatter(TEXT_FORMAT))
+    text = TEXT_FORMAT if worker is None else TEXT_FORMAT.replace(
+        "%(name)s", f"[w{worker}] %(name)s")
+    handler.setFormatter(JsonFormatter() if fmt == "json" else _TextFormatter(text))
     handler.addFilter(RateLimit())
+    if worker is not None:
+        handler.addFilter(_WorkerField(worker))
     # Like basicConfig, nothing changes where the root logger has handlers already (pytest).
     logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+
+
+class _WorkerField(logging.Filter):
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True

@@ -149,7 +149,7 @@ class MqttLink:
     the network thread after every (re)connect, once the broker has granted the
     subscriptions."""
 
-    def __init__(self, cfg: Config, *, will: bytes,
+    def __init__(self, cfg: Config, *, will: bytes | None,
                  on_connect: Callable[[], None] | None = None, outbox: Outbox | None = None,
                  dedupe: Dedupe | None = None, counters: Counters | None = None) -> None:
         self.cfg = cfg
@@ -158,6 +158,9 @@ class MqttLink:
         self.subscribed = threading.Event()  # set at each SUBACK, cleared on disconnect
         self._subscribe_mid: int | None = None
         self._handlers: list[tuple[str, int, Handler]] = []  # (filter, qos, handler)
+        # Matched but not subscribed: what a retiring worker's session still holds.
+        self._passive: list[tuple[str, int, Handler]] = []
+        self.unsubscribe_on_connect: list[str] = []  # filters an earlier run left behind
         self._match: dict[str, Handler | None] = {}
         self._warned: set[str] = set()  # topics without a handler, logged once each
         self._on_connect_hook = on_connect
@@ -169,15 +172,15 @@ class MqttLink:
             counters=counters, dedupe=dedupe)
 
     # -- setup ------------------------------------------------------------------------------
-    def _make_client(self, will: bytes, manual_ack: bool) -> mqtt.Client:
+    def _make_client(self, will: bytes | None, manual_ack: bool) -> mqtt.Client:
         broker = self.cfg.broker
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=broker.client_id,
                              protocol=mqtt.MQTTv5, manual_ack=manual_ack)
         paho_log = logging.getLogger("edge.mqtt.paho")
         if paho_log.isEnabledFor(logging.DEBUG):  # paho logs every packet: costly under load
             client.enable_logger(paho_log)
-        # The broker publishes this, retained, when we vanish without a DISCONNECT.
-        client.will_set(self.cfg.topic_layout.status, will, qos=1, retain=True)
+        if will is not None:  # the broker publishes this, retained, when we vanish
+            client.will_set(self.cfg.topic_layout.status, will, qos=1, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         client.max_inflight_messages_set(MAX_INFLIGHT)
         client.max_queued_messages_set(MAX_QUEUED)
@@ -189,11 +192,13 @@ class MqttLink:
         client.on_publish = self._on_publish
         return client
 
-    def handle(self, topic_filter: str, handler: Handler, qos: int | None = None) -> None:
+    def handle(self, topic_filter: str, handler: Handler, qos: int | None = None, *,
+               subscribe: bool = True) -> None:
         """Subscribe `topic_filter` (at topics.qos unless given) and route matches to
-        `handler`; the first matching filter in registration order wins."""
-        self._handlers.append((topic_filter, self.cfg.topics.qos if qos is None else qos,
-                               handler))
+        `handler`; the first matching filter in registration order wins. `subscribe=False`:
+        only route what arrives (a session's subscriptions from an earlier run)."""
+        entry = (topic_filter, self.cfg.topics.qos if qos is None else qos, handler)
+        (self._handlers if subscribe else self._passive).append(entry)
         self._match.clear()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -214,15 +219,20 @@ class MqttLink:
         """True once connected and subscribed, False after `timeout` seconds."""
         return self.subscribed.wait(timeout)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, *, end_session: bool = False) -> None:
         """DISCONNECT cleanly (the broker then drops the last will) and end the thread.
         With an outbox, first give the broker up to `timeout` seconds to take what it
-        holds; the rest stays on disk and goes first at the next start."""
+        holds; the rest stays on disk and goes first at the next start. `end_session`:
+        the broker forgets this client's session (MQTT v5 session expiry 0 at DISCONNECT)."""
         if self.delivery is not None:
             self.delivery.drain(timeout)
         self._stopping = True
         if self.connected.is_set():
-            self.client.disconnect()
+            props = None
+            if end_session:
+                props = Properties(PacketTypes.DISCONNECT)
+                props.SessionExpiryInterval = 0
+            self.client.disconnect(properties=props)
         self.client.loop_stop()
         self.connected.clear()
         self.subscribed.clear()
@@ -281,6 +291,8 @@ class MqttLink:
         self.connected.set()
         if self.delivery is not None:
             self.delivery.connected()
+        if self.unsubscribe_on_connect:  # before the SUBSCRIBE: no window comes twice
+            client.unsubscribe(list(self.unsubscribe_on_connect))
         if not self._handlers:
             self._ready()
             return
@@ -315,7 +327,7 @@ class MqttLink:
         if topic not in self._match:
             if len(self._match) >= _MATCH_CACHE:
                 self._match.clear()
-            self._match[topic] = next((h for f, _, h in self._handlers
+            self._match[topic] = next((h for f, _, h in (*self._handlers, *self._passive)
                                        if mqtt.topic_matches_sub(match_filter(f), topic)),
                                       None)
         return self._match[topic]

@@ -91,10 +91,11 @@ class Outbox:
             raise
 
     @classmethod
-    def open(cls, cfg: Config) -> Outbox:
-        """The outbox in `device.state_dir` (created when missing). A directory that cannot
-        hold it (read-only, full, not a directory) is a one-line ConfigError naming the key."""
-        state = cfg.device.state_dir
+    def open(cls, cfg: Config, directory: Path | None = None) -> Outbox:
+        """The outbox in `device.state_dir`, or `directory` (a worker's own, edge/workers/),
+        created when missing. A directory that cannot hold it (read-only, full, not a
+        directory) is a one-line ConfigError naming the key."""
+        state = cfg.device.state_dir if directory is None else directory
         try:
             state.mkdir(parents=True, exist_ok=True)
             box = cls(state / FILE_NAME, cfg.outbox)

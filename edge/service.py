@@ -16,6 +16,10 @@ Threads:
 
     svc = Service(load_config("firmware_configs/cpu.toml"), bundle_dir="bundle")
     svc.start(); ...; svc.stop()          # or svc.run_forever() until SIGTERM / SIGINT
+
+With `[workers] count > 1` each worker process runs one Service with its `WorkerRole`
+(edge/workers/): the leader has the control plane, the status and the drift watch; the
+others serve their share of the sensor topics and follow the leader's routing.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ from .routing import Route, RouteHolder, RoutingTable, TableBuilder
 from .sparkplug.node import SparkplugNode, node_properties
 from .state_lock import StateLock
 from .status import Counters, error_kind, online_details, stats_payload, status_payload
+from .workers.role import WorkerRole, sensor_filters, worker_config, worker_dir
+from .workers.route_sync import RouteFollower, RouteSignal
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +106,15 @@ class Service:
     plane replaces it as a whole in `routing` (a RouteHolder), never edits it.
     """
 
-    def __init__(self, config: Config | str | Path, bundle_dir: str | Path | None = None) -> None:
-        self.cfg = config if isinstance(config, Config) else load_config(config)
-        self.state_lock = StateLock.acquire(self.cfg.device.state_dir)  # one runtime per state
+    def __init__(self, config: Config | str | Path, bundle_dir: str | Path | None = None,
+                 role: WorkerRole | None = None) -> None:
+        self.role = role  # None: the one process of the runtime
+        self.leader = role is None or role.leader
+        self.cfg = worker_config(config if isinstance(config, Config) else load_config(config),
+                                 role)
+        state = self.cfg.device.state_dir  # one runtime per state (per worker directory)
+        self.state_lock = StateLock.acquire(state if role is None else
+                                            worker_dir(state, role.index))
         self.outbox: Outbox | None = None
         self.metrics: Metrics | None = None  # [metrics]: Prometheus and /healthz
         try:
@@ -116,7 +128,9 @@ class Service:
             raise
 
     def _open(self, bundle_dir: str | Path | None) -> None:
-        self.outbox = Outbox.open(self.cfg)  # an unusable state_dir is a ConfigError
+        role = self.role  # past worker 0, each worker has its own outbox
+        self.outbox = Outbox.open(self.cfg, None if role is None or role.index == 0 else
+                                  worker_dir(self.cfg.device.state_dir, role.index))
         self.dedupe = Dedupe.load(self.outbox)
         bundle = bundle_dir if bundle_dir is not None else self.cfg.device.bundle
         if bundle is None:
@@ -129,8 +143,11 @@ class Service:
                                   self.manifest, placement=True)
         self.placement: dict[str, dict[str, int]] = {}  # provider -> op -> nodes, at warm-up
         self.spec = self._input_spec()
-        self.store = AdapterStore.open(self.cfg, self.bundle, self.manifest, self.engine)
+        self.store = AdapterStore.open(self.cfg, self.bundle, self.manifest, self.engine,
+                                       follower=not self.leader)
         self.tables = TableBuilder(self.store, self.manifest, self.spec.shape)
+        self.follower = None if self.leader or role.retiring else RouteFollower(
+            self.cfg.device.state_dir, role.index, self._follow_routes)  # before the table
         lines = self._line_state()
         self.routing = RouteHolder(self.tables.build(lines))
         self.store.pin(self.routes.adapter_keys())
@@ -149,21 +166,47 @@ class Service:
         broker = self.cfg.broker
         # A window left unacknowledged in a persistent session reaches the next start.
         self._redelivered = not broker.clean_start and broker.session_expiry > 0
-        device = self.cfg.device.id
-        self.link = MqttLink(self.cfg, will=status_payload(
-            "offline", device, reason="connection lost", stamp=False), on_connect=self._announce,
-            outbox=self.outbox, dedupe=self.dedupe, counters=self.counters)
-        self.control = ControlPlane(  # its topics match before the sensors'
-            settings=ControlSettings.from_config(self.cfg, self.manifest.bank), lines=lines,
-            routing=self.routing, build=self.tables.build, store=self.store, link=self.link,
-            counters=self.counters)
-        for topic_filter in self.cfg.topics.inputs:
-            self.link.handle(topic_filter, self._on_sensor)
-        self.drift = self._drift_watch()
+        will = status_payload("offline", self.cfg.device.id, reason="connection lost",
+                              stamp=False) if self.leader else None  # the gateway's status
+        self.link = MqttLink(self.cfg, will=will, on_connect=self._announce,
+                             outbox=self.outbox, dedupe=self.dedupe, counters=self.counters)
+        self.control = self._control_plane(lines)  # its topics match before the sensors'
+        self._sensor_intake()
+        self.drift = self._drift_watch() if self.leader else None  # sees its 1/N share
         self.capture = self._capture()
-        self.sparkplug = self._sparkplug()  # None unless [sparkplug] enabled
+        self.sparkplug = self._sparkplug() if self.leader else None
         self._json_results = self.sparkplug is None or self.cfg.sparkplug.mode == "alongside"
         self.metrics = Metrics.open(self.cfg, self)  # a taken port fails the start here
+
+    def _control_plane(self, lines: LineState) -> ControlPlane | None:
+        """The leader's: one truth for adapters and routing, which the others follow."""
+        if not self.leader:
+            return None
+        role = self.role
+        signal = None if role is None or role.count == 1 else RouteSignal(
+            self.cfg.device.state_dir, range(1, role.count))
+        return ControlPlane(
+            settings=ControlSettings.from_config(self.cfg, self.manifest.bank), lines=lines,
+            routing=self.routing, build=self.tables.build, store=self.store, link=self.link,
+            counters=self.counters, changed=None if signal is None else signal.changed)
+
+    def _sensor_intake(self) -> None:
+        """The sensor filters: plain for one process, shared among workers; the other form,
+        which a persistent session may keep from an earlier run, is unsubscribed."""
+        subscribe, drop = sensor_filters(self.cfg, self.role)
+        for topic_filter in subscribe:
+            self.link.handle(topic_filter, self._on_sensor)
+        if self.role is not None and self.role.retiring:  # what its session still holds
+            for topic_filter in drop:
+                self.link.handle(topic_filter, self._on_sensor, subscribe=False)
+        self.link.unsubscribe_on_connect = drop
+
+    def _follow_routes(self) -> None:
+        """A follower worker takes the leader's change (edge/workers/route_sync.py)."""
+        self.store.refresh()
+        table = self.tables.build(LineState.load(self.cfg))
+        self.routing.install(table)
+        self.store.pin(table.adapter_keys())
 
     def _drift_watch(self) -> DriftWatch | None:
         """Each watched line's monitor ([drift]); None when drift.enabled is false."""
@@ -255,7 +298,10 @@ class Service:
                                                   name="edge-stats", daemon=True))
         for thread in self._threads:
             thread.start()
-        self.control.start()
+        if self.control is not None:
+            self.control.start()
+        if self.follower is not None:
+            self.follower.start()
         self.link.start()
         if self.sparkplug is not None:
             self.sparkplug.start()
@@ -271,9 +317,10 @@ class Service:
         log.warning("not connected to %s:%s after %.0f s; still trying", broker.host,
                     broker.port, waited)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, *, end_session: bool = False) -> None:
         """Stop taking messages, finish what is queued (within `timeout`), publish the
-        results, set the status offline and disconnect. Safe to call twice."""
+        results, set the status offline and disconnect. Safe to call twice. `end_session`:
+        the broker forgets this client's session (a retiring worker's last act)."""
         if self._stopped:
             return
         self._stopped = True
@@ -292,13 +339,18 @@ class Service:
         self._closed.set()
         if self.capture is not None:  # the worker has ended: nothing more is offered
             self.capture.close(max(deadline - time.monotonic(), 0.5))
-        self.control.stop()
-        info = self.link.publish(self.cfg.topic_layout.status, status_payload(
-            "offline", self.cfg.device.id, reason="shutdown"), qos=1, retain=True)
-        self._wait_published(info, min(PUBLISH_WAIT_S, max(deadline - time.monotonic(), 0.5)))
+        if self.follower is not None:
+            self.follower.stop()
+        if self.control is not None:
+            self.control.stop()
+        if self.leader:
+            info = self.link.publish(self.cfg.topic_layout.status, status_payload(
+                "offline", self.cfg.device.id, reason="shutdown"), qos=1, retain=True)
+            self._wait_published(info, min(PUBLISH_WAIT_S,
+                                           max(deadline - time.monotonic(), 0.5)))
         if self.sparkplug is not None:
             self.sparkplug.stop(min(PUBLISH_WAIT_S, max(deadline - time.monotonic(), 0.5)))
-        self.link.stop()
+        self.link.stop(end_session=end_session)
         if self.metrics is not None:
             self.metrics.close()
         self.outbox.close()
@@ -307,9 +359,10 @@ class Service:
         self.state_lock.release()
         log.info("stopped: %s", self.counters.totals)
 
-    def run_forever(self) -> int:
-        """start(), then block until SIGTERM or SIGINT; stop() and return 0."""
-        stop = threading.Event()
+    def run_forever(self, stop: threading.Event | None = None) -> int:
+        """start(), then block until SIGTERM or SIGINT (or `stop` is set: a worker process
+        sets it for a signal that came while the service was loading); stop(), return 0."""
+        stop = stop if stop is not None else threading.Event()
 
         def on_signal(signum, frame) -> None:
             log.info("%s: draining and stopping", signal.Signals(signum).name)
@@ -355,7 +408,10 @@ class Service:
 
     # -- network thread ---------------------------------------------------------------------
     def _announce(self) -> None:
-        """Retained `online` after every (re)connect: it replaces a last will's `offline`."""
+        """Retained `online` after every (re)connect: it replaces a last will's `offline`.
+        The leader speaks for the gateway; the other workers announce nothing."""
+        if not self.leader:
+            return
         adapters = sorted({(r.adapter, r.version) for r in self.routes.routes.values()
                            if r.adapter is not None})
         details = online_details(
@@ -635,7 +691,8 @@ class Service:
             payload = stats_payload(self.cfg.device.id, counts, elapsed,
                                     self.latency.snapshot_and_reset(), self.queue.qsize(),
                                     self.queue.maxsize, outbox_depth=self.outbox.count,
-                                    provider=self.engine.provider)
+                                    provider=self.engine.provider,
+                                    worker=None if self.role is None else self.role.index)
             self.link.publish(self.cfg.topic_layout.stats, payload, qos=0)
 
     @staticmethod

@@ -127,10 +127,11 @@ class Counters:
 
 def stats_payload(device: str, counts: dict, elapsed: float, latency: dict,
                   queue_depth: int, queue_bound: int, outbox_depth: int | None = None,
-                  provider: str | None = None) -> bytes:
+                  provider: str | None = None, worker: int | None = None) -> bytes:
     """One stats message over the last `elapsed` seconds; `latency` is a
     `LatencyStats.snapshot_and_reset()` (only its percentiles are used); `outbox_depth` is
-    the number of messages waiting for the broker (None without an outbox)."""
+    the number of messages waiting for the broker (None without an outbox); `worker`: the
+    worker process's index when the gateway runs several (each sends its own)."""
     elapsed = max(elapsed, 1e-9)
     batches = counts["batches"]
     doc: Stats = {
@@ -151,4 +152,6 @@ def stats_payload(device: str, counts: dict, elapsed: float, latency: dict,
         "outbox": {"depth": outbox_depth, "dropped": counts["outbox_dropped"],
                    "full": counts["outbox_full"], "errors": counts["outbox_errors"]},
     }
+    if worker is not None:  # one stats message per worker process (edge/workers/)
+        doc["worker"] = worker
     return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()

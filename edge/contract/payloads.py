@@ -191,6 +191,7 @@ class Stats(TypedDict):
     drift_changes: int
     capture: CaptureCounts
     outbox: OutboxCounts
+    worker: NotRequired[int]  # with [workers] count > 1: which worker process sent it
 
 
 # -- drift (out, retained) and events (out) ---------------------------------------------------
