@@ -4,13 +4,15 @@
     (b) onnxruntime  batched throughput of the reference bundle (adapter active), no MQTT
     (c) pipeline     paho publisher -> Mosquitto -> edge-runtime -> Mosquitto -> paho subscriber
 
-For JSON and binary payloads, in `--rounds` interleaved rounds of (a) and (c) (the order
+For each `--workers` count (edge-runtime's worker processes, docs/WORKERS.md) and for JSON
+and binary payloads, in `--rounds` interleaved rounds of (a) and (c) (the order
 alternating): messages/s (closed loop: at most WINDOW messages unanswered) and p50/p99
 end-to-end latency (publish -> result received, one clock); then (c) again at half of its
 measured capacity (open loop, paced) for the latency target, and (a) at that same rate.
 Medians over rounds, and each round's ratio: the baseline itself moves between runs, so a
 target is judged only when every round is on the same side of it. Targets: (c) >= 0.8 x
-min(a, b), and p99 at half load < 3 x batching.max_wait_ms.
+min(a, b), and p99 at half load < 3 x batching.max_wait_ms. Scaling: (c) with N workers
+over (c) with one.
 
 Then drift monitoring's cost (benchmarks/pipeline_drift.py): (c) against two fresh
 runtimes, `[drift] enabled = true` and `false`, in `--drift-rounds` interleaved rounds of
@@ -19,7 +21,7 @@ runtimes, `[drift] enabled = true` and `false`, in `--drift-rounds` interleaved 
 way. Target: >= 0.9 x off.
 
     .venv/bin/python benchmarks/pipeline.py [--bundle DIR] [--seconds 3] [--in-process]
-        [--rounds 5] [--drift-rounds 5]
+        [--rounds 5] [--workers 1,2] [--drift-rounds 5]
         [--drift-seconds 2] [--quick] [--no-write] [--json FILE]
 
 Writes the tables into docs/BENCHMARKS.md under "## Pipeline (benchmarks/pipeline.py)".
@@ -92,17 +94,18 @@ def engine_rows_per_s(bundle: Path, threads: int, seconds: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 def table(rows: list[dict]) -> str:
-    head = ("| payload | bytes | (a) raw pipe msg/s | (b) onnxruntime rows/s | "
+    head = ("| workers | payload | bytes | (a) raw pipe msg/s | (b) onnxruntime rows/s | "
             "(c) pipeline msg/s | (c) / min(a, b) | per-round ratios | (a) max / min | "
             "(a) p50 / p99 ms | (c) p50 / p99 ms, full load | half load msg/s | "
             "(a) p50 / p99 ms, half load | (c) p50 / p99 ms, half load | (c) p99 per round | "
             "lost / errors | ratio >= 0.8 | p99 < 30 ms |\n"
-            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|\n")
+            "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|---|\n")
     lines = []
     for r in rows:
         a, c, half, a_half = r["a"], r["c"], r["half"], r["a_half"]
-        lines.append(f"| {r['kind']} | {r['size']} | {a['rate']:,.0f} | {r['b']:,.0f} | "
-                     f"{c['rate']:,.0f} | {r['ratio']:.2f} | {_span(r['ratios'], '.2f')} | "
+        lines.append(f"| {r['workers']} | {r['kind']} | {r['size']} | {a['rate']:,.0f} | "
+                     f"{r['b']:,.0f} | {c['rate']:,.0f} | {r['ratio']:.2f} | "
+                     f"{_span(r['ratios'], '.2f')} | "
                      f"{r['baseline_spread']:.2f} | {a['p50']:.1f} / {a['p99']:.1f} | "
                      f"{c['p50']:.1f} / {c['p99']:.1f} | {half['rate']:,.0f} | "
                      f"{a_half['p50']:.1f} / {a_half['p99']:.1f} | "
@@ -125,6 +128,8 @@ def main() -> int:
                         help="run edge-runtime in this process instead of a subprocess")
     parser.add_argument("--rounds", type=int, default=5,
                         help="interleaved rounds of (a) and (c) per payload kind")
+    parser.add_argument("--workers", default="1,2",
+                        help="edge-runtime worker process counts to measure, comma-separated")
     parser.add_argument("--drift-rounds", type=int, default=5,
                         help="rounds of drift on / off per payload kind")
     parser.add_argument("--drift-seconds", type=float, default=2.0,
@@ -155,12 +160,12 @@ def main() -> int:
     return 0
 
 
-def runtime_sections(threads: int) -> dict:
+def runtime_sections(threads: int, workers: int = 1) -> dict:
     """The runtime config of every measured edge-runtime (write_runtime_config keywords)."""
     return {"lines": {LINE: {"adapter": LINE}}, "device": {"threads": threads},
             "batching": BATCHING,
             "limits": {"max_payload_bytes": 1 << 20, "queue_bound": 10 * WINDOW},
-            "topics": {"stats_interval_s": 10}}
+            "topics": {"stats_interval_s": 10}, "workers": {"count": workers}}
 
 
 def run_all(work: Path, port: int, bundle: Path, args) -> dict:
@@ -169,24 +174,46 @@ def run_all(work: Path, port: int, bundle: Path, args) -> dict:
     of each round's ratio alike (the service ignores the raw-pipe topic); then drift on
     against off, at the half-load rates (c) found."""
     b = engine_rows_per_s(bundle, args.threads, args.seconds)
-    sections = runtime_sections(args.threads)
-    config = write_runtime_config(work, port=port, bundle=bundle, device_id=DEVICE, **sections)
-    service = RunningService(config, args.in_process, work / "service.log")
     rows = []
-    try:
-        service.wait_online(port, TOPICS.status)
-        for kind in ("json", "binary"):
-            rounds = interleaved_rounds(port, Payloads(kind), args.rounds, args.seconds)
-            rows.append({"kind": kind, "size": Payloads(kind).size, "b": b, "rounds": rounds,
-                         **summarise(rounds, b)})
-    finally:
-        service.stop_checked()
-    half_rates = {r["kind"]: r["half"]["rate"] for r in rows}
+    for workers in (int(n) for n in str(args.workers).split(",")):
+        rows += workers_rows(work / f"workers-{workers}", port, bundle, b, workers, args)
+    sections = runtime_sections(args.threads)
+    half_rates = {r["kind"]: r["half"]["rate"] for r in rows if r["workers"] == 1}
     drift = drift_cost(work, port, bundle, sections, LINE, half_rates, args.drift_seconds,
                        args.drift_rounds, args.in_process)
     integration = integration_cost(work, port, bundle, sections, LINE, half_rates,
                                    args.drift_seconds, args.drift_rounds, args.in_process)
     return {"rows": rows, "drift": drift, "integration": integration}
+
+
+def workers_rows(work: Path, port: int, bundle: Path, b: float, workers: int, args
+                 ) -> list[dict]:
+    """One edge-runtime with `workers` processes: the rounds of each payload kind."""
+    work.mkdir()
+    config = write_runtime_config(work, port=port, bundle=bundle, device_id=DEVICE,
+                                  **runtime_sections(args.threads, workers))
+    in_process = args.in_process and workers == 1  # a supervisor runs as a subprocess
+    service = RunningService(config, in_process, work / "service.log")
+    rows = []
+    try:
+        service.wait_online(port, TOPICS.status)
+        for kind in ("json", "binary"):
+            rounds = interleaved_rounds(port, Payloads(kind), args.rounds, args.seconds)
+            rows.append({"workers": workers, "kind": kind, "size": Payloads(kind).size,
+                         "b": b, "rounds": rounds, **summarise(rounds, b)})
+    finally:
+        service.stop_checked()
+    return rows
+
+
+def scaling_lines(rows: list[dict]) -> str:
+    """(c) with N workers over (c) with one, per payload kind (medians of separate runs)."""
+    one = {r["kind"]: r["c"]["rate"] for r in rows if r["workers"] == 1}
+    out = [f"- {r['kind']}, {r['workers']} workers: {r['c']['rate']:,.0f} msg/s, "
+           f"{r['c']['rate'] / one[r['kind']]:.2f} x one worker"
+           for r in rows if r["workers"] != 1 and r["kind"] in one]
+    return ("Scaling with worker processes ((c) medians, each count its own run):\n\n"
+            + "\n".join(out) + "\n\n") if out else ""
 
 
 def interleaved_rounds(port: int, payloads: Payloads, rounds: int, seconds: float
@@ -256,7 +283,7 @@ def report(res: dict, args) -> str:
             "clock. A target is judged only when every round falls on the same side of it; "
             "otherwise the spread is too wide and the verdict says \"cannot judge\". "
             "(a) max / min is the spread of the baseline itself across rounds.\n\n"
-            + table(res["rows"]) + "\n"
+            + table(res["rows"]) + "\n" + scaling_lines(res["rows"])
             + drift_table(res["drift"], args.drift_seconds) + "\n"
             + integration_table(res["integration"], args.drift_seconds))
 

@@ -77,7 +77,8 @@ def test_pipeline_quick(tmp_path):
                           text=True, timeout=230)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert [r["kind"] for r in res["rows"]] == ["json", "binary"]
+    assert [(r["workers"], r["kind"]) for r in res["rows"]] == [
+        (1, "json"), (1, "binary"), (2, "json"), (2, "binary")]  # one and two processes
     for row in res["rows"]:  # 2 interleaved rounds of (a) and (c), nothing lost in any
         assert len(row["rounds"]) == 2 and len(row["ratios"]) == 2 and row["lost"] == 0
         assert all(r[k]["lost"] == 0 for r in row["rounds"] for k in ("a", "c", "half", "a_half"))
@@ -101,3 +102,4 @@ def test_pipeline_quick(tmp_path):
         assert integration["sparkplug"]["NBIRTH"] >= 1 and integration["sparkplug"]["DDATA"]
         assert integration["scrapes"] > 0
     assert "Plant integration on against off" in proc.stdout
+    assert "Scaling with worker processes" in proc.stdout
