@@ -29,7 +29,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
 from reference_bundle import sample_windows  # noqa: E402
 
-from edge.mqtt import MAX_INFLIGHT, publish_properties  # noqa: E402
+from edge.mqtt import MAX_INFLIGHT, no_delay, publish_properties  # noqa: E402
 from export.demo.local_broker import subscriber  # noqa: E402
 
 RAW_TOPIC = "bench/raw/imu"  # (a): outside the services' subscriptions
@@ -70,6 +70,7 @@ class Payloads:
 def client(port: int) -> mqtt.Client:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     c.max_inflight_messages_set(MAX_INFLIGHT)  # the same window the service publishes with
+    c.on_socket_open = no_delay  # as the service's own client
     c.connect("127.0.0.1", port)
     c.loop_start()
     return c

@@ -23,6 +23,7 @@ handler's filter matches is reported on the errors topic, then acknowledged.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import sys
 import threading
@@ -76,6 +77,16 @@ def _drop_not_connected(record: logging.LogRecord) -> bool:
     connection attempts, and once after a clean stop; the failed attempt itself is already
     logged with its reason (connect_failed), so this line only hides the real ones."""
     return not str(record.msg).startswith("Client is not connected")
+
+
+def no_delay(_client: mqtt.Client, _userdata: object, sock: object) -> None:
+    """TCP_NODELAY on the broker connection (paho leaves Nagle's algorithm on). With it on, a
+    result written right after a PUBACK waits for the broker's delayed ACK of that PUBACK:
+    40 ms on Linux, every time, on an idle line."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (a unix socket, a websocket)
+        pass
 
 
 def message_properties(msg: mqtt.MQTTMessage) -> tuple[str | None, dict[str, str]]:
@@ -185,6 +196,7 @@ class MqttLink:
         client.max_inflight_messages_set(MAX_INFLIGHT)
         client.max_queued_messages_set(MAX_QUEUED)
         set_security(client, self.cfg)
+        client.on_socket_open = no_delay
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

@@ -37,7 +37,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..config import Config
 from ..errors import BadMessage
-from ..mqtt import RECONNECT_MAX_S, RECONNECT_MIN_S, set_security
+from ..mqtt import RECONNECT_MAX_S, RECONNECT_MIN_S, no_delay, set_security
 from .payload import (
     REBIRTH,
     decode_command,
@@ -121,6 +121,7 @@ class SparkplugNode:
         client.will_set(self.topics.ndeath, node_death(bd_seq=self.bd_seq), qos=1)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         set_security(client, self.cfg)
+        client.on_socket_open = no_delay
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect

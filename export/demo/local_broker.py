@@ -25,6 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.contract import DEFAULT_PREFIX
+from edge.mqtt import no_delay
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -94,6 +95,7 @@ def broker_conf(port: int, *, persistence: bool = False, extra: str = "",
             f"persistence {'true' if persistence else 'false'}\n"
             + saving +
             "max_queued_messages 100000\n"
+            "set_tcp_nodelay true\n"
             "log_dest stderr\n"
             "log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
             + extra)
@@ -178,6 +180,7 @@ def subscriber(port: int, topics: Sequence[str], on_message: Callable,
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.on_message = on_message
     client.on_subscribe = lambda *args: subscribed.set()
+    client.on_socket_open = no_delay
     client.connect("127.0.0.1", port)
     client.loop_start()
     client.subscribe([(t, SubscribeOptions(qos=1)) for t in topics])

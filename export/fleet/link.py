@@ -31,6 +31,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge.contract import DEVICE_RULE, PREFIX_RULE, TopicLayout, device_problem, prefix_problem
 from edge.errors import ConfigError, EdgeError
+from edge.mqtt import no_delay
 
 T = TypeVar("T")
 Progress = Callable[[str], None]
@@ -133,6 +134,7 @@ class BrokerSession:
         client_id = client_id or f"edge-export-push-{uuid.uuid4().hex[:12]}"  # never kicks
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   protocol=mqtt.MQTTv5)
+        self.client.on_socket_open = no_delay
         if tls is not None:
             tls.apply(self.client)
         if username is not None or password is not None:
