@@ -17,6 +17,7 @@ reason names the field and goes onto the errors topic as is.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -25,7 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic_core import from_json
+from pydantic_core import SchemaValidator, from_json
+from pydantic_core import core_schema as cs
 
 from .contract.shapes import (
     AXIS_NAMES,
@@ -57,6 +59,7 @@ MAX_ID_CHARS = 128
 MAX_REASON_CHARS = 500
 MAX_TOPIC_CHARS = 256
 _NUMBER_TYPES = frozenset({int, float})  # what json gives for numbers (bool is excluded)
+_BIG = 2.0**63  # values this large (big integers), NaN and Infinity take the exact path
 _ID_IN_PAYLOAD = re.compile(rb'"id"\s*:\s*(?:"((?:[^"\\]|\\.){1,128})"|(-?\d{1,40})(?![\d.eE]))')
 
 
@@ -167,6 +170,10 @@ def _decode_json(payload: bytes, spec: InputSpec) -> SensorReading:
         payload.decode("utf-8")  # validate only: the reason is clearer than the parser's
     except UnicodeDecodeError as exc:
         raise BadMessage(f"payload is not valid UTF-8 (byte {exc.start})") from None
+    reading = _fast_json(payload, spec)
+    if reading is not None:
+        return reading
+    # The exact path: every check in order, each problem named (a bad message parses twice).
     _check_depth(payload)
     try:
         # pydantic_core's parser (Rust, already a dependency through pydantic): ~7x faster
@@ -185,6 +192,58 @@ def _decode_json(payload: bytes, spec: InputSpec) -> SensorReading:
         raise BadMessage("values: missing")
     values = _json_values(doc["values"], spec)
     return SensorReading(id=msg_id, ts=ts, values=values)
+
+
+def _fast_json(payload: bytes, spec: InputSpec) -> SensorReading | None:
+    """A well-formed message in one pass: pydantic_core parses the JSON and checks the values'
+    structure and types (lists of spec.shape's lengths, numbers that are not bools) as it
+    builds them, where the exact path parses, then walks 600 items in Python (~4x the time).
+    None for anything else (bad JSON, structure, depth, values NaN, infinite or huge): the
+    exact path then decides, so reasons and the checks' order stay what they are. id and ts
+    are parsed as any value and checked by the exact path's own functions."""
+    try:
+        doc = _message_validator(spec.shape).validate_json(payload)
+    except Exception:  # ValidationError (a ValueError), or the parser's recursion limit
+        return None
+    if max(_nesting(v) for k, v in doc.items() if k != "values") >= MAX_DEPTH:
+        return None  # a deep id, ts or extra field (values: rank <= 3): the exact path says so
+    values = np.asarray(doc["values"], dtype=np.float64)  # spec.shape, or (L,) for (1, L)
+    if not (np.abs(values) < _BIG).all():  # NaN compares False too
+        return None
+    msg_id, ts = _json_id(doc), _json_ts(doc)  # may raise, as on the exact path
+    return SensorReading(id=msg_id, ts=ts, values=values.astype(np.float32).reshape(spec.shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _message_validator(shape: tuple[int, ...]) -> SchemaValidator:
+    """{"id": any, "ts": any (optional), "values": nested lists of `shape` of numbers, other
+    keys kept}. A strict float takes JSON integers and floats, never a bool or a string,
+    exactly the exact path's _NUMBER_TYPES."""
+    number = cs.float_schema(strict=True, allow_inf_nan=True)
+    values = number
+    for n in reversed(shape):  # innermost axis first: [[number] * L] * C
+        values = cs.list_schema(values, min_length=n, max_length=n)
+    if len(shape) == 2 and shape[0] == 1:  # a univariate window may come as a flat list
+        flat = cs.list_schema(number, min_length=shape[1], max_length=shape[1])
+        values = cs.union_schema([values, flat])
+    return SchemaValidator(cs.typed_dict_schema({
+        "id": cs.typed_dict_field(cs.any_schema()),
+        "ts": cs.typed_dict_field(cs.any_schema(), required=False),
+        "values": cs.typed_dict_field(values)}, extra_behavior="allow"))
+
+
+def _nesting(value: object) -> int:
+    """Levels of lists and objects in a parsed JSON value (a number or string: 0), the depth
+    _check_depth counts in brackets; a loop, not recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def _check_depth(payload: bytes) -> None:
