@@ -136,6 +136,17 @@ class LatencyStats:
             self._filled = min(self._filled + 1, self._ring.size)
             self._messages += 1
 
+    def record_many(self, ms: list[float]) -> None:
+        """A batch's messages answered, each `ms[i]` after it arrived: one lock, as many
+        `record` calls would leave the ring."""
+        size = self._ring.size
+        with self._lock:
+            for value in ms[-size:]:  # the ring keeps the last `size` only
+                self._ring[self._next] = value
+                self._next = (self._next + 1) % size
+            self._filled = min(self._filled + len(ms), size)
+            self._messages += len(ms)
+
     def snapshot_and_reset(self) -> dict:
         """{"messages", "p50_ms", "p99_ms"} since the last snapshot, then a new window:
         `messages` recorded in all, the percentiles over the last `window` of them (None

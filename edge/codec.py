@@ -22,7 +22,9 @@ import json
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from math import isfinite
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -463,9 +465,15 @@ def encode_result(**fields: Any) -> bytes:
     return encode_doc(result_doc(**fields))
 
 
+# json.dumps with any non-default argument builds a new JSONEncoder per call; these are
+# built once (the same C encoder, the same bytes).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_COMPACT_FINITE = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode_doc(doc: Result) -> bytes:
     """A result document as the results topic carries it (compact JSON, no NaN)."""
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    return _COMPACT_FINITE.encode(doc).encode()
 
 
 def result_doc(
@@ -475,7 +483,7 @@ def result_doc(
     line: str,
     adapter: str,
     adapter_version: int | None,
-    labels: list[str],
+    labels: Sequence[str],
     scores: np.ndarray,
     latency_ms: float,
 ) -> Result:
@@ -484,11 +492,14 @@ def result_doc(
     Slice padded logits to `len(labels)` before the softmax; a length mismatch is a bug and
     raises ValueError. Non-finite scores are written as null.
     """
-    probs = np.asarray(scores, dtype=np.float64).reshape(-1)  # (K,)
-    if probs.shape[0] != len(labels):
-        raise ValueError(f"{probs.shape[0]} scores for {len(labels)} labels")
-    finite = np.isfinite(probs)
-    best = int(np.argmax(np.where(finite, probs, -np.inf))) if finite.any() else None
+    # K is a handful of classes: Python floats beat numpy's per-call overhead here.
+    probs = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()  # (K,) floats
+    if len(probs) != len(labels):
+        raise ValueError(f"{len(probs)} scores for {len(labels)} labels")
+    best = None  # the first highest finite score, as np.argmax over the finite ones
+    for k, p in enumerate(probs):
+        if isfinite(p) and (best is None or p > probs[best]):
+            best = k
     doc: Result = {
         "id": clean_text(id, MAX_ID_CHARS),
         "ts": ts,
@@ -496,8 +507,8 @@ def result_doc(
         "adapter": adapter,
         "adapter_version": adapter_version,
         "label": labels[best] if best is not None else None,
-        "scores": {name: (round(float(p), 6) if ok else None)
-                   for name, p, ok in zip(labels, probs, finite, strict=True)},
+        "scores": {name: (round(p, 6) if isfinite(p) else None)
+                   for name, p in zip(labels, probs, strict=True)},
         "latency_ms": round(float(latency_ms), 3),
     }
     return doc
@@ -510,7 +521,10 @@ def clean_text(text: object, limit: int) -> str:
     """Sender-chosen text made safe to send on: lone surrogates (an id written as
     "\\udc80" in JSON) become U+FFFD, which every strict JSON parser accepts, and the text
     is cut to `limit` characters."""
-    return _SURROGATE.sub("\ufffd", str(text)[:limit])
+    text = str(text)[:limit]
+    if text.isascii():  # the usual id: nothing to replace, no regex scan
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def encode_error(*, id: str | None, topic: str, reason: str) -> bytes:
@@ -522,14 +536,14 @@ def encode_error(*, id: str | None, topic: str, reason: str) -> bytes:
         "reason": clean_text(" ".join(str(reason).split()), MAX_REASON_CHARS),
         "ts": time.time(),
     }
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return _COMPACT.encode(doc).encode()
 
 
 def encode_event(doc: DriftChange) -> bytes:
     """The events-topic JSON: the event's fields (names and numbers the gateway made, not
     message content) and "ts"."""
     event: DriftEvent = {**doc, "ts": time.time()}
-    return json.dumps(event, separators=(",", ":"), allow_nan=False).encode()
+    return _COMPACT_FINITE.encode(event).encode()
 
 
 def best_effort_id(payload: bytes, user_properties: dict[str, str] | None) -> str | None:

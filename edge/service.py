@@ -523,15 +523,18 @@ class Service:
             if raw is not None:
                 top[rows], cls[rows] = scores.max(axis=1), scores.argmax(axis=1)
         answered = []  # (line, result document) for Sparkplug, one hand-over per batch
+        latencies = []  # ms per row, recorded under one lock
+        publish = self.link.publish if self._json_results else None
         for item, route, scores in zip(items, row_routes, probs, strict=True):
             latency_ms = (time.monotonic() - item.received) * 1000.0
             doc = result_doc(id=item.reading.id, ts=item.reading.ts, line=item.line,
                              adapter=route.key[0], adapter_version=route.version,
-                             labels=list(route.labels), scores=scores, latency_ms=latency_ms)
-            if self._json_results:
-                self._last_publish = self.link.publish(self._topic(item.line), encode_doc(doc))
+                             labels=route.labels, scores=scores, latency_ms=latency_ms)
+            if publish is not None:
+                self._last_publish = publish(self._topic(item.line), encode_doc(doc))
             answered.append((item.line, doc))
-            self.latency.record(latency_ms)
+            latencies.append(latency_ms)
+        self.latency.record_many(latencies)
         if self.sparkplug is not None:
             self.sparkplug.results(answered)
         self.counters.add(results=len(items))
