@@ -44,6 +44,10 @@ from .status import Counters
 log = logging.getLogger(__name__)
 
 IDLE_S = 1.0  # the sender looks again this often even without a wake-up (a lost race)
+# PUBACKs are settled in groups: paho's thread wakes the sender once a quarter of its window
+# is acknowledged, and while messages are in flight the sender looks at least every SETTLE_S.
+# Waking it on every PUBACK cost a futex wake-up, a sender round and a DELETE per result.
+SETTLE_S = 0.01
 # Messages handed to paho per slot of its in-flight window. paho sends up to its window
 # and queues the rest without a packet; each PUBACK then sends the next one from paho's own
 # thread. Handing over only a window's worth made every publish a cross-thread wake-up of
@@ -84,6 +88,7 @@ class Sender:
         self._on_error = on_error
         self._acks: deque[tuple[int, object]] = deque()  # (mid, reason code) from paho
         self._inflight: dict[int, Row] = {}  # mid -> (seq, message) handed to paho, not acked
+        self._settle_at = max(1, window // 4)  # acks waiting that wake the sender
         self._cursor = 0  # highest seq handed to paho
         self._wake = threading.Event()
         self._progress = threading.Condition()  # notified after each removal
@@ -108,9 +113,10 @@ class Sender:
             self._wake.set()
 
     def acked(self, mid: int, reason_code: object = None) -> None:
-        """paho's on_publish: cheap, no lock (deque.append is atomic)."""
+        """paho's on_publish: cheap, no lock (deque.append is atomic). Wakes the sender only
+        once enough acks wait (SETTLE_S): paho itself sends what it holds queued."""
         self._acks.append((mid, reason_code))
-        if not self._wake.is_set():  # see wake()
+        if len(self._acks) >= self._settle_at and not self._wake.is_set():  # see wake()
             self._wake.set()
 
     def wait_past(self, seq: int, timeout: float) -> bool:
@@ -135,7 +141,8 @@ class Sender:
     # -- the sender thread ------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopping:
-            self._wake.wait(IDLE_S)
+            busy = self._inflight and self._connected.is_set()  # PUBACKs are on their way
+            self._wake.wait(SETTLE_S if busy else IDLE_S)
             self._wake.clear()
             try:
                 self._settle()
