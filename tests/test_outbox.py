@@ -58,6 +58,20 @@ def test_messages_come_back_in_order_and_survive_a_reopen(tmp_path):
     again.close()
 
 
+def test_commits_of_any_size_keep_their_order(tmp_path):
+    """Rows go in as multi-row statements of 32, 16, ... 1 rows: every size, in order, the
+    answers and the dedupe keys alike."""
+    outbox = box(tmp_path)
+    sent = 0
+    for n in (1, 2, 3, 31, 32, 33, 45, 64, 70):
+        outbox.commit(messages(n, first=sent), keys=[f"l/k{i}" for i in range(sent, sent + n)])
+        sent += n
+    assert [r.payload for r in outbox.after(0, 1000)] == [b"m%d" % i for i in range(sent)]
+    assert outbox.recent_keys() == [f"l/k{i}" for i in range(sent)]
+    assert outbox.count == sent
+    outbox.close()
+
+
 def test_drop_oldest_keeps_the_newest_and_counts(tmp_path):
     outbox = box(tmp_path, max_messages=100, when_full="drop_oldest")
     assert outbox.commit(messages(90))[1] == 0
