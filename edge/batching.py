@@ -19,7 +19,7 @@ import numpy as np
 from .codec import SensorReading
 from .errors import ConfigError
 
-__all__ = ["LatencyStats", "MicroBatcher", "WorkItem", "group_rows"]
+__all__ = ["LatencyStats", "MicroBatcher", "WorkItem", "group_rows", "row_index"]
 
 POLL_S = 0.05  # how often a blocked batcher looks at its stop event
 K = TypeVar("K", bound=Hashable)
@@ -108,6 +108,14 @@ def group_rows(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[int]]:
     for row, item in enumerate(items):
         groups.setdefault(key(item), []).append(row)
     return groups
+
+
+def row_index(rows: list[int]) -> slice | list[int]:
+    """A group's ascending row indices (group_rows) as a numpy index: a slice when they are
+    consecutive (the usual one-model batch: a view, no gather), else the list itself."""
+    if rows and rows[-1] - rows[0] + 1 == len(rows):
+        return slice(rows[0], rows[-1] + 1)
+    return rows
 
 
 class LatencyStats:

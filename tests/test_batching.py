@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from edge.batching import LatencyStats, MicroBatcher, WorkItem, group_rows
+from edge.batching import LatencyStats, MicroBatcher, WorkItem, group_rows, row_index
 from edge.codec import SensorReading
 from edge.errors import ConfigError
 
@@ -231,3 +231,11 @@ def test_record_many_is_record_per_value(chunks):
         one.record(v)
         many.record(v)
     assert many.snapshot_and_reset() == one.snapshot_and_reset()
+
+
+def test_row_index_is_a_slice_for_consecutive_rows():
+    x = np.arange(10.0)
+    assert row_index([2, 3, 4]) == slice(2, 5) and row_index([0]) == slice(0, 1)
+    assert row_index([1, 3, 4]) == [1, 3, 4] and row_index([]) == []
+    for rows in ([2, 3, 4], [1, 3, 4], [0]):  # the same rows either way
+        np.testing.assert_array_equal(x[row_index(rows)], x[rows])
