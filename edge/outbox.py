@@ -94,20 +94,24 @@ Row = tuple[int, Outgoing]  # (seq, message): what the sender takes
 
 class Outbox:
     """The SQLite file, shared by the worker (appends), paho's thread (error reports) and the
-    sender (reads, removals): one connection behind one lock."""
+    sender (reads, removals): two connections behind one lock, one for appends and reads at
+    outbox.synchronous, one for removals at NORMAL (no PRAGMA switch per transaction)."""
 
     def __init__(self, path: Path, settings: OutboxSettings) -> None:
         self.path = Path(path)
         self.settings = settings
         self._lock = threading.Lock()
-        self._sync: str | None = None  # the connection's PRAGMA synchronous right now
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=10.0)
+        self._db = self._connect()
+        self._rm: sqlite3.Connection | None = None  # removals (see the module docstring)
         try:
             if self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise sqlite3.OperationalError("the file system does not support WAL")
             self._db.executescript(_SCHEMA)
             self._write_probe()
+            full = settings.synchronous == "full"
+            self._db.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
+            self._rm = self._connect()
+            self._rm.execute("PRAGMA synchronous=NORMAL")  # a lost removal = a resend
             self._count = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
             # When each commit's messages went in: [(last seq of the commit, time.time())],
             # oldest first. Messages from before a restart count from the open.
@@ -120,7 +124,13 @@ class Outbox:
             self._mem_from: int | None = None if self._count else self._last_seq() + 1
         except sqlite3.Error:
             self._db.close()
+            if self._rm is not None:
+                self._rm.close()
             raise
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=10.0)
 
     @classmethod
     def open(cls, cfg: Config) -> Outbox:
@@ -167,9 +177,7 @@ class Outbox:
         if not messages and not keys:
             return None, 0
         last = None
-        settings = self.settings
         with self._lock:
-            self._set_sync(settings.synchronous)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._insert(_INSERT_OUTBOX, messages)  # Outgoing: (topic, payload, qos, props)
@@ -181,7 +189,7 @@ class Outbox:
                     self._remember(keys)
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._rollback()
+                self._rollback(self._db)
                 raise StorageError(f"outbox {self.path}: cannot append: {exc}") from None
             self._count += len(messages) - dropped
             if last is not None:
@@ -243,29 +251,25 @@ class Outbox:
         if not spans:
             return
         with self._lock:
-            self._set_sync("normal")  # see the module docstring: a lost removal = a resend
+            db = self._rm  # synchronous NORMAL: see the module docstring
             try:
                 if len(spans) == 1:  # one statement is its own transaction
-                    removed = self._db.execute(_DELETE_SPAN, spans[0]).rowcount
+                    removed = db.execute(_DELETE_SPAN, spans[0]).rowcount
                 else:
-                    self._db.execute("BEGIN IMMEDIATE")
-                    removed = self._db.executemany(_DELETE_SPAN, spans).rowcount
-                    self._db.execute("COMMIT")
+                    db.execute("BEGIN IMMEDIATE")
+                    removed = db.executemany(_DELETE_SPAN, spans).rowcount
+                    db.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._rollback()
+                self._rollback(db)
                 raise StorageError(f"outbox {self.path}: cannot remove: {exc}") from None
             self._count -= removed
             if self._mem_from is not None and spans[-1][1] >= self._mem_from:
                 self._forget()  # rows removed before the sender took them (not the sender)
 
-    def _set_sync(self, mode: str) -> None:
-        if self._sync != mode:  # a PRAGMA per transaction would cost a statement each time
-            self._db.execute(f"PRAGMA synchronous={'FULL' if mode == 'full' else 'NORMAL'}")
-            self._sync = mode
-
-    def _rollback(self) -> None:
+    @staticmethod
+    def _rollback(db: sqlite3.Connection) -> None:
         try:
-            self._db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
         except sqlite3.Error:
             pass  # SQLite already rolled back (a full disk does that itself)
 
@@ -352,10 +356,11 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
-            try:
-                self._db.close()
-            except sqlite3.Error as exc:
-                log.warning("closing the outbox %s: %s", self.path, exc)
+            for db in (self._rm, self._db):
+                try:
+                    db.close()
+                except sqlite3.Error as exc:
+                    log.warning("closing the outbox %s: %s", self.path, exc)
 
 
 def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
