@@ -7,7 +7,8 @@
 
 Delivery decides what is stored and when received messages are acknowledged (only once
 their answers are stored; see "Delivery" in docs/MQTT.md). Its Sender moves the outbox to
-paho: in order, at most `window` unacknowledged, each removed when its PUBACK arrives.
+paho: in order, at most `window` unacknowledged, removed once their PUBACKs arrive (a group
+at a time, within SETTLE_S).
 paho itself keeps at most its in-flight window (max_inflight_messages) unacknowledged on the
 wire and holds the rest of the sender's window queued (HANDOVER_DEPTH).
 
@@ -65,9 +66,7 @@ def properties_json(props: Properties | None) -> str | None:
 
 
 def properties_from_json(text: str | None) -> Properties | None:
-    if text is None:  # results and errors: no properties, nothing to parse
-        return None
-    if not text:
+    if not text:  # results and errors: no properties, nothing to parse
         return None
     doc = json.loads(text)
     props = Properties(PacketTypes.PUBLISH)
