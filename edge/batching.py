@@ -19,7 +19,7 @@ import numpy as np
 from .codec import SensorReading
 from .errors import ConfigError
 
-__all__ = ["LatencyStats", "MicroBatcher", "WorkItem", "group_rows"]
+__all__ = ["LatencyStats", "MicroBatcher", "WorkItem", "group_rows", "row_index"]
 
 POLL_S = 0.05  # how often a blocked batcher looks at its stop event
 K = TypeVar("K", bound=Hashable)
@@ -110,6 +110,14 @@ def group_rows(items: Iterable[T], key: Callable[[T], K]) -> dict[K, list[int]]:
     return groups
 
 
+def row_index(rows: list[int]) -> slice | list[int]:
+    """A group's ascending row indices (group_rows) as a numpy index: a slice when they are
+    consecutive (the usual one-model batch: a view, no gather), else the list itself."""
+    if rows and rows[-1] - rows[0] + 1 == len(rows):
+        return slice(rows[0], rows[-1] + 1)
+    return rows
+
+
 class LatencyStats:
     """Thread-safe latency percentiles for the stats topic, over the last `window` latencies
     recorded since the previous snapshot. (Message, error and batch counts come from
@@ -135,6 +143,17 @@ class LatencyStats:
             self._next = (self._next + 1) % self._ring.size
             self._filled = min(self._filled + 1, self._ring.size)
             self._messages += 1
+
+    def record_many(self, ms: list[float]) -> None:
+        """A batch's messages answered, each `ms[i]` after it arrived: one lock, as many
+        `record` calls would leave the ring."""
+        size = self._ring.size
+        with self._lock:
+            for value in ms[-size:]:  # the ring keeps the last `size` only
+                self._ring[self._next] = value
+                self._next = (self._next + 1) % size
+            self._filled = min(self._filled + len(ms), size)
+            self._messages += len(ms)
 
     def snapshot_and_reset(self) -> dict:
         """{"messages", "p50_ms", "p99_ms"} since the last snapshot, then a new window:

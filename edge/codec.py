@@ -17,15 +17,19 @@ reason names the field and goes onto the errors topic as is.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from math import isfinite
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic_core import from_json
+from pydantic_core import SchemaValidator, from_json
+from pydantic_core import core_schema as cs
 
 from .contract.shapes import (
     AXIS_NAMES,
@@ -57,6 +61,7 @@ MAX_ID_CHARS = 128
 MAX_REASON_CHARS = 500
 MAX_TOPIC_CHARS = 256
 _NUMBER_TYPES = frozenset({int, float})  # what json gives for numbers (bool is excluded)
+_BIG = 2.0**63  # values this large (big integers), NaN and Infinity take the exact path
 _ID_IN_PAYLOAD = re.compile(rb'"id"\s*:\s*(?:"((?:[^"\\]|\\.){1,128})"|(-?\d{1,40})(?![\d.eE]))')
 
 
@@ -167,6 +172,10 @@ def _decode_json(payload: bytes, spec: InputSpec) -> SensorReading:
         payload.decode("utf-8")  # validate only: the reason is clearer than the parser's
     except UnicodeDecodeError as exc:
         raise BadMessage(f"payload is not valid UTF-8 (byte {exc.start})") from None
+    reading = _fast_json(payload, spec)
+    if reading is not None:
+        return reading
+    # The exact path: every check in order, each problem named (a bad message parses twice).
     _check_depth(payload)
     try:
         # pydantic_core's parser (Rust, already a dependency through pydantic): ~7x faster
@@ -185,6 +194,58 @@ def _decode_json(payload: bytes, spec: InputSpec) -> SensorReading:
         raise BadMessage("values: missing")
     values = _json_values(doc["values"], spec)
     return SensorReading(id=msg_id, ts=ts, values=values)
+
+
+def _fast_json(payload: bytes, spec: InputSpec) -> SensorReading | None:
+    """A well-formed message in one pass: pydantic_core parses the JSON and checks the values'
+    structure and types (lists of spec.shape's lengths, numbers that are not bools) as it
+    builds them, where the exact path parses, then walks 600 items in Python (~4x the time).
+    None for anything else (bad JSON, structure, depth, values NaN, infinite or huge): the
+    exact path then decides, so reasons and the checks' order stay what they are. id and ts
+    are parsed as any value and checked by the exact path's own functions."""
+    try:
+        doc = _message_validator(spec.shape).validate_json(payload)
+    except Exception:  # ValidationError (a ValueError), or the parser's recursion limit
+        return None
+    if max(_nesting(v) for k, v in doc.items() if k != "values") >= MAX_DEPTH:
+        return None  # a deep id, ts or extra field (values: rank <= 3): the exact path says so
+    values = np.asarray(doc["values"], dtype=np.float64)  # spec.shape, or (L,) for (1, L)
+    if not (np.abs(values) < _BIG).all():  # NaN compares False too
+        return None
+    msg_id, ts = _json_id(doc), _json_ts(doc)  # may raise, as on the exact path
+    return SensorReading(id=msg_id, ts=ts, values=values.astype(np.float32).reshape(spec.shape))
+
+
+@functools.lru_cache(maxsize=8)
+def _message_validator(shape: tuple[int, ...]) -> SchemaValidator:
+    """{"id": any, "ts": any (optional), "values": nested lists of `shape` of numbers, other
+    keys kept}. A strict float takes JSON integers and floats, never a bool or a string,
+    exactly the exact path's _NUMBER_TYPES."""
+    number = cs.float_schema(strict=True, allow_inf_nan=True)
+    values = number
+    for n in reversed(shape):  # innermost axis first: [[number] * L] * C
+        values = cs.list_schema(values, min_length=n, max_length=n)
+    if len(shape) == 2 and shape[0] == 1:  # a univariate window may come as a flat list
+        flat = cs.list_schema(number, min_length=shape[1], max_length=shape[1])
+        values = cs.union_schema([values, flat])
+    return SchemaValidator(cs.typed_dict_schema({
+        "id": cs.typed_dict_field(cs.any_schema()),
+        "ts": cs.typed_dict_field(cs.any_schema(), required=False),
+        "values": cs.typed_dict_field(values)}, extra_behavior="allow"))
+
+
+def _nesting(value: object) -> int:
+    """Levels of lists and objects in a parsed JSON value (a number or string: 0), the depth
+    _check_depth counts in brackets; a loop, not recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in item)
+    return deepest
 
 
 def _check_depth(payload: bytes) -> None:
@@ -404,9 +465,15 @@ def encode_result(**fields: Any) -> bytes:
     return encode_doc(result_doc(**fields))
 
 
+# json.dumps with any non-default argument builds a new JSONEncoder per call; these are
+# built once (the same C encoder, the same bytes).
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_COMPACT_FINITE = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode_doc(doc: Result) -> bytes:
     """A result document as the results topic carries it (compact JSON, no NaN)."""
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    return _COMPACT_FINITE.encode(doc).encode()
 
 
 def result_doc(
@@ -416,7 +483,7 @@ def result_doc(
     line: str,
     adapter: str,
     adapter_version: int | None,
-    labels: list[str],
+    labels: Sequence[str],
     scores: np.ndarray,
     latency_ms: float,
 ) -> Result:
@@ -425,11 +492,14 @@ def result_doc(
     Slice padded logits to `len(labels)` before the softmax; a length mismatch is a bug and
     raises ValueError. Non-finite scores are written as null.
     """
-    probs = np.asarray(scores, dtype=np.float64).reshape(-1)  # (K,)
-    if probs.shape[0] != len(labels):
-        raise ValueError(f"{probs.shape[0]} scores for {len(labels)} labels")
-    finite = np.isfinite(probs)
-    best = int(np.argmax(np.where(finite, probs, -np.inf))) if finite.any() else None
+    # K is a handful of classes: Python floats beat numpy's per-call overhead here.
+    probs = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()  # (K,) floats
+    if len(probs) != len(labels):
+        raise ValueError(f"{len(probs)} scores for {len(labels)} labels")
+    best = None  # the first highest finite score, as np.argmax over the finite ones
+    for k, p in enumerate(probs):
+        if isfinite(p) and (best is None or p > probs[best]):
+            best = k
     doc: Result = {
         "id": clean_text(id, MAX_ID_CHARS),
         "ts": ts,
@@ -437,8 +507,8 @@ def result_doc(
         "adapter": adapter,
         "adapter_version": adapter_version,
         "label": labels[best] if best is not None else None,
-        "scores": {name: (round(float(p), 6) if ok else None)
-                   for name, p, ok in zip(labels, probs, finite, strict=True)},
+        "scores": {name: (round(p, 6) if isfinite(p) else None)
+                   for name, p in zip(labels, probs, strict=True)},
         "latency_ms": round(float(latency_ms), 3),
     }
     return doc
@@ -451,7 +521,10 @@ def clean_text(text: object, limit: int) -> str:
     """Sender-chosen text made safe to send on: lone surrogates (an id written as
     "\\udc80" in JSON) become U+FFFD, which every strict JSON parser accepts, and the text
     is cut to `limit` characters."""
-    return _SURROGATE.sub("\ufffd", str(text)[:limit])
+    text = str(text)[:limit]
+    if text.isascii():  # the usual id: nothing to replace, no regex scan
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def encode_error(*, id: str | None, topic: str, reason: str) -> bytes:
@@ -463,14 +536,14 @@ def encode_error(*, id: str | None, topic: str, reason: str) -> bytes:
         "reason": clean_text(" ".join(str(reason).split()), MAX_REASON_CHARS),
         "ts": time.time(),
     }
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return _COMPACT.encode(doc).encode()
 
 
 def encode_event(doc: DriftChange) -> bytes:
     """The events-topic JSON: the event's fields (names and numbers the gateway made, not
     message content) and "ts"."""
     event: DriftEvent = {**doc, "ts": time.time()}
-    return json.dumps(event, separators=(",", ":"), allow_nan=False).encode()
+    return _COMPACT_FINITE.encode(event).encode()
 
 
 def best_effort_id(payload: bytes, user_properties: dict[str, str] | None) -> str | None:

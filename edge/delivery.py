@@ -7,7 +7,10 @@
 
 Delivery decides what is stored and when received messages are acknowledged (only once
 their answers are stored; see "Delivery" in docs/MQTT.md). Its Sender moves the outbox to
-paho: in order, at most `window` unacknowledged, each removed when its PUBACK arrives.
+paho: in order, at most `window` unacknowledged, removed once their PUBACKs arrive (a group
+at a time, within SETTLE_S).
+paho itself keeps at most its in-flight window (max_inflight_messages) unacknowledged on the
+wire and holds the rest of the sender's window queued (HANDOVER_DEPTH).
 
 One thread ("edge-outbox") publishes outbox messages; paho's network thread only queues
 the acknowledged mids. paho calls on_publish holding the lock that client.publish takes,
@@ -36,12 +39,21 @@ from paho.mqtt.properties import Properties
 from .codec import encode_error
 from .dedupe import Dedupe
 from .errors import StorageError
-from .outbox import Outbox, Outgoing, Stored
+from .outbox import Outbox, Outgoing, Row
 from .status import Counters
 
 log = logging.getLogger(__name__)
 
 IDLE_S = 1.0  # the sender looks again this often even without a wake-up (a lost race)
+# PUBACKs are settled in groups: paho's thread wakes the sender once a quarter of its window
+# is acknowledged, and while messages are in flight the sender looks at least every SETTLE_S.
+# Waking it on every PUBACK cost a futex wake-up, a sender round and a DELETE per result.
+SETTLE_S = 0.01
+# Messages handed to paho per slot of its in-flight window. paho sends up to its window
+# and queues the rest without a packet; each PUBACK then sends the next one from paho's own
+# thread. Handing over only a window's worth made every publish a cross-thread wake-up of
+# paho's loop (a socketpair write), one per result under load.
+HANDOVER_DEPTH = 4
 
 
 def properties_json(props: Properties | None) -> str | None:
@@ -54,7 +66,7 @@ def properties_json(props: Properties | None) -> str | None:
 
 
 def properties_from_json(text: str | None) -> Properties | None:
-    if not text:
+    if not text:  # results and errors: no properties, nothing to parse
         return None
     doc = json.loads(text)
     props = Properties(PacketTypes.PUBLISH)
@@ -74,7 +86,8 @@ class Sender:
         self._connected = connected
         self._on_error = on_error
         self._acks: deque[tuple[int, object]] = deque()  # (mid, reason code) from paho
-        self._inflight: dict[int, Stored] = {}  # mid -> row handed to paho, not yet acked
+        self._inflight: dict[int, Row] = {}  # mid -> (seq, message) handed to paho, not acked
+        self._settle_at = max(1, window // 4)  # acks waiting that wake the sender
         self._cursor = 0  # highest seq handed to paho
         self._wake = threading.Event()
         self._progress = threading.Condition()  # notified after each removal
@@ -93,12 +106,17 @@ class Sender:
             self._thread.join(timeout)
 
     def wake(self) -> None:
-        self._wake.set()
+        # Event.set takes a lock and notifies even when set already; is_set is one read.
+        # Safe: the sender clears the event before it looks at the outbox and the acks.
+        if not self._wake.is_set():
+            self._wake.set()
 
     def acked(self, mid: int, reason_code: object = None) -> None:
-        """paho's on_publish: cheap, no lock (deque.append is atomic)."""
+        """paho's on_publish: cheap, no lock (deque.append is atomic). Wakes the sender only
+        once enough acks wait (SETTLE_S): paho itself sends what it holds queued."""
         self._acks.append((mid, reason_code))
-        self._wake.set()
+        if len(self._acks) >= self._settle_at and not self._wake.is_set():  # see wake()
+            self._wake.set()
 
     def wait_past(self, seq: int, timeout: float) -> bool:
         """True once no message up to `seq` is waiting (or the link is down: they wait on
@@ -122,7 +140,8 @@ class Sender:
     # -- the sender thread ------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stopping:
-            self._wake.wait(IDLE_S)
+            busy = self._inflight and self._connected.is_set()  # PUBACKs are on their way
+            self._wake.wait(SETTLE_S if busy else IDLE_S)
             self._wake.clear()
             try:
                 self._settle()
@@ -140,38 +159,44 @@ class Sender:
     def _settle(self) -> None:
         """Remove what the broker acknowledged, in one transaction."""
         done = []
-        while self._acks:
-            mid, code = self._acks.popleft()
-            row = self._inflight.pop(mid, None)
+        acks, inflight = self._acks, self._inflight
+        while acks:
+            mid, code = acks.popleft()
+            row = inflight.pop(mid, None)
             if row is None:
                 continue  # a publish that did not come from the outbox
             if getattr(code, "is_failure", False):  # retrying would be refused again
-                log.warning("the broker refused a message on %s (%s); dropped", row.topic, code)
-            done.append(row.seq)
+                log.warning("the broker refused a message on %s (%s); dropped", row[1].topic,
+                            code)
+            done.append(row[0])
         if done:
             self.outbox.remove(done)
             with self._progress:
                 self._progress.notify_all()
 
     def _fill(self) -> None:
-        """Hand the next oldest messages to paho while fewer than `window` are unacked."""
+        """Hand the next oldest messages to paho while fewer than `window` are unacked:
+        those just committed from memory, older ones from the file (Outbox.take)."""
         room = self.window - len(self._inflight)
+        publish, inflight = self.client.publish, self._inflight
         while room > 0:
-            rows = self.outbox.after(self._cursor, room)
+            rows = self.outbox.take(self._cursor, room)
             for row in rows:
-                info = self.client.publish(row.topic, row.payload, qos=row.qos,
-                                           properties=properties_from_json(row.props))
-                self._inflight[info.mid] = row
-                self._cursor = row.seq
+                msg = row[1]
+                info = publish(msg.topic, msg.payload, qos=msg.qos,
+                               properties=properties_from_json(msg.props))
+                inflight[info.mid] = row
+                self._cursor = row[0]
             if len(rows) < room:
                 return
-            room = self.window - len(self._inflight)
+            room = self.window - len(inflight)
 
 
 class Receipt:
     """What MqttLink.publish returns for a message that went to the outbox; like paho's
     MQTTMessageInfo, `wait_for_publish(timeout)` waits for the broker's acknowledgement."""
 
+    __slots__ = ("_sender", "info", "seq")
     rc = mqtt.MQTT_ERR_SUCCESS
     mid = 0
 
@@ -211,7 +236,8 @@ class Delivery:
         self._up = connected
         self.counters = counters if counters is not None else Counters()
         self.errors_topic = errors_topic
-        self.sender = Sender(client, outbox, window=client.max_inflight_messages,
+        self.sender = Sender(client, outbox,
+                             window=client.max_inflight_messages * HANDOVER_DEPTH,
                              connected=connected, on_error=self.storage_failed)
         self._local = threading.local()  # .pending: the open batch of this thread
         self._connection = 0  # counts (re)connects: a token from an older one is stale

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .adapters import AdapterStore
-from .batching import LatencyStats, MicroBatcher, WorkItem, group_rows
+from .batching import LatencyStats, MicroBatcher, WorkItem, group_rows, row_index
 from .bundle import INDEX_INPUT, read_manifest, verify_base
 from .codec import (
     InputSpec,
@@ -558,9 +558,10 @@ class Service:
         """Rows with their routes (one shared route unless the bundle has a bank)."""
         x = np.stack([it.reading.values for it in items])  # (n, *sample) raw
         raw = window_stats(x, self.spec.rank) if self.drift is not None else None  # (n, C) x2,
-        groups = group_rows(row_routes, lambda r: r.key).values()  # before normalising
-        for rows in groups:
-            x[rows] = row_routes[rows[0]].normalizer.apply(x[rows])  # as each model trained
+        groups = [(rows, row_index(rows))  # (row list, slice when consecutive)
+                  for rows in group_rows(row_routes, lambda r: r.key).values()]
+        for rows, at in groups:  # before normalising: raw statistics above
+            x[at] = row_routes[rows[0]].normalizer.apply(x[at])  # as each model trained
         started = time.monotonic()
         try:  # logits (n, num_classes), padded; features (n, D) or None
             logits, features = self._infer(table, row_routes, x)
@@ -571,23 +572,26 @@ class Service:
         probs: list = [None] * len(items)
         if raw is not None:  # the drift watch's top score and class per row
             top, cls = np.empty(len(items)), np.empty(len(items), np.int64)
-        for rows in groups:  # (len(rows), K) for the K classes of that model
+        for rows, at in groups:  # (len(rows), K) for the K classes of that model
             width = len(row_routes[rows[0]].labels)
-            scores = softmax(logits[rows, :width])
+            scores = softmax(logits[at, :width])
             for row, p in zip(rows, scores, strict=True):
                 probs[row] = p
             if raw is not None:
-                top[rows], cls[rows] = scores.max(axis=1), scores.argmax(axis=1)
+                top[at], cls[at] = scores.max(axis=1), scores.argmax(axis=1)
         answered = []  # (line, result document) for Sparkplug, one hand-over per batch
+        latencies = []  # ms per row, recorded under one lock
+        publish = self.link.publish if self._json_results else None
         for item, route, scores in zip(items, row_routes, probs, strict=True):
             latency_ms = (time.monotonic() - item.received) * 1000.0
             doc = result_doc(id=item.reading.id, ts=item.reading.ts, line=item.line,
                              adapter=route.key[0], adapter_version=route.version,
-                             labels=list(route.labels), scores=scores, latency_ms=latency_ms)
-            if self._json_results:
-                self._last_publish = self.link.publish(self._topic(item.line), encode_doc(doc))
+                             labels=route.labels, scores=scores, latency_ms=latency_ms)
+            if publish is not None:
+                self._last_publish = publish(self._topic(item.line), encode_doc(doc))
             answered.append((item.line, doc))
-            self.latency.record(latency_ms)
+            latencies.append(latency_ms)
+        self.latency.record_many(latencies)
         if self.sparkplug is not None:
             self.sparkplug.results(answered)
         self.counters.add(results=len(items))

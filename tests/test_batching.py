@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from edge.batching import LatencyStats, MicroBatcher, WorkItem, group_rows
+from edge.batching import LatencyStats, MicroBatcher, WorkItem, group_rows, row_index
 from edge.codec import SensorReading
 from edge.errors import ConfigError
 
@@ -213,3 +213,29 @@ def test_latency_stats_are_thread_safe():
         t.join()
     snap = stats.snapshot_and_reset()
     assert snap["messages"] == 40_000 and snap["p50_ms"] == 1.0
+
+
+@pytest.mark.parametrize("chunks", [[3, 0, 5], [20], [7, 9, 1, 13]])
+def test_record_many_is_record_per_value(chunks):
+    """A batch recorded at once leaves the same window as its values one by one, also when
+    a batch is longer than the ring (the last `window` values stay)."""
+    one, many = LatencyStats(window=8), LatencyStats(window=8)
+    values = [float(v * 7 % 23) for v in range(sum(chunks) + 5)]
+    start = 0
+    for n in chunks:
+        for v in values[start:start + n]:
+            one.record(v)
+        many.record_many(values[start:start + n])
+        start += n
+    for v in values[start:]:  # then single records again: the oldest go first
+        one.record(v)
+        many.record(v)
+    assert many.snapshot_and_reset() == one.snapshot_and_reset()
+
+
+def test_row_index_is_a_slice_for_consecutive_rows():
+    x = np.arange(10.0)
+    assert row_index([2, 3, 4]) == slice(2, 5) and row_index([0]) == slice(0, 1)
+    assert row_index([1, 3, 4]) == [1, 3, 4] and row_index([]) == []
+    for rows in ([2, 3, 4], [1, 3, 4], [0]):  # the same rows either way
+        np.testing.assert_array_equal(x[row_index(rows)], x[rows])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from edge import codec
 from edge.codec import InputSpec, decode_sensor
 from edge.errors import BadMessage
 
@@ -239,6 +241,57 @@ def test_valid_messages_round_trip(case):
     check(case)
 
 
+def outcome(case: Case) -> tuple:
+    """("ok", id, ts, dtype, shape, value bytes) or ("bad", reason) of one decode."""
+    try:
+        r = decode_sensor(case.payload, content_type=case.content_type,
+                          user_properties=case.props, spec=case.spec)
+    except BadMessage as exc:
+        return ("bad", str(exc))
+    return ("ok", r.id, r.ts, r.values.dtype, r.values.shape, r.values.tobytes())
+
+
+def exact_outcome(case: Case) -> tuple:
+    """The same decode with the JSON fast path off: every message takes the exact path."""
+    with mock.patch.object(codec, "_fast_json", lambda payload, spec: None):
+        return outcome(case)
+
+
+@settings(max_examples=300, deadline=None, database=None, print_blob=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(ANY_CASE)
+def test_the_json_fast_path_changes_no_outcome(case):
+    """Values, id, ts and every rejection reason are the exact path's, input for input."""
+    assert outcome(case) == exact_outcome(case)
+
+
+FAST_PATH_EDGES = [  # (payload, spec shape): where a one-pass decode could differ
+    b'{"id": "a", "values": [[1, 2.5], [3, 4]]}',  # integers and floats mixed
+    b'{"id": "a", "values": [1, 2]}',  # a univariate window's flat list (1, 2)
+    b'{"id": "a", "values": [[1, true], [3, 4]]}',  # a bool is not a number
+    b'{"id": "a", "values": [[1, "2"], [3, 4]]}',
+    b'{"id": "a", "values": [[1, NaN], [3, 4]]}',
+    b'{"id": "a", "values": [[1, 1e39], [3, 4]]}',  # overflows float32
+    b'{"id": "a", "values": [[1, 1' + b"0" * 400 + b'], [3, 4]]}',  # too large for float64
+    b'{"id": "a", "values": [[1, 12345678901234567890123], [3, 4]]}',  # a big integer
+    b'{"id": "", "values": [[1, NaN], [3, 4]]}',  # two problems: the id is named first
+    b'{"id": [[[[[[[[["x"]]]]]]]]], "values": [[1, 2], [3, 4]]}',  # depth before id
+    b'{"id": "a", "x": [[[[[[[[1]]]]]]]], "values": [[1, 2], [3, 4]]}',  # a deep extra field
+    b'{"id": "a", "x": [[[[[[[1]]]]]]], "values": [[1, 2], [3, 4]]}',  # exactly 8 levels
+    b'{"id": "a", "ts": 1' + b"0" * 400 + b', "values": [[1, 2], [3, 4]]}',  # ts out of range
+    b'{"id": "a", "ts": true, "values": [[1, 2], [3, 4]]}',
+    b'{"id": 7, "id": "b", "values": [[9, 9]], "values": [[1, 2], [3, 4]]}',  # last one wins
+    b'{"id": "\\udc80", "values": [[1, 2], [3, 4]]}',  # a lone surrogate escape
+]
+
+
+@pytest.mark.parametrize("payload", FAST_PATH_EDGES)
+@pytest.mark.parametrize("shape", [(2, 2), (1, 2)])
+def test_the_json_fast_path_edges(payload, shape):
+    case = Case(payload, None, None, InputSpec(shape=shape))
+    assert outcome(case) == exact_outcome(case)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_fuzz_soak():
@@ -258,3 +311,15 @@ def test_fuzz_soak():
           f"({tried['exact']} valid messages checked value for value), "
           f"{tried['inputs'] - tried['decoded']} rejected with BadMessage, nothing else raised")
     assert tried["inputs"] >= 10_000
+
+
+@pytest.mark.parametrize(("payload", "shape"), [
+    (b'{"id": "a", "ts": 1.5, "values": [[1, 2.5], [3, 4]]}', (2, 2)),
+    (b'{"id": 3, "values": [1, 2], "note": {"k": [1]}}', (1, 2)),
+    (b'{"id": "a", "values": [[[0.5]], [[1]]]}', (2, 1, 1)),
+])
+def test_well_formed_messages_take_the_fast_path(payload, shape):
+    """The fast path is not dead code: a well-formed message decodes there."""
+    reading = codec._fast_json(payload, InputSpec(shape=shape))
+    assert reading is not None and reading.values.shape == shape
+    assert reading.values.dtype == np.float32

@@ -5,6 +5,7 @@ session keeps what came while the runtime was down, the outbox is sent after a r
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -19,7 +20,7 @@ from edge.dedupe import Dedupe
 from edge.delivery import Delivery, properties_from_json, properties_json
 from edge.errors import ConfigError
 from edge.mqtt import publish_properties
-from edge.outbox import FILE_NAME, Outbox, Outgoing
+from edge.outbox import FILE_NAME, Outbox, Outgoing, seq_ranges
 from edge.service import Service
 from edge.status import Counters
 
@@ -55,6 +56,20 @@ def test_messages_come_back_in_order_and_survive_a_reopen(tmp_path):
     again.commit(messages(1, first=5))
     assert again.after(0, 10)[-1].seq > last  # sequence numbers are never reused
     again.close()
+
+
+def test_commits_of_any_size_keep_their_order(tmp_path):
+    """Rows go in as multi-row statements of 32, 16, ... 1 rows: every size, in order, the
+    answers and the dedupe keys alike."""
+    outbox = box(tmp_path)
+    sent = 0
+    for n in (1, 2, 3, 31, 32, 33, 45, 64, 70):
+        outbox.commit(messages(n, first=sent), keys=[f"l/k{i}" for i in range(sent, sent + n)])
+        sent += n
+    assert [r.payload for r in outbox.after(0, 1000)] == [b"m%d" % i for i in range(sent)]
+    assert outbox.recent_keys() == [f"l/k{i}" for i in range(sent)]
+    assert outbox.count == sent
+    outbox.close()
 
 
 def test_drop_oldest_keeps_the_newest_and_counts(tmp_path):
@@ -246,3 +261,146 @@ def test_a_full_outbox_under_stop_consuming(tmp_path, mosquitto):
     waiter.join(WAIT_S)
     assert not waiter.is_alive()  # room again
     outbox.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The handoff: the sender takes committed messages from memory, the file when memory lacks them
+# --------------------------------------------------------------------------------------------
+
+def no_file_reads(outbox: Outbox, monkeypatch) -> None:
+    def refuse(cursor, limit):
+        raise AssertionError(f"read the file (after seq {cursor})")
+
+    monkeypatch.setattr(outbox, "_read", refuse)
+
+
+def take_all(outbox: Outbox, cursor: int = 0, limit: int = 7) -> list[tuple[int, Outgoing]]:
+    """What a sender takes, `limit` at a time, until nothing is left."""
+    taken = []
+    while rows := outbox.take(cursor, limit):
+        taken += rows
+        cursor = rows[-1][0]
+    return taken
+
+
+def test_the_sender_takes_what_was_just_committed_from_memory(tmp_path, monkeypatch):
+    outbox = box(tmp_path)
+    last, _ = outbox.commit(messages(5))
+    outbox.commit(messages(3, first=5))
+    no_file_reads(outbox, monkeypatch)
+    rows = take_all(outbox, limit=3)
+    assert [m.payload for _, m in rows] == [f"m{i}".encode() for i in range(8)]
+    assert [s for s, _ in rows] == list(range(last - 4, last + 4))  # the rows' own seqs
+    assert [r.seq for r in Outbox.after(outbox, 0, 10)] == [s for s, _ in rows]  # as stored
+    outbox.remove([s for s, _ in rows])
+    assert outbox.count == 0
+    outbox.close()
+
+
+def test_after_a_restart_the_file_comes_first_then_memory(tmp_path, monkeypatch):
+    first = box(tmp_path)
+    first.commit(messages(4))
+    first.close()
+    outbox = box(tmp_path)  # 4 rows left by the earlier run: only the file has them
+    outbox.commit(messages(3, first=4))
+    rows = outbox.take(0, 5)  # the oldest 5, from the file
+    assert [m.payload for _, m in rows] == [b"m0", b"m1", b"m2", b"m3", b"m4"]
+    no_file_reads(outbox, monkeypatch)  # caught up: the rest from memory
+    outbox.commit(messages(2, first=7))
+    rest = take_all(outbox, rows[-1][0])
+    assert [m.payload for _, m in rest] == [b"m5", b"m6", b"m7", b"m8"]
+    outbox.close()
+
+
+def test_nothing_is_lost_when_the_handoff_overflows(tmp_path, monkeypatch):
+    """More waiting than memory holds (a broker away): the file gives them back, in order,
+    each once, and memory takes over again once the sender has caught up."""
+    monkeypatch.setattr("edge.outbox.HANDOFF_MAX", 10)
+    outbox = box(tmp_path)
+    for first in range(0, 40, 4):
+        outbox.commit(messages(4, first=first))
+    outbox.commit(messages(3, first=40))
+    rows = take_all(outbox, limit=6)
+    assert [m.payload for _, m in rows] == [f"m{i}".encode() for i in range(43)]
+    no_file_reads(outbox, monkeypatch)
+    outbox.commit(messages(2, first=43))
+    assert [m.payload for _, m in take_all(outbox, rows[-1][0])] == [b"m43", b"m44"]
+    outbox.close()
+
+
+def test_rows_dropped_by_drop_oldest_are_not_taken_from_memory(tmp_path):
+    outbox = box(tmp_path, max_messages=100, when_full="drop_oldest")
+    outbox.commit(messages(98))
+    assert outbox.commit(messages(6, first=98))[1] == 4  # m0..m3 deleted before they went
+    assert [m.payload for _, m in take_all(outbox, limit=30)] == [
+        f"m{i}".encode() for i in range(4, 104)]
+    outbox.close()
+
+
+def test_acknowledged_runs_are_removed_by_range(tmp_path):
+    assert seq_ranges([7, 3, 4, 5, 9, 4]) == [(3, 5), (7, 7), (9, 9)]
+    assert seq_ranges([]) == []
+    outbox = box(tmp_path)
+    outbox.commit(messages(10))
+    seqs = [r.seq for r in outbox.after(0, 10)]
+    outbox.remove(seqs[0:3] + seqs[5:7] + seqs[9:])  # three runs, one transaction
+    assert [r.payload for r in outbox.after(0, 10)] == [b"m3", b"m4", b"m7", b"m8"]
+    assert outbox.count == 4
+    outbox.remove(seqs[3:5])  # one run, one statement
+    assert [r.payload for r in outbox.after(0, 10)] == [b"m7", b"m8"] and outbox.count == 2
+    outbox.close()
+
+
+class RecordingClient:
+    """Stands in for paho: records each publish and acknowledges it while connected."""
+
+    max_inflight_messages = 3
+
+    def __init__(self, up: threading.Event) -> None:
+        self.up, self.sent, self.sender = up, [], None
+        self._mid = 0
+
+    def publish(self, topic, payload, qos=0, retain=False, properties=None):
+        self._mid += 1
+        self.sent.append(payload)
+        if self.up.is_set():
+            self.sender.acked(self._mid)
+        return mqtt.MQTTMessageInfo(self._mid)
+
+
+def test_the_sender_sends_everything_once_in_order_across_an_outage(tmp_path, monkeypatch):
+    """Connected, then away while more is committed than memory holds, then back: every
+    answer reaches the client once, oldest first, and leaves the file."""
+    monkeypatch.setattr("edge.outbox.HANDOFF_MAX", 8)
+    outbox = box(tmp_path)
+    up = threading.Event()
+    up.set()
+    client = RecordingClient(up)
+    delivery = Delivery(client, outbox, connected=up, errors_topic=ERRORS)
+    client.sender = delivery.sender
+    delivery.start()
+    sent = 0
+
+    def answers(*batches: int) -> None:
+        nonlocal sent
+        for n in batches:
+            with delivery.batch():
+                for i in range(sent, sent + n):
+                    delivery.publish("factory/l/inference", b"r%d" % i, 1, None)
+            sent += n
+
+    try:
+        answers(5, 7)
+        assert wait_until(lambda: outbox.count == 0)
+        up.clear()  # the broker is away: 26 answers wait, more than memory holds
+        answers(9, 6, 11)
+        time.sleep(0.05)
+        assert outbox.count == 26 and len(client.sent) == 12
+        up.set()  # back (Delivery.connected wakes the sender)
+        delivery.sender.wake()
+        answers(4)
+        assert wait_until(lambda: outbox.count == 0)
+        assert client.sent == [b"r%d" % i for i in range(sent)]
+    finally:
+        delivery.stop()
+        outbox.close()
