@@ -103,3 +103,20 @@ def test_pipeline_quick(tmp_path):
         assert integration["scrapes"] > 0
     assert "Plant integration on against off" in proc.stdout
     assert "Scaling with worker processes" in proc.stdout
+
+
+@pytest.mark.timeout(240)
+def test_pipeline_scaling_quick(tmp_path):
+    """The worker-scaling benchmark in miniature: a backlog drained by one and by two worker
+    processes, every window answered exactly once (the script exits 1 otherwise)."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip(f"{MOSQUITTO} is not installed (make mosquitto)")
+    out = tmp_path / "scaling.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_scaling.py"),
+                           "--windows", "200", "--kinds", "json", "--no-write", "--json",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=230)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(r["workers"], r["answered"], r["duplicates"]) for r in rows] == [
+        (1, 200, 0), (2, 200, 0)]
+    assert all(r["rate"] > 0 for r in rows)
