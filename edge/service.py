@@ -64,6 +64,7 @@ from .errors import (
     IncompatibleBundle,
     ProviderError,
 )
+from .heap import HeapTrim
 from .line_state import LineState
 from .metrics import Metrics
 from .mqtt import MqttLink, Token, message_properties
@@ -82,6 +83,7 @@ log = logging.getLogger(__name__)
 CONNECT_WAIT_S = 10.0
 PUBLISH_WAIT_S = 5.0
 QUEUE_BYTES = 64 << 20  # raw payloads waiting for the worker, besides limits.queue_bound
+TRIM_AFTER_BYTES = 1 << 20  # a queue this deep, once drained, gives its heap back (heap.py)
 DEFERRED = object()  # a window that arrived while stopping: not acknowledged, not answered
 
 
@@ -153,6 +155,7 @@ class Service:
         self.store.pin(self.routes.adapter_keys())
         self.queue: queue.Queue[Pending] = queue.Queue(maxsize=self.cfg.limits.queue_bound)
         self._queued_bytes = 0  # payload bytes in self.queue (guarded by _intake_lock)
+        self._heap = HeapTrim(after_bytes=TRIM_AFTER_BYTES)  # a burst's pages back to the OS
         self.counters = Counters()
         self.latency = LatencyStats()
         self._intake_closed = threading.Event()  # set by stop(): no new work, drain the queue
@@ -483,6 +486,7 @@ class Service:
                 try:
                     self.queue.put_nowait(item)
                     self._queued_bytes += len(item.payload)
+                    self._heap.note(self._queued_bytes)
                     return None
                 except queue.Full:
                     pass
@@ -506,6 +510,8 @@ class Service:
                     except Exception as exc:  # a bug must not end the worker: report rows
                         log.exception("batch of %d failed", len(batch))
                         self._fail_items(batch, f"internal error: {type(exc).__name__}: {exc}")
+                if not self._queued_bytes:  # a burst is over (one int read, no lock)
+                    self._heap.drained()
             elif self._intake_closed.is_set() and self.queue.empty():
                 return
 
