@@ -295,24 +295,23 @@ class Outbox:
             return rows
 
     def _read(self, cursor: int, limit: int) -> list[Row]:
+        return [(s, Outgoing(t, p, q, pr)) for s, t, p, q, pr in self._select(cursor, limit)]
+
+    def _select(self, cursor: int, limit: int) -> list[tuple]:
+        """(seq, topic, payload, qos, props) of up to `limit` rows past `cursor` in the file."""
         try:
-            rows = self._db.execute(
+            return self._db.execute(
                 "SELECT seq, topic, payload, qos, props FROM outbox WHERE seq > ? "
                 "ORDER BY seq LIMIT ?", (cursor, limit)).fetchall()
         except sqlite3.Error as exc:
             raise StorageError(f"outbox {self.path}: cannot read: {exc}") from None
-        return [(s, Outgoing(t, p, q, pr)) for s, t, p, q, pr in rows]
 
     def after(self, seq: int, limit: int) -> list[Stored]:
-        """Up to `limit` messages with a sequence number above `seq`, oldest first."""
+        """Up to `limit` messages with a sequence number above `seq`, oldest first, as the
+        file holds them (the sender takes them with `take`)."""
         with self._lock:
-            try:
-                rows = self._db.execute(
-                    "SELECT seq, topic, payload, qos, props FROM outbox WHERE seq > ? "
-                    "ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
-            except sqlite3.Error as exc:
-                raise StorageError(f"outbox {self.path}: cannot read: {exc}") from None
-        return [Stored(seq=s, topic=t, payload=p, qos=q, props=pr) for s, t, p, q, pr in rows]
+            rows = self._select(seq, limit)
+        return [Stored(topic=t, payload=p, qos=q, props=pr, seq=s) for s, t, p, q, pr in rows]
 
     def oldest(self) -> int | None:
         """The sequence number of the oldest waiting message; None when there is none, or
