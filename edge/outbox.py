@@ -112,6 +112,9 @@ class Outbox:
             self._db.execute(f"PRAGMA synchronous={'FULL' if full else 'NORMAL'}")
             self._rm = self._connect()
             self._rm.execute("PRAGMA synchronous=NORMAL")  # a lost removal = a resend
+            # Range DELETEs at the table's tail: 256 KiB of page cache, not SQLite's 2 MiB
+            # (the main connection keeps its own; both are resident for the process's life).
+            self._rm.execute("PRAGMA cache_size=-256")
             self._count = self._db.execute("SELECT count(*) FROM outbox").fetchone()[0]
             # When each commit's messages went in: [(last seq of the commit, time.time())],
             # oldest first. Messages from before a restart count from the open.
