@@ -87,6 +87,7 @@ bench: venv mosquitto
 	$(PY) benchmarks/model_size.py --base-dir $(DEMO_OUT)/bases
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/pipeline.py
+	$(PY) benchmarks/pipeline_scaling.py
 	$(PY) benchmarks/swap.py
 	$(PY) benchmarks/soak.py  # 10 minutes
 
