@@ -84,6 +84,7 @@ class Supervisor:
     def run(self) -> int:
         """Start every worker, watch them; the exit code."""
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        code = 1  # unless the watch ends normally
         try:
             log.info("starting %d worker(s) (shared subscription group edge-%s)%s", self.count,
                      self.cfg.device.id, f", retiring {len(self.retirees)}"
@@ -92,11 +93,11 @@ class Supervisor:
                 self._spawn(worker)
             code = self._watch()
         finally:
-            code = self._stop_all() or locals().get("code", 0)
+            stopped = self._stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.lock.release()
-        return code
+        return code or stopped
 
     def _on_signal(self, signum, frame) -> None:
         log.info("%s: stopping the workers", signal.Signals(signum).name)
