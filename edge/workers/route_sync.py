@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..bundle import atomic_write
 from .role import WORKERS_DIR, worker_dir
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,6 @@ GEN_FILE = "routes.gen"
 APPLIED_FILE = "routes.applied"
 POLL_S = 0.01  # a follower's look at routes.gen: one stat(2), 100 a second
 SYNC_S = 5.0  # the leader's longest wait for the followers before answering
-
-
-def _write(path: Path, text: str) -> None:
-    """Replace `path` in one rename (a reader sees the old or the new text, never half)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _read_ints(path: Path) -> list[int]:
@@ -74,7 +68,7 @@ class RouteSignal:
     def changed(self, timeout: float = SYNC_S) -> list[int]:
         """Publish a new generation; the followers that did not confirm it in `timeout`."""
         generation = current_generation(self.state_dir) + 1
-        _write(self.path, str(generation))
+        atomic_write(self.path, str(generation).encode())
         deadline = time.monotonic() + timeout
         waiting = list(self.followers)
         while waiting:
@@ -110,7 +104,7 @@ class RouteFollower:
     def start(self) -> None:
         """Confirm the generation the table was built from, then watch for newer ones."""
         self.applied_path.parent.mkdir(parents=True, exist_ok=True)
-        _write(self.applied_path, f"{self.applied} {os.getpid()}")
+        atomic_write(self.applied_path, f"{self.applied} {os.getpid()}".encode())
         self._thread = threading.Thread(target=self._run, name="edge-routes", daemon=True)
         self._thread.start()
 
@@ -148,5 +142,5 @@ class RouteFollower:
             return False
         self._failing = False
         self._seen, self.applied = seen, generation
-        _write(self.applied_path, f"{generation} {os.getpid()}")
+        atomic_write(self.applied_path, f"{generation} {os.getpid()}".encode())
         return True

@@ -21,14 +21,14 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
 
+from ..bundle import atomic_write
 from ..config import Config
 from ..state_lock import StateLock
 from .role import WORKERS_DIR, WorkerRole
-from .route_sync import _write
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,6 @@ class WorkerProcess:
     started: float = 0.0
     deaths: int = 0  # in quick succession, for the back-off
     restart_at: float | None = None
-    exits: list[int] = field(default_factory=list)
 
 
 def previous_count(state_dir: Path) -> int:
@@ -162,7 +161,7 @@ class Supervisor:
 
     def _record_count(self) -> None:
         (self.state_dir / WORKERS_DIR).mkdir(parents=True, exist_ok=True)
-        _write(self.state_dir / WORKERS_DIR / COUNT_FILE, str(self.count))
+        atomic_write(self.state_dir / WORKERS_DIR / COUNT_FILE, str(self.count).encode())
 
     def _stop_all(self) -> int:
         """SIGTERM the retirees and followers, then the leader; each gets STOP_S to drain."""
