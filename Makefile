@@ -88,6 +88,7 @@ bench: venv mosquitto
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/pipeline.py
 	$(PY) benchmarks/pipeline_scaling.py
+	$(PY) benchmarks/mqtt_wire.py
 	$(PY) benchmarks/swap.py
 	$(PY) benchmarks/soak.py  # 10 minutes
 

@@ -11,6 +11,7 @@ duplicate and answer none of them.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -30,6 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 from reference_bundle import sample_windows  # noqa: E402
 
 from edge.mqtt import MAX_INFLIGHT, no_delay, publish_properties  # noqa: E402
+from edge.mqtt_wire import LeanClient  # noqa: E402
 from export.demo.local_broker import subscriber  # noqa: E402
 
 RAW_TOPIC = "bench/raw/imu"  # (a): outside the services' subscriptions
@@ -80,13 +82,15 @@ class Sink:
     """Subscriber recording the arrival time of each id, from `base` on: from the user
     property `id` (raw pipe) or from the result JSON (pipeline)."""
 
-    def __init__(self, port: int, topics: list[str], from_json: bool, base: int = 0) -> None:
+    def __init__(self, port: int, topics: list[str], from_json: bool, base: int = 0,
+                 client_class: type[mqtt.Client] = LeanClient) -> None:
         self.arrived = np.zeros(SPAN)  # perf_counter() per id - base, 0 = not yet
         self.base = base
         self.count, self.errors, self.events = 0, 0, 0
         self.cond = threading.Condition()
         self.from_json = from_json
-        self.client = subscriber(port, topics, self._on_message)
+        # LeanClient reads as the gateway does: the pipe's capacity, not stock paho's
+        self.client = subscriber(port, topics, self._on_message, client_class=client_class)
 
     def _on_message(self, c, userdata, msg) -> None:
         now = time.perf_counter()
@@ -165,24 +169,41 @@ def _finish(sink: Sink, sent: dict[int, float], start: float, count0: int,
 
 
 def measure(port: int, topic: str, answers: list[str], payloads: Payloads, seconds: float,
-            closed: bool = True, rate: float | None = None, base: int = 0
-            ) -> tuple[dict | None, dict]:
-    """Publish on `topic`, collect on `answers`: a warm-up, then a closed-loop throughput
-    run and/or an open-loop run at `rate` (None: half the closed-loop rate). Ids from `base`
-    on, distinct across phases; at most PHASE per phase."""
-    sink = Sink(port, answers, from_json=topic != RAW_TOPIC, base=base)
+            closed: bool = True, rate: float | None = None, base: int = 0,
+            paced: bool = True, sink_class: type[mqtt.Client] = LeanClient
+            ) -> tuple[dict | None, dict | None]:
+    """Publish on `topic`, collect on `answers` (with a `sink_class` client): a warm-up,
+    then a closed-loop throughput run and/or (`paced`) an open-loop run at `rate` (None:
+    half the closed-loop rate). Ids from `base` on, distinct across phases; at most PHASE
+    per phase."""
+    sink = Sink(port, answers, from_json=topic != RAW_TOPIC, base=base,
+                client_class=sink_class)
     pub = client(port)
+    quiet_gc()
     try:
         closed_loop(pub, sink, payloads, topic, 0.5, first=base)  # sessions, caches, pages
         full = closed_loop(pub, sink, payloads, topic, seconds, first=base + PHASE) \
             if closed else None
+        if not paced:
+            return full, None
         rate = rate if rate is not None else full["rate"] / 2
-        paced = open_loop(pub, sink, payloads, topic, rate, seconds, first=base + 2 * PHASE)
-        return full, paced
+        return full, open_loop(pub, sink, payloads, topic, rate, seconds,
+                               first=base + 2 * PHASE)
     finally:
+        gc.enable()
         pub.disconnect()
         pub.loop_stop()
         sink.close()
+
+
+def quiet_gc() -> None:
+    """No collector pauses in the load generator while it measures: this process holds
+    the training stack (millions of objects, full collections of 100-250 ms that would
+    count as latency on either side). What lives now is frozen, the rest waits for the end
+    of the run."""
+    gc.collect()
+    gc.freeze()
+    gc.disable()
 
 
 # --------------------------------------------------------------------------------------------

@@ -57,10 +57,11 @@ STAGES = [
     ("edge/dedupe.py", "dedupe"),
     ("edge/routing.py", "routing"),
     ("edge/inbox.py", "inbox (receive, hand-off)"),
+    ("edge/mqtt_wire.py", "paho-mqtt + mqtt_wire (socket, packets, properties)"),
     ("edge/mqtt.py", "MQTT client glue"),
     ("edge/service.py", "service (dispatch)"),
     ("edge/", "edge, other"),
-    ("paho", "paho-mqtt (socket, packets, properties)"),
+    ("paho", "paho-mqtt + mqtt_wire (socket, packets, properties)"),
 ]
 
 

@@ -90,9 +90,12 @@ def run(*, config: str | Path, bundle: str | Path | None = None, workers: int | 
     if needs_supervisor(cfg):
         return Supervisor(cfg, Path(config), None if bundle is None else Path(bundle),
                           log_level=log_level, log_format=log_format).run()
+    from .heap import freeze_loaded
     from .service import Service
 
-    return Service(cfg, bundle_dir=bundle).run_forever()
+    service = Service(cfg, bundle_dir=bundle)
+    freeze_loaded()
+    return service.run_forever()
 
 
 @main.command("check-config")

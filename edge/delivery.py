@@ -30,7 +30,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -177,6 +177,10 @@ class Sender:
     def _fill(self) -> None:
         """Hand the next oldest messages to paho while fewer than `window` are unacked:
         those just committed from memory, older ones from the file (Outbox.take)."""
+        with getattr(self.client, "held_writes", nullcontext)():  # one wake-up (mqtt_wire)
+            self._fill_window()
+
+    def _fill_window(self) -> None:
         room = self.window - len(self._inflight)
         publish, inflight = self.client.publish, self._inflight
         while room > 0:
@@ -257,9 +261,15 @@ class Delivery:
         """Acknowledge sensor messages. One received before the last reconnect is skipped:
         the broker has forgotten it (clean start) or sends it again (and that copy is
         acknowledged), and its old packet id may already name another message."""
-        for token in tokens:
-            if token is not None and token[0] == self._connection:
-                self.client.ack(token[1], token[2])
+        owed = [(t[1], t[2]) for t in tokens if t is not None and t[0] == self._connection]
+        if not owed:
+            return
+        ack_many = getattr(self.client, "ack_many", None)  # edge.mqtt_wire.LeanClient
+        if ack_many is not None:
+            ack_many(owed)
+            return
+        for mid, qos in owed:
+            self.client.ack(mid, qos)
 
     def publish(self, topic: str, payload: bytes, qos: int, properties: Properties | None
                 ) -> Receipt | mqtt.MQTTMessageInfo:

@@ -41,6 +41,7 @@ from .config import Config, resolve_credentials
 from .dedupe import Dedupe
 from .delivery import Delivery, Receipt, Token
 from .errors import ConfigError
+from .mqtt_wire import LeanClient
 from .outbox import Outbox
 from .status import Counters
 
@@ -185,7 +186,7 @@ class MqttLink:
     # -- setup ------------------------------------------------------------------------------
     def _make_client(self, will: bytes | None, manual_ack: bool) -> mqtt.Client:
         broker = self.cfg.broker
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=broker.client_id,
+        client = LeanClient(CallbackAPIVersion.VERSION2, client_id=broker.client_id,
                              protocol=mqtt.MQTTv5, manual_ack=manual_ack)
         paho_log = logging.getLogger("edge.mqtt.paho")
         if paho_log.isEnabledFor(logging.DEBUG):  # paho logs every packet: costly under load

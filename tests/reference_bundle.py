@@ -39,15 +39,16 @@ MODEL = dict(length=100, d_model=32, depth=1, heads=4, mlp_ratio=2, patch=10, dr
 ADAPTER_NAME = "line-a"
 
 
-def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, seconds: float, lr: float) -> None:
-    """Full-batch Adam on (N, C, L) windows until `seconds` pass (at most 300 steps)."""
+def _fit(model: nn.Module, x: np.ndarray, y: np.ndarray, seconds: float | None,
+         lr: float) -> None:
+    """Full-batch Adam on (N, C, L) windows: 300 steps, or fewer once `seconds` pass."""
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y).long()
     model.train()
-    end = time.monotonic() + seconds
+    end = time.monotonic() + (seconds if seconds is not None else float("inf"))
     for _ in range(300):
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(model(xt), yt)
@@ -62,9 +63,12 @@ def _preprocessing(stats: ChannelStats, channels: list[str], length: int) -> dic
     return {"length": length, "channel_names": channels, "channel_stats": stats.to_dict()}
 
 
-def build_bundle(root: str | Path, *, seconds: float = 4.0, seed: int = 0,
+def build_bundle(root: str | Path, *, seconds: float | None = None, seed: int = 0,
                  model: dict | None = None) -> Path:
     """Train a tiny base and a LoRA adapter on BasicMotions; export them as root/bundle.
+    By default every step is taken (about 5 s here), so the same seed gives the same bundle
+    however busy the machine is (the drift tests' margins depend on it); `seconds` caps the
+    training time instead (the benchmarks' quick runs).
     `model` replaces MODEL (SensorTransformer arguments): a larger base, and so a larger
     adapter, e.g. the demo's size for the memory benchmark."""
     import torch
@@ -88,7 +92,7 @@ def build_bundle(root: str | Path, *, seconds: float = 4.0, seed: int = 0,
     base = SensorTransformer(in_channels=train.num_channels, num_classes=train.num_classes,
                              **(MODEL if model is None else model))
     x_base = base_stats.apply(train.X)
-    _fit(base, x_base[fit_rows], train.y[fit_rows], seconds * 0.6, lr=3e-3)
+    _fit(base, x_base[fit_rows], train.y[fit_rows], seconds and seconds * 0.6, lr=3e-3)
     weights = save_base(base, root / "base" / "base.safetensors")
     # export_attach reads the base's class names, preprocessing and drift profile from
     # metrics.json beside it (train writes them in edge_model.json).
@@ -103,7 +107,7 @@ def build_bundle(root: str | Path, *, seconds: float = 4.0, seed: int = 0,
     adapter_stats = ChannelStats.from_data(train.X[: len(train) // 2])
     adapted = inject(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v", "fc1"]))
     x_adapter = adapter_stats.apply(train.X)
-    _fit(adapted, x_adapter, train.y, seconds * 0.4, lr=1e-2)
+    _fit(adapted, x_adapter, train.y, seconds and seconds * 0.4, lr=1e-2)
     meta = {"base_fingerprint": fingerprint,
             "class_names": train.class_names,
             "preprocessing": _preprocessing(adapter_stats, channels, train.length),

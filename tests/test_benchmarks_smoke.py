@@ -118,3 +118,20 @@ def test_pipeline_scaling_quick(tmp_path):
     assert [(r["workers"], r["answered"], r["duplicates"]) for r in rows] == [
         (1, 200, 0), (2, 200, 0)]
     assert all(r["rate"] > 0 for r in rows)
+
+
+@pytest.mark.timeout(120)
+def test_mqtt_wire_quick(tmp_path):
+    """The receive-path benchmark in miniature: stock paho and the lean client each drain a
+    queued backlog of both payload kinds, every message arriving (exit 1 otherwise)."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip(f"{MOSQUITTO} is not installed (make mosquitto)")
+    out = tmp_path / "wire.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mqtt_wire.py"),
+                           "--windows", "200", "--rounds", "2", "--no-write", "--json",
+                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(r["kind"], r["lost"]) for r in rows] == [("json", 0), ("binary", 0)]
+    assert all(len(r["runs"][v]) == 2 and all(x["received"] == 200 for x in r["runs"][v])
+               for r in rows for v in ("stock", "lean"))

@@ -38,6 +38,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from ..config import Config
 from ..errors import BadMessage
 from ..mqtt import RECONNECT_MAX_S, RECONNECT_MIN_S, no_delay, set_security
+from ..mqtt_wire import LeanClient
 from .payload import (
     REBIRTH,
     decode_command,
@@ -116,8 +117,8 @@ class SparkplugNode:
     # -- setup ------------------------------------------------------------------------------
     def _make_client(self) -> mqtt.Client:
         broker = self.cfg.broker
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                             client_id=f"{broker.client_id}-sparkplug")
+        client = LeanClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                            client_id=f"{broker.client_id}-sparkplug")
         client.will_set(self.topics.ndeath, node_death(bd_seq=self.bd_seq), qos=1)
         client.reconnect_delay_set(RECONNECT_MIN_S, RECONNECT_MAX_S)
         set_security(client, self.cfg)
@@ -185,9 +186,10 @@ class SparkplugNode:
         items = [Result(line, doc, ts, drift.get(line)) for line, doc in answered]
         with self._lock:
             self._settle()
-            if self.born:
-                return self._send_all(items)
-            self._queue(items)
+            if not self.born:
+                return self._queue(items)
+            with self.client.held_writes():  # one wake-up of paho's thread per batch
+                self._send_all(items)
 
     def _queue(self, items: list[Result]) -> None:
         for item in items:

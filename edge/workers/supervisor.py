@@ -194,6 +194,7 @@ def worker_main(config_path: str, count: int, bundle: str | None, role: WorkerRo
     from ..cli_errors import error_lines
     from ..config import load_config
     from ..errors import EdgeError
+    from ..heap import freeze_loaded
     from ..logs import setup_logging
     from ..service import Service
     from .role import with_workers
@@ -208,6 +209,7 @@ def worker_main(config_path: str, count: int, bundle: str | None, role: WorkerRo
     except EdgeError as exc:  # the CLI's one line and exit code, from the worker
         print("\n".join(error_lines(f"worker {role.index}: {exc}")), file=sys.stderr)
         sys.exit(exc.exit_code)
+    freeze_loaded()
     ready.set()
     if role.retiring:
         sys.exit(retire(service, stop))

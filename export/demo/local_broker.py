@@ -173,11 +173,12 @@ def write_runtime_config(directory: Path, *, port: int, bundle: Path | None,
 
 
 def subscriber(port: int, topics: Sequence[str], on_message: Callable,
-               *, timeout: float = 10.0) -> mqtt.Client:
-    """An MQTT v5 client of the private broker, subscribed to `topics` (QoS 1) by the time
-    it returns, its network loop running."""
+               *, timeout: float = 10.0,
+               client_class: type[mqtt.Client] = mqtt.Client) -> mqtt.Client:
+    """An MQTT v5 client (a `client_class`) of the private broker, subscribed to `topics`
+    (QoS 1) by the time it returns, its network loop running."""
     subscribed = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client = client_class(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.on_message = on_message
     client.on_subscribe = lambda *args: subscribed.set()
     client.on_socket_open = no_delay
