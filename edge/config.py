@@ -316,7 +316,9 @@ class Limits(_Section):
     """[limits]: bounds that keep a flood or a bad sender from taking the gateway down."""
 
     max_payload_bytes: int = Field(MiB, ge=1024, description="largest sensor message (>= 1024)")
-    queue_bound: int = Field(10000, ge=1, description="most windows waiting for inference")
+    queue_bound: int = Field(10000, ge=1, description="most windows waiting for inference, "
+                             "and the most the broker may send unacknowledged: the MQTT "
+                             "Receive Maximum, which 64 MiB of JSON windows also caps")
     max_adapter_bytes: int = Field(16 * MiB, ge=1024, description="largest adapter file")
 
 

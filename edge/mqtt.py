@@ -56,7 +56,8 @@ MAX_INFLIGHT = 20
 MAX_QUEUED = 100_000  # publishes paho holds while disconnected; beyond this they are dropped
 # Sensor messages the broker may send us unacknowledged (CONNECT Receive Maximum; Mosquitto
 # otherwise stops at its max_inflight_messages, 20). With acks deferred until the answers are
-# stored, a small window would stall the pipeline; the queue bound still applies.
+# stored, a small window would stall the pipeline. The most MQTT allows; the service asks for
+# no more than its queue holds (edge/service.py sensor_receive_maximum).
 RECEIVE_MAXIMUM = 65535
 _MATCH_CACHE = 4096  # topic -> handler cache entries (topics are sender-chosen: bounded)
 _WARNED_TOPICS = 1024  # topics without a handler that were logged (sender-chosen: bounded)
@@ -163,7 +164,8 @@ class MqttLink:
 
     def __init__(self, cfg: Config, *, will: bytes | None,
                  on_connect: Callable[[], None] | None = None, outbox: Outbox | None = None,
-                 dedupe: Dedupe | None = None, counters: Counters | None = None) -> None:
+                 dedupe: Dedupe | None = None, counters: Counters | None = None,
+                 receive_maximum: int = RECEIVE_MAXIMUM) -> None:
         self.cfg = cfg
         self.errors_topic = cfg.topic_layout.errors
         self.connected = threading.Event()
@@ -178,6 +180,7 @@ class MqttLink:
         self._on_connect_hook = on_connect
         self._stopping = False
         self.counters = counters
+        self.receive_maximum = max(1, min(receive_maximum, RECEIVE_MAXIMUM))
         self.client = self._make_client(will, manual_ack=outbox is not None)
         self.delivery = None if outbox is None else Delivery(
             self.client, outbox, connected=self.connected, errors_topic=self.errors_topic,
@@ -221,7 +224,7 @@ class MqttLink:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = broker.session_expiry
         if self.delivery is not None:
-            props.ReceiveMaximum = RECEIVE_MAXIMUM
+            props.ReceiveMaximum = self.receive_maximum
             self.delivery.start()
         self._stopping = False
         self.client.connect_async(broker.host, broker.port, broker.keepalive,

@@ -25,6 +25,7 @@ others serve their share of the sensor topics and follow the leader's routing.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import signal
 import threading
@@ -83,6 +84,8 @@ log = logging.getLogger(__name__)
 CONNECT_WAIT_S = 10.0
 PUBLISH_WAIT_S = 5.0
 QUEUE_BYTES = 64 << 20  # raw payloads waiting for the worker, besides limits.queue_bound
+JSON_BYTES_PER_VALUE = 24  # a number in a JSON window with its separator: 17 digits, sign, e
+ROOM_WAIT_S = 1.0  # paho's thread waits this long at most for room in a full queue
 TRIM_AFTER_BYTES = 1 << 20  # a queue this deep, once drained, gives its heap back (heap.py)
 DEFERRED = object()  # a window that arrived while stopping: not acknowledged, not answered
 
@@ -98,6 +101,15 @@ class Pending:
     props: dict[str, str]
     received: float  # time.monotonic() at arrival: the batcher's wait and the latency
     ack: Token | None = None  # acknowledged to the broker once its answer is in the outbox
+
+
+def sensor_receive_maximum(queue_bound: int, sample_shape: tuple[int, ...]) -> int:
+    """Sensor windows the broker may send unacknowledged (CONNECT Receive Maximum): no more
+    than the queue holds, by count (limits.queue_bound) and by bytes (QUEUE_BYTES of JSON
+    windows of `sample_shape`). Every window in the queue is unacknowledged, so a backlog
+    then waits at the broker, not in 'queue full' errors: the reader outpaces inference."""
+    by_bytes = QUEUE_BYTES // (JSON_BYTES_PER_VALUE * max(1, math.prod(sample_shape)))
+    return max(1, min(queue_bound, by_bytes))
 
 
 class Service:
@@ -160,6 +172,8 @@ class Service:
         self.latency = LatencyStats()
         self._intake_closed = threading.Event()  # set by stop(): no new work, drain the queue
         self._intake_lock = threading.Lock()  # no put can slip in after the intake closes
+        self._room = threading.Condition(self._intake_lock)  # the worker took a batch
+        self._stalled = False  # a wait for room timed out; set until the worker takes one
         self._abort = threading.Event()  # set when the drain runs out of time
         self._closed = threading.Event()  # ends the stats thread
         self._threads: list[threading.Thread] = []
@@ -172,7 +186,9 @@ class Service:
         will = status_payload("offline", self.cfg.device.id, reason="connection lost",
                               stamp=False) if self.leader else None  # the gateway's status
         self.link = MqttLink(self.cfg, will=will, on_connect=self._announce,
-                             outbox=self.outbox, dedupe=self.dedupe, counters=self.counters)
+                             outbox=self.outbox, dedupe=self.dedupe, counters=self.counters,
+                             receive_maximum=sensor_receive_maximum(
+                                 self.cfg.limits.queue_bound, self.spec.shape))
         self.control = self._control_plane(lines)  # its topics match before the sensors'
         self._sensor_intake()
         self.drift = self._drift_watch() if self.leader else None  # sees its 1/N share
@@ -328,8 +344,9 @@ class Service:
             return
         self._stopped = True
         deadline = time.monotonic() + timeout
-        with self._intake_lock:
+        with self._room:
             self._intake_closed.set()
+            self._room.notify_all()  # a message waiting for room: deferred, not queued
         worker = self._threads[0] if self._threads else None
         if worker is not None:
             worker.join(max(deadline - time.monotonic() - 1.0, 0.1))
@@ -475,21 +492,30 @@ class Service:
 
     def _enqueue(self, item: Pending) -> str | object | None:
         """Put `item` on the bounded queue; the reason when it cannot go there, or DEFERRED
-        when the service is stopping and the broker will redeliver it."""
-        with self._intake_lock:
-            if self._intake_closed.is_set():
+        when the service is stopping and the broker will redeliver it. A full queue holds
+        paho's thread (so the socket, then the broker, hold the rest of a backlog) until the
+        worker takes a batch, for up to ROOM_WAIT_S: Mosquitto 2.0 sends past the Receive
+        Maximum once acknowledgements flow, and the reader outpaces inference."""
+        with self._room:
+            deadline = None
+            while not self._intake_closed.is_set():
+                if self._queued_bytes + len(item.payload) <= QUEUE_BYTES \
+                        and not self.queue.full():
+                    self.queue.put_nowait(item)  # only this thread puts: room stays
+                    self._queued_bytes += len(item.payload)
+                    self._heap.note(self._queued_bytes)
+                    return None
+                if self._stalled:  # the worker took nothing for ROOM_WAIT_S: no more waits
+                    break
+                deadline = deadline or time.monotonic() + ROOM_WAIT_S
+                if not self._room.wait(deadline - time.monotonic()):
+                    self._stalled = True
+                    break
+            else:
                 if self._redelivered:
                     self.counters.add(deferred=1)
                     return DEFERRED
                 return "the service is shutting down; this message was not processed"
-            if self._queued_bytes + len(item.payload) <= QUEUE_BYTES:
-                try:
-                    self.queue.put_nowait(item)
-                    self._queued_bytes += len(item.payload)
-                    self._heap.note(self._queued_bytes)
-                    return None
-                except queue.Full:
-                    pass
         self.counters.add(queue_full=1)
         return (f"queue full ({self.queue.qsize()} messages, {self._queued_bytes} bytes "
                 "waiting for inference); message dropped")
@@ -517,8 +543,10 @@ class Service:
 
     def _decode(self, batch: list[Pending]) -> list[WorkItem]:
         """Decode and check each message against the model's input; bad ones are reported."""
-        with self._intake_lock:
+        with self._room:
             self._queued_bytes -= sum(len(p.payload) for p in batch)
+            self._stalled = False
+            self._room.notify_all()
         items = []
         for p in batch:
             try:

@@ -107,14 +107,8 @@ def test_pipeline_quick(tmp_path):
 def test_pipeline_scaling_quick(tmp_path):
     """The worker-scaling benchmark in miniature: a backlog drained by one and by two worker
     processes, every window answered exactly once (the script exits 1 otherwise)."""
-    if not Path(MOSQUITTO).exists():
-        pytest.skip(f"{MOSQUITTO} is not installed (make mosquitto)")
-    out = tmp_path / "scaling.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pipeline_scaling.py"),
-                           "--windows", "200", "--kinds", "json", "--no-write", "--json",
-                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=230)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    rows = json.loads(out.read_text())
+    rows = _broker_benchmark("pipeline_scaling.py", ["--windows", "200", "--kinds", "json"],
+                             tmp_path, timeout=230)
     assert [(r["workers"], r["answered"], r["duplicates"]) for r in rows] == [
         (1, 200, 0), (2, 200, 0)]
     assert all(r["rate"] > 0 for r in rows)
@@ -124,14 +118,21 @@ def test_pipeline_scaling_quick(tmp_path):
 def test_mqtt_wire_quick(tmp_path):
     """The receive-path benchmark in miniature: stock paho and the lean client each drain a
     queued backlog of both payload kinds, every message arriving (exit 1 otherwise)."""
-    if not Path(MOSQUITTO).exists():
-        pytest.skip(f"{MOSQUITTO} is not installed (make mosquitto)")
-    out = tmp_path / "wire.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mqtt_wire.py"),
-                           "--windows", "200", "--rounds", "2", "--no-write", "--json",
-                           str(out)], cwd=ROOT, capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    rows = json.loads(out.read_text())
+    rows = _broker_benchmark("mqtt_wire.py", ["--windows", "200", "--rounds", "2"], tmp_path,
+                             timeout=110)
     assert [(r["kind"], r["lost"]) for r in rows] == [("json", 0), ("binary", 0)]
     assert all(len(r["runs"][v]) == 2 and all(x["received"] == 200 for x in r["runs"][v])
                for r in rows for v in ("stock", "lean"))
+
+
+def _broker_benchmark(script: str, args: list[str], tmp_path: Path, timeout: float):
+    """Run benchmarks/<script> with `args` --no-write; its --json results (it must exit 0).
+    Skips where Mosquitto is not installed."""
+    if not Path(MOSQUITTO).exists():
+        pytest.skip(f"{MOSQUITTO} is not installed (make mosquitto)")
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args,
+                           "--no-write", "--json", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())

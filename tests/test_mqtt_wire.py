@@ -193,20 +193,29 @@ def _sent(i: int) -> tuple[bytes, Properties | None]:
     return payload, props
 
 
-def test_burst_through_a_broker_arrives_whole_in_order_and_acks_settle_the_session(mosquitto):
-    receiver = Receiver(mosquitto.port)
-    receiver.client.subscribe("lean/#", qos=1)
+def subscribed(port: int, topic_filter: str) -> Receiver:
+    receiver = Receiver(port)
+    receiver.client.subscribe(topic_filter, qos=1)
     assert receiver.subscribed.wait(10)
+    return receiver
+
+
+def send_qos1(port: int, messages: list[tuple[str, bytes, Properties | None]]) -> None:
+    """Publish with a stock paho client; return once the broker has them all."""
     sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    sender.connect("127.0.0.1", mosquitto.port)
+    sender.connect("127.0.0.1", port)
     sender.loop_start()
-    count = 60
-    for i in range(count):
-        payload, props = _sent(i)
-        info = sender.publish(f"lean/{i}", payload, qos=1, properties=props)
+    for topic, payload, props in messages:
+        info = sender.publish(topic, payload, qos=1, properties=props)
     info.wait_for_publish(20)
     sender.disconnect()
     sender.loop_stop()
+
+
+def test_burst_through_a_broker_arrives_whole_in_order_and_acks_settle_the_session(mosquitto):
+    receiver = subscribed(mosquitto.port, "lean/#")
+    count = 60
+    send_qos1(mosquitto.port, [(f"lean/{i}", *_sent(i)) for i in range(count)])
 
     received = receiver.take(count)
     for i, msg in enumerate(received):
@@ -229,17 +238,8 @@ def test_burst_through_a_broker_arrives_whole_in_order_and_acks_settle_the_sessi
 
 
 def test_unacknowledged_messages_come_back_after_a_reconnect(mosquitto):
-    receiver = Receiver(mosquitto.port)
-    receiver.client.subscribe("lean/#", qos=1)
-    assert receiver.subscribed.wait(10)
-    sender = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    sender.connect("127.0.0.1", mosquitto.port)
-    sender.loop_start()
-    for i in range(10):
-        info = sender.publish(f"lean/{i}", f"m{i}".encode(), qos=1)
-    info.wait_for_publish(20)
-    sender.disconnect()
-    sender.loop_stop()
+    receiver = subscribed(mosquitto.port, "lean/#")
+    send_qos1(mosquitto.port, [(f"lean/{i}", f"m{i}".encode(), None) for i in range(10)])
     received = receiver.take(10)
     receiver.client.ack_many([(m.mid, m.qos) for m in received if int(m.topic[5:]) % 2])
     time.sleep(0.5)
@@ -257,9 +257,7 @@ def test_held_writes_and_the_in_flight_window_deliver_every_publish(mosquitto):
     """100 QoS 1 publishes queued in one held batch with an in-flight window of 20: one
     wake-up sends the first 20, and the network thread sends each next one when a PUBACK
     frees a slot, without waking itself; all 100 arrive, in order, and are acknowledged."""
-    receiver = Receiver(mosquitto.port)
-    receiver.client.subscribe("held/#", qos=1)
-    assert receiver.subscribed.wait(10)
+    receiver = subscribed(mosquitto.port, "held/#")
     sender = LeanClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sender.max_inflight_messages_set(20)
     acked = []
@@ -284,9 +282,7 @@ def test_qos0_burst_larger_than_one_send_then_disconnect_arrives_whole(mosquitto
     """60 QoS 0 publishes of 12.5 kB (several SEND_CHUNKs, so partial sends), then an
     immediate disconnect(): every one is written before the DISCONNECT, on_publish hears
     each once, and each info says published."""
-    receiver = Receiver(mosquitto.port)
-    receiver.client.subscribe("burst/#", qos=1)
-    assert receiver.subscribed.wait(10)
+    receiver = subscribed(mosquitto.port, "burst/#")
     sender = LeanClient(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     heard = []
     sender.on_publish = lambda _c, _u, mid, rc, _p: heard.append((mid, rc.is_failure))

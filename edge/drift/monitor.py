@@ -191,13 +191,15 @@ class DriftMonitor:
         self._evaluated_at = 0  # `seen` at the last evaluation
         self._up = [0] * len(LEVELS)  # evaluations in a row at or above each level
         self._down = [0] * len(LEVELS)  # ... at or below each level
-        n = profile.n_windows
-        self._inputs = HistogramSet([*profile.inputs.window_mean, *profile.inputs.window_std], n)
-        self._top = HistogramSet([profile.top_score], n)
         self._classes = len(profile.classes.shares)
         class_hist = Histogram(edges=list(np.arange(self._classes - 1) + 0.5),
                                shares=list(profile.classes.shares)) if self._classes > 1 else None
-        self._class_set = None if class_hist is None else HistogramSet([class_hist], n)
+        # Every reference histogram in one set, binned and compared in one step per
+        # evaluation: 2C inputs (window mean, std per channel), the top score, the class.
+        self._inputs = 2 * profile.channels
+        self._hists = HistogramSet([*profile.inputs.window_mean, *profile.inputs.window_std,
+                                    profile.top_score, *([class_hist] if class_hist else [])],
+                                   profile.n_windows)
         self.scorer = None if profile.features is None else FeatureScorer(profile.features)
 
     def distances(self, features: np.ndarray | None) -> np.ndarray | None:
@@ -225,16 +227,15 @@ class DriftMonitor:
     def indicators_now(self) -> dict[str, float]:
         """The indicators of the rolling window as it is (ood_share only when at least half
         of its windows came with features)."""
-        r, count = self.ring, self.ring.count
-        values = np.concatenate([r.mean[:count], r.std[:count]], axis=1)  # (n, 2C)
-        input_psi = self._inputs.psi(self._inputs.counts(values))
+        r, count, c2 = self.ring, self.ring.count, self._inputs
         top = r.top[:count]
-        class_psi = 0.0 if self._class_set is None else float(
-            self._class_set.psi(self._class_set.counts(r.cls[:count, None].astype(float)))[0])
+        values = np.concatenate([r.mean[:count], r.std[:count], top[:, None],
+                                 r.cls[:count, None]], axis=1)  # (n, 2C + 2)
+        psi = self._hists.psi(self._hists.counts(values[:, :len(self._hists.k)]))
         out = {
-            "input_psi": float(input_psi.max()),
-            "class_psi": class_psi,
-            "score_psi": float(self._top.psi(self._top.counts(top[:, None]))[0]),
+            "input_psi": float(psi[:c2].max()),
+            "class_psi": float(psi[c2 + 1]) if len(psi) > c2 + 1 else 0.0,
+            "score_psi": float(psi[c2]),
             "score_drop": float(self.profile.top_score_mean - top.mean()),
         }
         ood = r.ood[:count]
