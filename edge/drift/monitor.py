@@ -196,7 +196,7 @@ class DriftMonitor:
                                shares=list(profile.classes.shares)) if self._classes > 1 else None
         # Every reference histogram in one set, binned and compared in one step per
         # evaluation: 2C inputs (window mean, std per channel), the top score, the class.
-        self._inputs = 2 * profile.channels
+        self._n_inputs = 2 * profile.channels
         self._hists = HistogramSet([*profile.inputs.window_mean, *profile.inputs.window_std,
                                     profile.top_score, *([class_hist] if class_hist else [])],
                                    profile.n_windows)
@@ -227,7 +227,7 @@ class DriftMonitor:
     def indicators_now(self) -> dict[str, float]:
         """The indicators of the rolling window as it is (ood_share only when at least half
         of its windows came with features)."""
-        r, count, c2 = self.ring, self.ring.count, self._inputs
+        r, count, c2 = self.ring, self.ring.count, self._n_inputs
         top = r.top[:count]
         values = np.concatenate([r.mean[:count], r.std[:count], top[:, None],
                                  r.cls[:count, None]], axis=1)  # (n, 2C + 2)
