@@ -344,22 +344,29 @@ def test_bad_payloads_get_one_error_each(service, mosquitto):
     collector.close()
 
 
-def test_a_burst_past_the_queue_waits_for_room_and_is_answered_whole(service, mosquitto):
-    """Worker held for less than ROOM_WAIT_S, queue bound 2: the windows past the queue
-    wait (paho's thread, then the socket and the broker) instead of being refused; every
-    one is answered once, none is an error. QoS 0, which no Receive Maximum holds back:
-    as a broker that overshoots it (Mosquitto 2.0 once acknowledgements flow) would send."""
+def held_burst(service, port: int, ids: list[str]):
+    """A service with a queue of 2 whose engine holds the first window (QoS 1); the other
+    `ids` sent at QoS 0 meanwhile. (service, HeldEngine, Collector, Publisher)."""
     x, _, _ = sample_windows(1)
     svc = service(limits={"queue_bound": 2}, batching={"max_batch": 1, "max_wait_ms": 0})
     held = HeldEngine(svc)
-    collector = Collector(mosquitto.port, ("factory/+/inference", ERRORS))
-    pub = Publisher(mosquitto.port)
-    ids = [f"w{i}" for i in range(12)]
+    collector = Collector(port, ("factory/+/inference", ERRORS))
+    pub = Publisher(port)
     pub.json("factory/line-b/sensors/s", ids[0], x[0])
     assert held.entered.wait(WAIT_S)
     for msg_id in ids[1:]:
         pub.json("factory/line-b/sensors/s", msg_id, x[0], qos=0)
     pub.flush()
+    return svc, held, collector, pub
+
+
+def test_a_burst_past_the_queue_waits_for_room_and_is_answered_whole(service, mosquitto):
+    """Worker held for less than ROOM_WAIT_S, queue bound 2: the windows past the queue
+    wait (paho's thread, then the socket and the broker) instead of being refused; every
+    one is answered once, none is an error. QoS 0, which no Receive Maximum holds back:
+    as a broker that overshoots it (Mosquitto 2.0 once acknowledgements flow) would send."""
+    ids = [f"w{i}" for i in range(12)]
+    svc, held, collector, pub = held_burst(service, mosquitto.port, ids)
     time.sleep(ROOM_WAIT_S / 3)
     held.release()
     assert collector.wait(lambda c: len(c.answers()) >= len(ids))
@@ -382,17 +389,8 @@ def test_full_queue_is_an_error_not_a_crash(service, mosquitto):
     """Worker held past ROOM_WAIT_S, queue bound 2: the overflow is reported; everything
     else is answered. The windows after the first go at QoS 0: at QoS 1 the broker holds
     them back (the gateway's Receive Maximum is its queue bound), so none would overflow."""
-    x, _, _ = sample_windows(1)
-    svc = service(limits={"queue_bound": 2}, batching={"max_batch": 1, "max_wait_ms": 0})
-    held = HeldEngine(svc)
-    collector = Collector(mosquitto.port, ("factory/+/inference", ERRORS))
-    pub = Publisher(mosquitto.port)
-    ids = [f"q{i}" for i in range(8)]
-    pub.json("factory/line-b/sensors/s", ids[0], x[0])
-    assert held.entered.wait(WAIT_S)  # q0 in flight; q1, q2 fill the queue; q3..q7 overflow
-    for msg_id in ids[1:]:
-        pub.json("factory/line-b/sensors/s", msg_id, x[0], qos=0)
-    pub.flush()
+    ids = [f"q{i}" for i in range(8)]  # q0 in flight; q1, q2 fill the queue; q3..q7 overflow
+    svc, held, collector, pub = held_burst(service, mosquitto.port, ids)
     assert collector.wait(lambda c: len(c.docs("/errors")) >= 5)
     held.release()
     assert collector.wait(lambda c: len(c.answers()) >= len(ids))
