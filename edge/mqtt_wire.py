@@ -64,6 +64,14 @@ _PUBLISH_PROPERTIES = {
     38: ("UserProperty", "pair"),
 }
 _REPEATABLE = {11, 38}
+_SIZES = {"byte": 1, "int16": 2, "int32": 4, "bytes": 2}  # fixed bytes (binary: its length)
+
+
+# The attributes of an empty PUBLISH Properties, a PUBACK's, and a success ReasonCode: built
+# once, copied per message (_copy) instead of rebuilding their name tables each time.
+_PUBLISH_TEMPLATE = dict(Properties(PacketTypes.PUBLISH).__dict__)
+_PUBACK_PROPS = dict(Properties(PacketTypes.PUBACK).__dict__)
+_PUBACK_SUCCESS = dict(ReasonCode(PacketTypes.PUBACK).__dict__)
 
 
 class _Unusual(Exception):
@@ -126,7 +134,7 @@ def _value(kind: str, data: bytes, pos: int, end: int) -> tuple[object, int]:
         if not 1 <= value:
             raise _Unusual
         return value, pos
-    size = {"byte": 1, "int16": 2, "int32": 4, "bytes": 2}[kind]
+    size = _SIZES[kind]
     if pos + size > end:
         raise _Unusual
     number = int.from_bytes(data[pos:pos + size], "big")
@@ -203,9 +211,6 @@ class LeanClient(mqtt.Client):
         super().__init__(*args, **kwargs)
         self._lean_buffer = bytearray()
         self._lean_sock: object = None  # the socket the buffered bytes came from
-        self._publish_template = dict(Properties(PacketTypes.PUBLISH).__dict__)
-        self._puback_props = dict(Properties(PacketTypes.PUBACK).__dict__)
-        self._puback_success = dict(ReasonCode(PacketTypes.PUBACK).__dict__)
         self._held = threading.local()  # .queued: packets this thread holds back (or None)
 
     # -- receiving ----------------------------------------------------------------------
@@ -284,7 +289,7 @@ class LeanClient(mqtt.Client):
             return super()._handle_publish()
         try:
             message = decode_publish(command, self._in_packet["packet"],
-                                     self._publish_template)
+                                     _PUBLISH_TEMPLATE)
         except _Unusual:
             return super()._handle_publish()
         message.timestamp = mqtt.time_func()
@@ -301,8 +306,8 @@ class LeanClient(mqtt.Client):
         self._easy_log(mqtt.MQTT_LOG_DEBUG, "Received %s (Mid: %d)", cmd, mid)
         with self._out_message_mutex:
             if mid in self._out_messages:  # on_publish once per message, as paho does
-                return self._do_on_publish(mid, _copy(ReasonCode, self._puback_success),
-                                           _copy(Properties, self._puback_props))
+                return self._do_on_publish(mid, _copy(ReasonCode, _PUBACK_SUCCESS),
+                                           _copy(Properties, _PUBACK_PROPS))
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # -- acknowledging -------------------------------------------------------------------
@@ -417,8 +422,8 @@ class LeanClient(mqtt.Client):
                         on_publish(self, self._userdata, packet["mid"])
                     else:
                         on_publish(self, self._userdata, packet["mid"],
-                                   _copy(ReasonCode, self._puback_success),
-                                   _copy(Properties, self._puback_props))
+                                   _copy(ReasonCode, _PUBACK_SUCCESS),
+                                   _copy(Properties, _PUBACK_PROPS))
                 except Exception as err:
                     self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_publish: %s",
                                    err)
