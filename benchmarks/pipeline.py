@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -45,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
@@ -212,7 +214,8 @@ def workers_rows(work: Path, port: int, bundle: Path, b: float, workers: int, ar
     try:
         service.wait_online(port, TOPICS.status)
         for kind in ("json", "binary"):
-            rounds = interleaved_rounds(port, Payloads(kind), args.rounds, args.seconds)
+            rounds = interleaved_rounds(port, Payloads(kind), args.rounds, args.seconds,
+                                        service.process)
             rows.append({"workers": workers, "kind": kind, "size": Payloads(kind).size,
                          "b": b, "rounds": rounds, **summarise(rounds, b)})
     finally:
@@ -230,8 +233,34 @@ def scaling_lines(rows: list[dict]) -> str:
             + "\n".join(out) + "\n\n") if out else ""
 
 
-def interleaved_rounds(port: int, payloads: Payloads, rounds: int, seconds: float
-                       ) -> list[dict]:
+def cpu_lines(rows: list[dict]) -> str:
+    """Where the ratio comes from: machine CPU per message on each side of the closed loop,
+    and what 0.8 would leave the runtime even if (c) kept every core busy."""
+    out, cores = [], psutil.cpu_count() or 1
+    for r in rows:
+        cpu = r["cpu"]
+        a, c, g = cpu["a"], cpu["c"], cpu["runtime"]
+        if math.isnan(g):  # in-process: the runtime's CPU is this process's
+            continue
+        most = a * cores / (RATIO_TARGET * cpu["a_cores"])  # (c) us per window 0.8 allows
+        budget = most - (c - g)
+        left = (f"leaving edge-runtime {budget:.0f} us per window" if budget > 0 else
+                "less than the rest alone: no runtime reaches 0.8 on this machine")
+        out.append(f"- {r['kind']}, {r['workers']} worker{'s' * (r['workers'] > 1)}: (a) "
+                   f"{a:.0f} us per message ({cpu['a_cores']:.2f} cores busy), (c) {c:.0f} us "
+                   f"per window ({cpu['c_cores']:.2f} cores busy): edge-runtime {g:.0f} us, "
+                   f"the rest (load generator, broker, both directions) {c - g:.0f} us. "
+                   f"0.8 with all {cores} cores busy needs (c) <= {most:.0f} us, {left}")
+    if not out:
+        return ""
+    return ("Machine CPU per message in the closed loops (medians; /proc/stat busy time over "
+            "answered messages; edge-runtime: its process and workers). A rate is the busy "
+            "cores over the CPU per message, so (c) / (a) = ((a) us / (c) us) x ((c) cores "
+            "busy / (a) cores busy):\n\n" + "\n".join(out) + "\n\n")
+
+
+def interleaved_rounds(port: int, payloads: Payloads, rounds: int, seconds: float,
+                       runtime: psutil.Process | None = None) -> list[dict]:
     """Per round: (c) closed loop then open loop at half its rate, and (a) closed loop then
     open loop at that same rate; (c) first in even rounds, (a) first in odd ones (at the
     previous round's half rate). Ids never repeat across rounds (the dedupe window)."""
@@ -245,7 +274,8 @@ def interleaved_rounds(port: int, payloads: Payloads, rounds: int, seconds: floa
         for side in (("c", "a") if first_c else ("a", "c")):
             if side == "c":
                 entry["c"], entry["half"] = measure(port, SENSOR_TOPIC, answers, payloads,
-                                                    seconds, rate=rate, base=base)
+                                                    seconds, rate=rate, base=base,
+                                                    runtime=runtime)
                 rate = entry["half"]["rate"] if rate is None else rate
             else:
                 entry["a"], entry["a_half"] = measure(port, RAW_TOPIC, [RAW_TOPIC], payloads,
@@ -270,6 +300,10 @@ def summarise(rounds: list[dict], b: float) -> dict:
            for part in ("a", "c", "half", "a_half")}
     spread = max(r["a"]["rate"] for r in rounds) / min(r["a"]["rate"] for r in rounds)
     fig["a0"] = {"rate": med("a0", "rate")}
+    fig["cpu"] = {"a": med("a", "cpu_us"), "c": med("c", "cpu_us"),
+                  "a_cores": med("a", "cores_busy"), "c_cores": med("c", "cores_busy"),
+                  "runtime": statistics.median(r["c"].get("runtime_cpu_us", math.nan)
+                                               for r in rounds)}
     return {**fig, "ratio": statistics.median(ratios), "ratios": ratios, "p99s": p99s,
             "stock_ratio": statistics.median(stock_ratios), "stock_ratios": stock_ratios,
             "stock_ratio_verdict": verdict(stock_ratios, RATIO_TARGET, above=True),
@@ -309,7 +343,7 @@ def report(res: dict, args) -> str:
             "what the pipe carries; (a0) is the same raw pipe read by a stock paho client "
             "(closed loop only, after (a) in each round), the baseline of the 0.8 target "
             "until 2026-12-02.\n\n"
-            + table(res["rows"]) + "\n" + scaling_lines(res["rows"])
+            + table(res["rows"]) + "\n" + cpu_lines(res["rows"]) + scaling_lines(res["rows"])
             + ("Drift and plant integration: not measured (--drift-rounds 0).\n"
                if res["drift"] is None else drift_table(res["drift"], args.drift_seconds)
                + "\n" + integration_table(res["integration"], args.drift_seconds)))

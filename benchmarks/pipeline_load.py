@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
+import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,9 +126,12 @@ class Sink:
 # --------------------------------------------------------------------------------------------
 
 def closed_loop(pub: mqtt.Client, sink: Sink, payloads: Payloads, topic: str,
-                seconds: float, first: int) -> dict:
-    """As fast as answers come back, at most WINDOW unanswered; ids from `first` on."""
+                seconds: float, first: int, runtime: psutil.Process | None = None) -> dict:
+    """As fast as answers come back, at most WINDOW unanswered; ids from `first` on. With
+    the CPU spent meanwhile per answered message: the whole machine's, and `runtime`'s
+    (its worker processes included)."""
     sent: dict[int, float] = {}
+    cpu = CpuMeter(runtime)
     count0, errors0, i, start = sink.count, sink.errors, first, time.perf_counter()
     while time.perf_counter() - start < seconds:
         sink.wait_count(count0 + (i - first) - WINDOW + 1, 5.0)  # keep < WINDOW unanswered
@@ -135,7 +139,49 @@ def closed_loop(pub: mqtt.Client, sink: Sink, payloads: Payloads, topic: str,
         sent[i] = time.perf_counter()
         pub.publish(topic, body, qos=1, properties=props)
         i += 1
-    return _finish(sink, sent, start, count0, errors0)
+    out = _finish(sink, sent, start, count0, errors0)
+    return {**out, **cpu.per_message(len(sent) - out["lost"], time.perf_counter() - start)}
+
+
+class CpuMeter:
+    """CPU seconds from now on: the machine's busy time (all cores, /proc/stat) and one
+    process tree's user + system time."""
+
+    def __init__(self, runtime: psutil.Process | None = None) -> None:
+        self.runtime = runtime
+        self.machine0, self.runtime0 = _machine_busy_s(), _tree_cpu_s(runtime)
+
+    def per_message(self, messages: int, wall_s: float) -> dict:
+        """{"cpu_us": machine CPU us per message, "cores_busy": its mean busy cores, and
+        with a runtime "runtime_cpu_us"}."""
+        n = max(messages, 1)
+        machine = _machine_busy_s() - self.machine0
+        out = {"cpu_us": machine / n * 1e6, "cores_busy": machine / max(wall_s, 1e-9)}
+        if self.runtime is not None:
+            out["runtime_cpu_us"] = (_tree_cpu_s(self.runtime) - self.runtime0) / n * 1e6
+        return out
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds this machine's processes and kernel ran, all cores: not idle, iowait or
+    steal (the hypervisor's other guests); guest time is counted in user already."""
+    t = psutil.cpu_times()
+    return sum(t) - sum(getattr(t, k, 0.0) for k in ("idle", "iowait", "steal", "guest",
+                                                     "guest_nice"))
+
+
+def _tree_cpu_s(proc: psutil.Process | None) -> float:
+    """User + system CPU seconds of `proc` and its live children (0 for None)."""
+    if proc is None:
+        return 0.0
+    total = 0.0
+    for p in (proc, *proc.children(recursive=True)):
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:  # a worker that exited meanwhile
+            continue
+        total += t.user + t.system
+    return total
 
 
 def open_loop(pub: mqtt.Client, sink: Sink, payloads: Payloads, topic: str, rate: float,
@@ -170,20 +216,20 @@ def _finish(sink: Sink, sent: dict[int, float], start: float, count0: int,
 
 def measure(port: int, topic: str, answers: list[str], payloads: Payloads, seconds: float,
             closed: bool = True, rate: float | None = None, base: int = 0,
-            paced: bool = True, sink_class: type[mqtt.Client] = LeanClient
-            ) -> tuple[dict | None, dict | None]:
+            paced: bool = True, sink_class: type[mqtt.Client] = LeanClient,
+            runtime: psutil.Process | None = None) -> tuple[dict | None, dict | None]:
     """Publish on `topic`, collect on `answers` (with a `sink_class` client): a warm-up,
     then a closed-loop throughput run and/or (`paced`) an open-loop run at `rate` (None:
     half the closed-loop rate). Ids from `base` on, distinct across phases; at most PHASE
-    per phase."""
+    per phase. The closed loop's CPU per message counts `runtime`'s too (closed_loop)."""
     sink = Sink(port, answers, from_json=topic != RAW_TOPIC, base=base,
                 client_class=sink_class)
     pub = client(port)
     quiet_gc()
     try:
         closed_loop(pub, sink, payloads, topic, 0.5, first=base)  # sessions, caches, pages
-        full = closed_loop(pub, sink, payloads, topic, seconds, first=base + PHASE) \
-            if closed else None
+        full = closed_loop(pub, sink, payloads, topic, seconds, first=base + PHASE,
+                           runtime=runtime) if closed else None
         if not paced:
             return full, None
         rate = rate if rate is not None else full["rate"] / 2
@@ -239,6 +285,11 @@ class RunningService:
         c.loop_stop()
         if not ok:
             raise RuntimeError("edge-runtime did not come online")
+
+    @property
+    def process(self) -> psutil.Process | None:
+        """The edge-runtime subprocess (its workers are its children); None in-process."""
+        return None if self.proc is None else psutil.Process(self.proc.pid)
 
     def stop(self) -> int:
         if self.service is not None:

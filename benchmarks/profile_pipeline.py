@@ -47,6 +47,7 @@ STAGES = [
     ("onnxruntime", "onnxruntime run"),
     ("edge/outbox.py", "outbox (SQLite insert, commit, fsync)"),
     ("edge/delivery.py", "delivery (outbox -> publish, acks)"),
+    ("edge/committer.py", "delivery (outbox -> publish, acks)"),
     ("edge/contract/preprocessing.py", "normalisation"),
     ("edge/drift/", "drift monitor"),
     ("encode_", "encode result"),

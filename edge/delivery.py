@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -37,6 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from .codec import encode_error
+from .committer import Committer
 from .dedupe import Dedupe
 from .errors import StorageError
 from .outbox import Outbox, Outgoing, Row
@@ -54,6 +56,9 @@ SETTLE_S = 0.01
 # thread. Handing over only a window's worth made every publish a cross-thread wake-up of
 # paho's loop (a socketpair write), one per result under load.
 HANDOVER_DEPTH = 4
+# Batches of answers the worker may have waiting for the commit thread (edge/committer.py)
+# before it waits itself: 2 lets the next batch run while one is stored.
+COMMIT_DEPTH = 2
 
 
 def properties_json(props: Properties | None) -> str | None:
@@ -200,16 +205,18 @@ class Receipt:
     """What MqttLink.publish returns for a message that went to the outbox; like paho's
     MQTTMessageInfo, `wait_for_publish(timeout)` waits for the broker's acknowledgement."""
 
-    __slots__ = ("_sender", "info", "seq")
+    __slots__ = ("_sender", "_committer", "info", "seq")
     rc = mqtt.MQTT_ERR_SUCCESS
     mid = 0
 
-    def __init__(self, sender: Sender) -> None:
-        self._sender = sender
+    def __init__(self, sender: Sender, committer: Committer) -> None:
+        self._sender, self._committer = sender, committer
         self.seq: int | None = None  # set when the outbox commits it
         self.info: mqtt.MQTTMessageInfo | None = None  # set when sent without the outbox
 
     def wait_for_publish(self, timeout: float | None = None) -> None:
+        if self.seq is None and self.info is None:  # a batch's: maybe not stored yet
+            self._committer.flush(3600.0 if timeout is None else timeout)
         if self.info is not None:
             self.info.wait_for_publish(timeout)
         elif self.seq is not None:  # while connected: otherwise it waits on disk
@@ -223,6 +230,8 @@ class Receipt:
 
 
 Token = tuple[int, int, int]  # (connection number, mid, qos) of a sensor message to ack
+# A finished batch: its answers with their receipts, its dedupe keys, its tokens
+Batch = tuple[list[tuple[Outgoing, Receipt]], list[str], list[Token | None]]
 
 
 class Delivery:
@@ -244,6 +253,8 @@ class Delivery:
                              window=client.max_inflight_messages * HANDOVER_DEPTH,
                              connected=connected, on_error=self.storage_failed)
         self._local = threading.local()  # .pending: the open batch of this thread
+        # (answers, dedupe keys, tokens) of finished batches, stored and then acknowledged
+        self._committer: Committer[Batch] = Committer(self._store_batches, depth=COMMIT_DEPTH)
         self._connection = 0  # counts (re)connects: a token from an older one is stale
         self._failing = False  # the disk refused the last write
         self._paused = False
@@ -274,7 +285,7 @@ class Delivery:
     def publish(self, topic: str, payload: bytes, qos: int, properties: Properties | None
                 ) -> Receipt | mqtt.MQTTMessageInfo:
         item = (Outgoing(topic, payload, qos, properties_json(properties)),
-                Receipt(self.sender))
+                Receipt(self.sender, self._committer))
         pending = getattr(self._local, "pending", None)
         if pending is not None:
             pending.append(item)
@@ -283,18 +294,35 @@ class Delivery:
         return item[1]
 
     @contextmanager
-    def batch(self, tokens: Iterable[Token | None] = ()) -> Iterator[None]:
+    def batch(self, tokens: Iterable[Token | None] = (), *, background: bool = False
+              ) -> Iterator[None]:
+        """The publishes inside are stored in one transaction at the end, with the dedupe
+        keys seen meanwhile; then `tokens` are acknowledged. By the commit thread, after
+        the batches before it; `background`: without waiting for it (the worker goes on
+        to its next batch meanwhile), else stored when this returns."""
         tokens = list(tokens)
         self._local.pending = pending = []
         try:
             yield
         except BaseException:  # not all answered: leave them unacknowledged (redelivered)
             self._local.pending = None
-            self._store(pending, self.dedupe.take_new() if self.dedupe else ())
+            self._commit((pending, self.dedupe.take_new() if self.dedupe else [], []), False)
             raise
         self._local.pending = None
-        self._store(pending, self.dedupe.take_new() if self.dedupe else ())
-        self.ack(tokens)
+        self._commit((pending, self.dedupe.take_new() if self.dedupe else [], tokens),
+                     background)
+
+    def _commit(self, batch: Batch, background: bool) -> None:
+        self._committer.put(batch)
+        if not background:
+            self._committer.flush(None)
+
+    def _store_batches(self, batches: list[Batch]) -> None:
+        """Finished batches, oldest first (the commit thread): one transaction, then their
+        sensor messages acknowledged."""
+        self._store([item for items, _, _ in batches for item in items],
+                    [key for _, keys, _ in batches for key in keys])
+        self.ack([token for _, _, tokens in batches for token in tokens])
 
     def _store(self, items: list[tuple[Outgoing, Receipt]], keys: list[str]) -> None:
         box = self.outbox
@@ -352,10 +380,15 @@ class Delivery:
         def settled() -> bool:
             return not self.outbox.count or not self._up.is_set() or self._failing
 
-        return self.sender.wait_for(settled, timeout) and not self.outbox.count
+        deadline = time.monotonic() + timeout
+        self._committer.flush(timeout)  # the last batches' answers into the outbox first
+        return self.sender.wait_for(settled, max(deadline - time.monotonic(), 0.0)) \
+            and not self.outbox.count
 
     def start(self) -> None:
         self.sender.start()
+        self._committer.start()
 
     def stop(self) -> None:
+        self._committer.stop()
         self.sender.stop()

@@ -278,13 +278,15 @@ class MqttLink:
         return None if self.delivery is None else self.delivery.token(msg)
 
     @contextmanager
-    def batch(self, tokens: Iterable[Token | None] = ()) -> Iterator[None]:
+    def batch(self, tokens: Iterable[Token | None] = (), *, background: bool = False
+              ) -> Iterator[None]:
         """This thread's publishes inside are stored in one outbox transaction at the end
-        (with the batch's dedupe keys); then the messages behind `tokens` are acknowledged."""
+        (with the batch's dedupe keys); then the messages behind `tokens` are acknowledged.
+        `background`: by the commit thread while this one goes on (Delivery.batch)."""
         if self.delivery is None:
             yield
             return
-        with self.delivery.batch(tokens):
+        with self.delivery.batch(tokens, background=background):
             yield
 
     def wait_for_room(self, give_up: threading.Event) -> None:

@@ -530,7 +530,8 @@ class Service:
             batch = batcher.next_batch(self._intake_closed)
             if batch:
                 self.link.wait_for_room(self._abort)  # outbox.when_full = "stop_consuming"
-                with self.link.batch(p.ack for p in batch):  # answers stored, then acked
+                # answers stored, then acked, by the commit thread while the next batch runs
+                with self.link.batch((p.ack for p in batch), background=True):
                     try:
                         self._run_batch(batch)
                     except Exception as exc:  # a bug must not end the worker: report rows

@@ -82,6 +82,9 @@ def test_pipeline_quick(tmp_path):
         assert len(row["rounds"]) == 2 and len(row["ratios"]) == 2 and row["lost"] == 0
         assert all(r[k]["lost"] == 0 for r in row["rounds"] for k in ("a", "c", "half", "a_half"))
         assert {row["ratio_verdict"], row["p99_verdict"]} <= {"pass", "FAIL", "cannot judge"}
+        cpu = row["cpu"]  # machine CPU per message each side; the runtime's share of (c)
+        assert cpu["a"] > 0 and cpu["c"] > cpu["runtime"] > 0 and cpu["c_cores"] > 0
+    assert "Machine CPU per message in the closed loops" in proc.stdout
     drift = res["drift"]
     assert {(r["kind"], r["rounds"], r["lost"], r["errors"]) for r in drift["rows"]} == {
         ("json", 2, 0, 0), ("binary", 2, 0, 0)}
