@@ -119,7 +119,8 @@ def integration_table(res: dict, seconds: float) -> str:
             f"`[metrics]` on, scraped every {SCRAPE_S:g} s, the other with both off, in "
             f"{first['rows'][0]['rounds']} interleaved rounds per payload of {seconds:g} s "
             f"closed loop and {seconds:g} s at half load; medians over rounds; once per "
-            f"`[sparkplug] ddata` mode. Target: on / off >= {TARGET:g}.\n")
+            f"`[sparkplug] ddata` mode. Target: on / off >= {TARGET:g}, judged only when "
+            "every round is on the same side of it.\n")
     for mode in DDATA_MODES:
         part = res[mode]
         spb = ", ".join(f"{k} {v:,}" for k, v in sorted(part["sparkplug"].items()))

@@ -6,9 +6,10 @@
                                                    # then the sensor messages acknowledged
 
 Delivery decides what is stored and when received messages are acknowledged (only once
-their answers are stored; see "Delivery" in docs/MQTT.md). Its Sender moves the outbox to
-paho: in order, at most `window` unacknowledged, removed once their PUBACKs arrive (a group
-at a time, within SETTLE_S).
+their answers are stored; see "Delivery" in docs/MQTT.md). The worker's batches are stored
+and acknowledged on the commit thread (edge/committer.py) while it runs the next one. Its
+Sender moves the outbox to paho: in order, at most `window` unacknowledged, removed once
+their PUBACKs arrive (a group at a time, within SETTLE_S).
 paho itself keeps at most its in-flight window (max_inflight_messages) unacknowledged on the
 wire and holds the rest of the sender's window queued (HANDOVER_DEPTH).
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from test_outbox import ERRORS, box
@@ -36,32 +38,34 @@ class Gate:
             raise RuntimeError("disk on fire")
 
 
-def test_entries_waiting_are_stored_together_in_order():
+@contextmanager
+def first_held(depth: int) -> Iterator[tuple[Gate, Committer]]:
+    """A started committer of `depth` whose store holds entry 1 until gate.open is set."""
     gate = Gate()
-    committer = Committer(gate, depth=4)
+    committer = Committer(gate, depth=depth)
     committer.start()
     try:
         gate.open.clear()
         committer.put(1)
-        assert gate.entered.wait(5)  # 1 is being stored; 2, 3, 4 wait behind it
+        assert gate.entered.wait(5)  # 1 is being stored: what comes next waits behind it
+        yield gate, committer
+    finally:
+        gate.open.set()
+        committer.stop()
+
+
+def test_entries_waiting_are_stored_together_in_order():
+    with first_held(depth=4) as (gate, committer):
         for n in (2, 3, 4):
             committer.put(n)
         gate.open.set()
         assert committer.flush(5)
         assert gate.calls == [[1], [2, 3, 4]]  # one store call (transaction) for the three
         assert set(gate.threads) == {"edge-commit"}
-    finally:
-        committer.stop()
 
 
 def test_put_waits_while_depth_entries_wait_and_flush_times_out_meanwhile():
-    gate = Gate()
-    committer = Committer(gate, depth=1)
-    committer.start()
-    try:
-        gate.open.clear()
-        committer.put(1)
-        assert gate.entered.wait(5)
+    with first_held(depth=1) as (gate, committer):
         committer.put(2)  # waiting: the depth is reached
         third = threading.Thread(target=committer.put, args=(3,))
         third.start()
@@ -72,8 +76,6 @@ def test_put_waits_while_depth_entries_wait_and_flush_times_out_meanwhile():
         third.join(5)
         assert not third.is_alive() and committer.flush(5)
         assert [n for call in gate.calls for n in call] == [1, 2, 3]
-    finally:
-        committer.stop()
 
 
 def test_a_failing_store_is_logged_and_later_entries_are_still_stored(caplog):
