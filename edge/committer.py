@@ -49,7 +49,7 @@ class Committer(Generic[T]):
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopping
+        return self._alive() and not self._stopping
 
     def start(self) -> None:
         with self._cv:

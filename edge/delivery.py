@@ -307,14 +307,15 @@ class Delivery:
             yield
         except BaseException:  # not all answered: leave them unacknowledged (redelivered)
             self._local.pending = None
-            self._commit((pending, self.dedupe.take_new() if self.dedupe else [], []), False)
+            self._commit(pending, [], background=False)
             raise
         self._local.pending = None
-        self._commit((pending, self.dedupe.take_new() if self.dedupe else [], tokens),
-                     background)
+        self._commit(pending, tokens, background=background)
 
-    def _commit(self, batch: Batch, background: bool) -> None:
-        self._committer.put(batch)
+    def _commit(self, pending: list[tuple[Outgoing, Receipt]], tokens: list[Token | None], *,
+                background: bool) -> None:
+        """A finished batch, with the dedupe keys seen since the last, to the commit thread."""
+        self._committer.put((pending, self.dedupe.take_new() if self.dedupe else [], tokens))
         if not background:
             self._committer.flush(None)
 
